@@ -1,0 +1,1 @@
+"""tl_latentlens: LatentLens for TransformerLens."""

@@ -1,0 +1,147 @@
+"""Residual-stream capture: visual tokens of an image run, real tokens of a text batch.
+
+Both use one ``run_with_cache`` with a ``names_filter`` of exactly the requested hooks and the
+smallest ``stop_at_layer`` that reaches them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from tl_latentlens import hooks as hk
+from tl_latentlens.models.base import VLM, TextBatch, VisualLayout, VLMInputs
+from tl_latentlens.types import Residuals
+
+__all__ = [
+    "ImageActivations",
+    "TextActivations",
+    "capture_image",
+    "capture_inputs",
+    "capture_text",
+    "capture_text_batch",
+]
+
+
+@dataclass(frozen=True)
+class ImageActivations:
+    """Residuals of the visual tokens of one prompt+image run.
+
+    Attributes:
+        residuals: hook name -> ``[n_visual, d_model]`` (float32, CPU).
+        layout: Positions and patch grid of the visual tokens.
+        input_ids: The run's token ids ``[pos]``.
+    """
+
+    residuals: dict[str, Residuals]
+    layout: VisualLayout
+    input_ids: Int[Tensor, "pos"]
+
+    @property
+    def hooks(self) -> list[str]:
+        """Captured hook names, in request order."""
+        return list(self.residuals)
+
+
+@dataclass(frozen=True)
+class TextActivations:
+    """Residuals of the stored (real, non-special) tokens of a text batch, flattened.
+
+    Attributes:
+        residuals: hook name -> ``[n_tokens, d_model]``.
+        sentence: Index of each token's sentence within the batch ``[n_tokens]``.
+        position: Position of each token within its sentence ``[n_tokens]``.
+        token_id: ``[n_tokens]``.
+    """
+
+    residuals: dict[str, Residuals]
+    sentence: Int[Tensor, "n"]
+    position: Int[Tensor, "n"]
+    token_id: Int[Tensor, "n"]
+
+
+def capture_inputs(vlm: VLM, inputs: VLMInputs, hooks: Sequence[str] | None = None) -> ImageActivations:
+    """Capture visual-token residuals for already prepared inputs (see :meth:`VLM.prepare`)."""
+    hooks = vlm.validate_hooks(hooks or hk.default_capture_hooks(vlm.n_layers))
+    _, cache = vlm.run_with_cache(inputs, hooks)
+    pos = inputs.layout.positions.to(vlm.device)
+    residuals = {h: cache[h][0, pos].detach().float().cpu() for h in hooks}
+    return ImageActivations(residuals=residuals, layout=inputs.layout, input_ids=inputs.input_ids[0].cpu())
+
+
+def capture_image(
+    vlm: VLM, images: Any, prompt: str | None = None, hooks: Sequence[str] | None = None
+) -> ImageActivations:
+    """Residual stream at the visual positions of a prompt with image(s).
+
+    Args:
+        vlm: The model handle.
+        images: A PIL image or a list (one per placeholder in ``prompt``).
+        prompt: Prompt with image placeholder(s); ``None`` uses the model's default prompt.
+        hooks: Hook names; default every layer 0 … n_layers
+            (``blocks.0.hook_resid_pre`` + every ``blocks.{i}.hook_resid_post``).
+
+    Returns:
+        :class:`ImageActivations` with ``[n_visual, d_model]`` per hook.
+
+    Example:
+        >>> acts = capture_image(vlm, Image.open("cat.png"), hooks=["blocks.4.hook_resid_post"])
+        >>> acts.residuals["blocks.4.hook_resid_post"].shape   # (49, 576)
+    """
+    return capture_inputs(vlm, vlm.prepare(images, prompt), hooks)
+
+
+def capture_text_batch(vlm: VLM, batch: TextBatch, hooks: Sequence[str]) -> TextActivations:
+    """Residuals of the ``keep`` tokens of one padded batch (padding never stored)."""
+    hooks = vlm.validate_hooks(hooks)
+    stop = hk.stop_layer_for(hooks, vlm.n_layers)
+    ids = batch.input_ids.to(vlm.device)
+    mask = batch.attention_mask.to(vlm.device)
+    with torch.no_grad():
+        _, cache = vlm.bridge.run_with_cache(
+            ids, attention_mask=mask, names_filter=list(hooks), stop_at_layer=stop
+        )
+    keep = batch.keep.to(vlm.device)
+    rows, cols = torch.nonzero(keep, as_tuple=True)
+    residuals = {h: cache[h][rows, cols].detach().float().cpu() for h in hooks}
+    return TextActivations(
+        residuals=residuals,
+        sentence=rows.cpu(),
+        position=batch.positions[rows.cpu(), cols.cpu()],
+        token_id=batch.input_ids[rows.cpu(), cols.cpu()],
+    )
+
+
+def capture_text(
+    vlm: VLM,
+    sentences: Sequence[str],
+    hooks: Sequence[str],
+    batch_size: int = 16,
+    max_tokens: int | None = 64,
+    padding_side: str = "right",
+) -> Iterator[TextActivations]:
+    """Capture residuals of every real token of ``sentences``, one batch at a time.
+
+    Sentence indices in each yielded :class:`TextActivations` are global (into ``sentences``).
+    Results are the same (to float tolerance) for any batch size and padding side.
+
+    Example:
+        >>> for acts in capture_text(vlm, ["a red car", "the cat sat"], ["blocks.3.hook_resid_post"]):
+        ...     print(acts.residuals["blocks.3.hook_resid_post"].shape, acts.sentence)
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    for start in range(0, len(sentences), batch_size):
+        batch = vlm.tokenize_sentences(sentences[start : start + batch_size], max_tokens, padding_side)
+        acts = capture_text_batch(vlm, batch, hooks)
+        yield TextActivations(
+            residuals=acts.residuals,
+            sentence=acts.sentence + start,
+            position=acts.position,
+            token_id=acts.token_id,
+        )

@@ -1,0 +1,279 @@
+"""The VLM handle: a TransformerBridge plus what it takes to put an image in front of it.
+
+Two kinds implement :class:`VLM`:
+
+* :class:`~tl_latentlens.models.hf_vlm.HFVLM` — a Hugging Face VLM (LLaVA, Qwen-VL, Idefics3,
+  Gemma3 …) wrapped whole by ``TransformerBridge``; the HF processor expands image placeholders.
+* :class:`~tl_latentlens.models.connector.ConnectorVLM` — the paper's controlled setup: any
+  bridged language model + a vision encoder + a trained connector, visual tokens written over
+  placeholder positions by a hook on ``embed.hook_out``.
+
+Everything downstream (capture, lens, bank) only talks to this interface.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from tl_latentlens import hooks as hk
+
+__all__ = ["VLM", "VLMInputs", "VisualLayout", "TextBatch", "ImageTokenMismatchError"]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_MARKER = "<image>"
+
+
+class ImageTokenMismatchError(ValueError):
+    """The prompt's image placeholders do not match the images / visual tokens given."""
+
+
+@dataclass(frozen=True)
+class VisualLayout:
+    """Where the visual tokens sit in the sequence and in the image.
+
+    Attributes:
+        positions: Sequence position of each visual token, ``[n_visual]``.
+        rows: Patch-grid row of each visual token, ``[n_visual]`` (-1: not a grid patch,
+            e.g. a tile separator or the global thumbnail of a multi-crop model).
+        cols: Patch-grid column of each visual token, ``[n_visual]``.
+        grid: ``(rows, cols)`` of the patch grid the coordinates refer to.
+        image_index: Which image of the prompt each visual token belongs to, ``[n_visual]``.
+    """
+
+    positions: Int[Tensor, "n_visual"]
+    rows: Int[Tensor, "n_visual"]
+    cols: Int[Tensor, "n_visual"]
+    grid: tuple[int, int]
+    image_index: Int[Tensor, "n_visual"] | None = None
+
+    def __post_init__(self) -> None:
+        n = self.positions.shape[0]
+        if self.rows.shape[0] != n or self.cols.shape[0] != n:
+            raise ValueError("positions, rows and cols must have the same length")
+
+    @property
+    def n_visual(self) -> int:
+        """Number of visual tokens."""
+        return int(self.positions.shape[0])
+
+    @classmethod
+    def from_grid(cls, positions: Tensor, grid: tuple[int, int]) -> VisualLayout:
+        """Row-major layout: visual token ``i`` is patch ``(i // cols, i % cols)``."""
+        n_rows, n_cols = grid
+        positions = torch.as_tensor(positions, dtype=torch.long).flatten()
+        if positions.shape[0] != n_rows * n_cols:
+            raise ImageTokenMismatchError(
+                f"{positions.shape[0]} visual tokens in the sequence but the patch grid is "
+                f"{n_rows}x{n_cols} = {n_rows * n_cols}"
+            )
+        idx = torch.arange(n_rows * n_cols)
+        return cls(positions=positions, rows=idx // n_cols, cols=idx % n_cols, grid=(n_rows, n_cols))
+
+
+@dataclass
+class VLMInputs:
+    """A prepared single-sequence model input (batch of 1) and its visual layout.
+
+    Attributes:
+        model_kwargs: Keyword arguments for the bridge forward (``input``/``input_ids`` under
+            the key ``"input"``, ``attention_mask``, ``pixel_values``, ``image_grid_thw`` …).
+        layout: Where the visual tokens are.
+        extras: Family-specific state (e.g. the connector's pixel tensor).
+    """
+
+    model_kwargs: dict[str, Any]
+    layout: VisualLayout
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_ids(self) -> Int[Tensor, "batch pos"]:
+        """Token ids of the sequence."""
+        return self.model_kwargs["input"]
+
+
+@dataclass(frozen=True)
+class TextBatch:
+    """A padded batch of tokenised sentences.
+
+    Attributes:
+        input_ids: ``[batch, pos]``.
+        attention_mask: ``[batch, pos]``, 1 for real tokens (special ones included).
+        keep: ``[batch, pos]`` bool, True for tokens worth storing (real, not special/BOS/pad).
+        positions: ``[batch, pos]`` position of each token inside its own sentence (0-based,
+            counting from its first real token; -1 for padding).
+    """
+
+    input_ids: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    keep: Tensor
+    positions: Int[Tensor, "batch pos"]
+
+
+class VLM(ABC):
+    """A vision-language model as seen by tl_latentlens: a bridge and an image front end.
+
+    Attributes:
+        bridge: The ``TransformerBridge`` of the language model (whole VLM for HF families).
+        name: A human-readable model name recorded in bank manifests.
+    """
+
+    bridge: Any
+    name: str
+
+    # ---- geometry -------------------------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        """Number of transformer blocks of the language model."""
+        return int(self.bridge.cfg.n_layers)
+
+    @property
+    def d_model(self) -> int:
+        """Residual-stream width of the language model."""
+        return int(self.bridge.cfg.d_model)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The language model's tokenizer."""
+        return self.bridge.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the language model."""
+        return next(self.bridge.parameters()).device
+
+    @property
+    def weight_processing(self) -> str:
+        """``"compat"`` after ``enable_compatibility_mode()`` (folded/centred basis), else ``"raw"``."""
+        return "compat" if getattr(self.bridge, "compatibility_mode", False) else "raw"
+
+    def validate_hooks(self, hooks: str | Sequence[str]) -> list[str]:
+        """Validate hook names against this model (error lists the valid names)."""
+        return hk.validate_hooks(hooks, self.n_layers, self.bridge.hook_dict.keys())
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Identity of the model as it produces residuals: name, embedding hash, processing."""
+        emb = self.embedding_matrix().detach().float().cpu().contiguous()
+        digest = hashlib.sha256(emb.numpy().tobytes()).hexdigest()[:16]
+        return {
+            "name": self.name,
+            "embedding_sha256": digest,
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "weight_processing": self.weight_processing,
+        }
+
+    def embedding_matrix(self) -> torch.Tensor:
+        """The input embedding matrix ``[d_vocab, d_model]`` (as the LM's embed layer holds it)."""
+        return self.bridge.embed.original_component.weight
+
+    # ---- images ---------------------------------------------------------------------------
+    @abstractmethod
+    def prepare(self, images: Any, prompt: str | None = None) -> VLMInputs:
+        """Build model inputs for one prompt with its image(s) and locate the visual tokens.
+
+        Args:
+            images: A PIL image, or a list of them (one per image placeholder).
+            prompt: Text with image placeholder(s) in this family's syntax; ``None`` uses
+                :attr:`default_prompt`.
+
+        Raises:
+            ImageTokenMismatchError: The number of placeholders and images disagree.
+        """
+
+    @property
+    def default_prompt(self) -> str:
+        """A prompt with one image placeholder."""
+        return f"{IMAGE_MARKER}\nDescribe the image."
+
+    @contextlib.contextmanager
+    def visual_hooks(self, inputs: VLMInputs) -> Iterator[None]:
+        """Context in which a forward pass of ``inputs`` sees the visual tokens (no-op here)."""
+        yield
+
+    # ---- running --------------------------------------------------------------------------
+    def run_with_cache(
+        self, inputs: VLMInputs, hooks: Sequence[str], full: bool = False
+    ) -> tuple[Tensor, Any]:
+        """One forward pass caching only ``hooks`` (``names_filter`` + ``stop_at_layer``).
+
+        Args:
+            inputs: From :meth:`prepare`.
+            hooks: Hook names to cache (validated).
+            full: Run every block and the unembedding even if the hooks need fewer.
+
+        Returns:
+            ``(output, cache)`` as ``TransformerBridge.run_with_cache`` returns them.
+        """
+        hooks = self.validate_hooks(hooks)
+        stop = None if full else hk.stop_layer_for(hooks, self.n_layers)
+        kwargs = dict(inputs.model_kwargs)
+        model_input = kwargs.pop("input")
+        with torch.no_grad(), self.visual_hooks(inputs):
+            return self.bridge.run_with_cache(
+                model_input, names_filter=list(hooks), stop_at_layer=stop, **kwargs
+            )
+
+    def forward(self, inputs: VLMInputs, **kwargs: Any) -> Tensor:
+        """Full forward pass (logits) with the visual tokens in place; keeps autograd."""
+        mk = dict(inputs.model_kwargs)
+        model_input = mk.pop("input")
+        with self.visual_hooks(inputs):
+            return self.bridge(model_input, **mk, **kwargs)
+
+    # ---- text -----------------------------------------------------------------------------
+    def tokenize_sentences(
+        self, sentences: Sequence[str], max_tokens: int | None = None, padding_side: str = "right"
+    ) -> TextBatch:
+        """Tokenise sentences the way the model sees text, padded into one batch.
+
+        A BOS token is prepended where the bridge's config asks for one and the tokenizer does
+        not add it itself; BOS, other special tokens and padding are marked ``keep=False``.
+
+        Args:
+            sentences: The texts.
+            max_tokens: Truncate each sentence to this many tokens (special ones included).
+            padding_side: ``"right"`` or ``"left"``.
+        """
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        tok = self.tokenizer
+        rows: list[list[int]] = []
+        specials: list[list[bool]] = []
+        prepend = bool(getattr(self.bridge.cfg, "default_prepend_bos", False)) and (
+            tok.bos_token_id is not None
+        )
+        special_ids = set(tok.all_special_ids)
+        for text in sentences:
+            ids = tok(text, add_special_tokens=True)["input_ids"]
+            if prepend and (not ids or ids[0] != tok.bos_token_id):
+                ids = [tok.bos_token_id, *ids]
+            if max_tokens is not None:
+                ids = ids[:max_tokens]
+            rows.append(ids)
+            specials.append([i in special_ids for i in ids])
+        width = max(1, max(len(r) for r in rows))
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        n = len(rows)
+        input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        keep = torch.zeros((n, width), dtype=torch.bool)
+        positions = torch.full((n, width), -1, dtype=torch.long)
+        for b, (ids, spec) in enumerate(zip(rows, specials)):
+            start = 0 if padding_side == "right" else width - len(ids)
+            sl = slice(start, start + len(ids))
+            input_ids[b, sl] = torch.tensor(ids, dtype=torch.long)
+            mask[b, sl] = 1
+            keep[b, sl] = ~torch.tensor(spec, dtype=torch.bool)
+            positions[b, sl] = torch.arange(len(ids))
+        return TextBatch(input_ids=input_ids, attention_mask=mask, keep=keep, positions=positions)

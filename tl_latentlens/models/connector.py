@@ -1,0 +1,219 @@
+"""The paper's controlled VLM: a bridged language model + a vision encoder + a connector.
+
+Visual tokens are written over placeholder positions of the prompt by a hook on the bridge's
+``embed.hook_out``, so every residual hook of the language model (``blocks.0.hook_resid_pre``
+onwards) sees them, and ``run_with_cache`` / ``names_filter`` / ``stop_at_layer`` work as for
+text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from tl_latentlens.models.base import (
+    IMAGE_MARKER,
+    VLM,
+    ImageTokenMismatchError,
+    VisualLayout,
+    VLMInputs,
+)
+from tl_latentlens.types import PatchFeatures, PixelBatch
+
+__all__ = ["Connector", "ConnectorVLM", "VisionEncoder"]
+
+logger = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class VisionEncoder(Protocol):
+    """What :class:`ConnectorVLM` needs from a vision encoder.
+
+    Attributes:
+        d_vision: Width of one patch feature.
+        grid: ``(rows, cols)`` of the patch grid it returns for one image.
+    """
+
+    d_vision: int
+    grid: tuple[int, int]
+
+    def preprocess(self, images: Sequence[Any]) -> PixelBatch:
+        """PIL images -> normalised pixel batch."""
+
+    def __call__(self, pixels: PixelBatch) -> PatchFeatures:
+        """Pixel batch -> ``[batch, rows*cols, d_vision]`` patch features (row-major)."""
+
+
+class Connector(nn.Module):
+    """Maps vision patch features to the language model's residual width.
+
+    Args:
+        d_vision: Input feature width.
+        d_model: Output width (the language model's ``d_model``).
+        kind: ``"mlp"`` (Linear-GELU-Linear, as LLaVA-1.5 and the paper) or ``"linear"``.
+        d_hidden: Hidden width of the MLP (default ``d_model``).
+
+    Example:
+        >>> c = Connector(1280, 576)
+        >>> c(torch.zeros(2, 49, 1280)).shape
+        torch.Size([2, 49, 576])
+    """
+
+    def __init__(self, d_vision: int, d_model: int, kind: str = "mlp", d_hidden: int | None = None):
+        super().__init__()
+        if kind not in ("mlp", "linear"):
+            raise ValueError(f"connector kind must be 'mlp' or 'linear', got {kind!r}")
+        self.kind, self.d_vision, self.d_model = kind, d_vision, d_model
+        if kind == "linear":
+            self.net: nn.Module = nn.Linear(d_vision, d_model)
+        else:
+            hidden = d_hidden or d_model
+            self.net = nn.Sequential(nn.Linear(d_vision, hidden), nn.GELU(), nn.Linear(hidden, d_model))
+
+    def forward(self, feats: Float[Tensor, "*batch d_vision"]) -> Float[Tensor, "*batch d_model"]:
+        return self.net(feats)
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments, for saving next to the weights."""
+        hidden = None if self.kind == "linear" else self.net[0].out_features
+        return {"d_vision": self.d_vision, "d_model": self.d_model, "kind": self.kind, "d_hidden": hidden}
+
+
+class ConnectorVLM(VLM):
+    """A language model bridge + vision encoder + connector.
+
+    Args:
+        bridge: ``TransformerBridge`` of any language model TransformerLens bridges.
+        encoder: A :class:`VisionEncoder` (frozen; run under ``no_grad``).
+        connector: Module from ``d_vision`` to the bridge's ``d_model``.
+        name: Model name for manifests.
+        placeholder_id: Token id used at visual positions before the hook overwrites them
+            (default: the tokenizer's unk, pad or eos id).
+
+    Raises:
+        ValueError: The connector's output width is not the bridge's ``d_model``.
+
+    Example:
+        >>> vlm = ConnectorVLM(bridge, encoder, Connector(encoder.d_vision, bridge.cfg.d_model))
+        >>> inputs = vlm.prepare(image)                  # "<image>\\nDescribe the image."
+        >>> _, cache = vlm.run_with_cache(inputs, ["blocks.0.hook_resid_pre"])
+    """
+
+    def __init__(
+        self,
+        bridge: Any,
+        encoder: VisionEncoder,
+        connector: nn.Module,
+        name: str = "connector-vlm",
+        placeholder_id: int | None = None,
+    ) -> None:
+        self.bridge, self.encoder, self.connector, self.name = bridge, encoder, connector, name
+        d_model = int(bridge.cfg.d_model)
+        with torch.no_grad():
+            probe = torch.zeros(1, 1, encoder.d_vision, dtype=_dtype_of(connector))
+            d_out = connector(probe).shape[-1]
+        if d_out != d_model:
+            raise ValueError(
+                f"connector output dim {d_out} != language model d_model {d_model}: the "
+                "connector must map vision features to the residual-stream width"
+            )
+        tok = bridge.tokenizer
+        if placeholder_id is None:
+            for cand in (tok.unk_token_id, tok.pad_token_id, tok.eos_token_id):
+                if cand is not None:
+                    placeholder_id = int(cand)
+                    break
+        if placeholder_id is None:
+            raise ValueError("tokenizer has no unk/pad/eos token: pass placeholder_id")
+        self.placeholder_id = placeholder_id
+
+    @property
+    def n_patches(self) -> int:
+        """Visual tokens per image."""
+        rows, cols = self.encoder.grid
+        return rows * cols
+
+    def _prefix_ids(self, text: str, first: bool) -> list[int]:
+        tok = self.tokenizer
+        ids = tok(text, add_special_tokens=False)["input_ids"] if text else []
+        wants_bos = bool(getattr(self.bridge.cfg, "default_prepend_bos", False))
+        if first and wants_bos and tok.bos_token_id is not None:
+            ids = [tok.bos_token_id, *ids]
+        return ids
+
+    def prepare(self, images: Any, prompt: str | None = None) -> VLMInputs:
+        """Tokenise ``prompt``, expand each ``<image>`` into the encoder's patch count."""
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        prompt = self.default_prompt if prompt is None else prompt
+        parts = prompt.split(IMAGE_MARKER)
+        if len(parts) - 1 != len(images):
+            raise ImageTokenMismatchError(
+                f"the prompt has {len(parts) - 1} {IMAGE_MARKER!r} placeholder(s) but "
+                f"{len(images)} image(s) were given"
+            )
+        ids: list[int] = []
+        positions: list[int] = []
+        image_index: list[int] = []
+        for i, part in enumerate(parts):
+            ids += self._prefix_ids(part, first=i == 0)
+            if i < len(images):
+                positions += range(len(ids), len(ids) + self.n_patches)
+                image_index += [i] * self.n_patches
+                ids += [self.placeholder_id] * self.n_patches
+        pixels = self.encoder.preprocess(images)
+        layout = self._layout(positions, image_index)
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+        return VLMInputs(model_kwargs={"input": input_ids}, layout=layout, extras={"pixels": pixels})
+
+    def _layout(self, positions: list[int], image_index: list[int]) -> VisualLayout:
+        rows, cols = self.encoder.grid
+        idx = torch.arange(len(positions)) % self.n_patches
+        return VisualLayout(
+            positions=torch.tensor(positions, dtype=torch.long),
+            rows=idx // cols,
+            cols=idx % cols,
+            grid=(rows, cols),
+            image_index=torch.tensor(image_index, dtype=torch.long),
+        )
+
+    def visual_tokens(self, pixels: PixelBatch) -> Float[Tensor, "batch patches d_model"]:
+        """Connector output for a pixel batch (encoder frozen, connector keeps autograd)."""
+        with torch.no_grad():
+            feats = self.encoder(pixels.to(self.device))
+        return self.connector(feats.to(_dtype_of(self.connector)))
+
+    @contextlib.contextmanager
+    def visual_hooks(self, inputs: VLMInputs) -> Iterator[None]:
+        """Write the connector output over the placeholder positions of every batch row.
+
+        ``inputs.extras`` holds either ``"pixels"`` (``[n_images, 3, H, W]``, all images of one
+        sequence) or precomputed ``"visual_embeds"`` (``[batch, n_visual, d_model]``).
+        """
+        vis = inputs.extras.get("visual_embeds")
+        if vis is None:
+            vis = self.visual_tokens(inputs.extras["pixels"]).reshape(1, -1, self.d_model)
+        positions = inputs.layout.positions.to(self.device)
+        if vis.shape[-2] != positions.shape[0]:
+            raise ImageTokenMismatchError(
+                f"{vis.shape[-2]} visual tokens for {positions.shape[0]} placeholder positions"
+            )
+
+        def write(act: Tensor, hook: Any) -> Tensor:
+            out = act.clone()
+            out[:, positions] = vis.to(act.dtype).expand(act.shape[0], -1, -1)
+            return out
+
+        with self.bridge.hooks(fwd_hooks=[("embed.hook_out", write)]):
+            yield
+
+
+def _dtype_of(module: nn.Module) -> torch.dtype:
+    for p in module.parameters():
+        return p.dtype
+    return torch.float32
