@@ -27,7 +27,11 @@ def build_tokenizer(path: Path):
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
     )
     fast.save_pretrained(path)
     return fast
@@ -70,7 +74,9 @@ class TinyEncoder(nn.Module):
 
     def preprocess(self, images):
         arrs = [
-            np.asarray(im.convert("RGB").resize((self.image_size, self.image_size)), dtype=np.float32)
+            np.asarray(
+                im.convert("RGB").resize((self.image_size, self.image_size)), dtype=np.float32
+            )
             / 255.0
             for im in images
         ]
@@ -83,3 +89,311 @@ class TinyEncoder(nn.Module):
 def random_image(seed: int = 0, size: int = 32) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+
+
+# ---- tiny Hugging Face VLMs (tests/unit/test_hf_vlm.py) --------------------------------------
+
+
+def build_vlm_tokenizer(path: Path, specials: list[str], **named):
+    """Word-level fast tokenizer over WORDS plus ``specials`` (each one id), saved to ``path``.
+
+    ``named`` sets extra named special tokens / attributes (e.g. ``image_token="<image>"``).
+    """
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
+    for w in WORDS + [".", ",", "?", "!", ":"]:
+        vocab.setdefault(w, len(vocab))
+    for s in specials:
+        vocab.setdefault(s, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens=named or None,
+    )
+    fast.save_pretrained(path)
+    return fast
+
+
+def _tiny_llama_text(tok, d_model: int = 32, n_layers: int = 2) -> dict:
+    return dict(
+        model_type="llama",
+        vocab_size=len(tok),
+        hidden_size=d_model,
+        intermediate_size=2 * d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+
+
+def _save_vlm(path: Path, model, processor) -> Path:
+    processor.save_pretrained(path)
+    model.eval().save_pretrained(path)
+    return path
+
+
+def tiny_llava_dir(path: Path, seed: int = 0, strategy: str = "default") -> Path:
+    """LLaVA-1.5 shaped: CLIP tower (32px, patch 8 -> 4x4 grid; CLS dropped unless
+    ``strategy="full"``) + Llama."""
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    path = Path(path)
+    tok = build_vlm_tokenizer(path, ["<image>"], image_token="<image>")
+    vision = CLIPVisionConfig(
+        hidden_size=24,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        projection_dim=24,
+    )
+    cfg = LlavaConfig(
+        vision_config=vision.to_dict(),
+        text_config=_tiny_llama_text(tok),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy=strategy,
+        projector_hidden_act="gelu",
+    )
+    cfg.architectures = ["LlavaForConditionalGeneration"]
+    size = {"shortest_edge": 32}
+    improc = CLIPImageProcessorPil(size=size, crop_size={"height": 32, "width": 32})
+    proc = LlavaProcessor(
+        image_processor=improc,
+        tokenizer=tok,
+        patch_size=8,
+        vision_feature_select_strategy=strategy,
+        num_additional_image_tokens=1,
+    )
+    torch.manual_seed(seed)
+    return _save_vlm(path, LlavaForConditionalGeneration(cfg), proc)
+
+
+QWEN_SPECIALS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def _tiny_qwen_text(tok, d_model: int = 32, n_layers: int = 2) -> dict:
+    # mrope_section halves must sum to head_dim / 2 (head_dim 8 -> 4 = 2 + 1 + 1).
+    return dict(
+        vocab_size=len(tok),
+        hidden_size=d_model,
+        intermediate_size=2 * d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]},
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+
+
+def _qwen_common(path: Path, tok, vision: dict, config_cls, model_cls, arch, seed):
+    from transformers import Qwen2VLImageProcessorPil
+
+    ids = {s: tok.convert_tokens_to_ids(s) for s in QWEN_SPECIALS}
+    cfg = config_cls(
+        text_config=_tiny_qwen_text(tok),
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    cfg.architectures = [arch]
+    # 32x32 image, patch 4, merge 2 -> 8x8 patches -> 4x4 visual tokens.
+    improc = Qwen2VLImageProcessorPil(
+        size={"shortest_edge": 16 * 16, "longest_edge": 48 * 48},
+        patch_size=4,
+        temporal_patch_size=2,
+        merge_size=2,
+    )
+    # Saved as a real checkpoint is (tokenizer + preprocessor_config.json): the Qwen-VL
+    # processors cannot even be constructed without torchvision (their video processor).
+    improc.save_pretrained(path)
+    torch.manual_seed(seed)
+    model_cls(cfg).eval().save_pretrained(path)
+    return path
+
+
+def tiny_qwen2_vl_dir(path: Path, seed: int = 0) -> Path:
+    """Qwen2-VL shaped: ViT (patch 4, merge 2) + Qwen2 text model with mRoPE."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    path = Path(path)
+    tok = build_vlm_tokenizer(
+        path, QWEN_SPECIALS, image_token="<|image_pad|>", video_token="<|video_pad|>"
+    )
+    vision = dict(
+        depth=2,
+        embed_dim=16,
+        hidden_size=32,
+        num_heads=2,
+        mlp_ratio=2,
+        patch_size=4,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
+    return _qwen_common(
+        path,
+        tok,
+        vision,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        "Qwen2VLForConditionalGeneration",
+        seed,
+    )
+
+
+def tiny_qwen2_5_vl_dir(path: Path, seed: int = 0) -> Path:
+    """Qwen2.5-VL shaped: windowed ViT (patch 4, merge 2) + Qwen2 text model with mRoPE."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    path = Path(path)
+    tok = build_vlm_tokenizer(
+        path, QWEN_SPECIALS, image_token="<|image_pad|>", video_token="<|video_pad|>"
+    )
+    vision = dict(
+        depth=2,
+        hidden_size=16,
+        intermediate_size=32,
+        num_heads=2,
+        out_hidden_size=32,
+        patch_size=4,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=16,
+        fullatt_block_indexes=[1],
+    )
+    return _qwen_common(
+        path,
+        tok,
+        vision,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        "Qwen2_5_VLForConditionalGeneration",
+        seed,
+    )
+
+
+IDEFICS3_SPECIALS = [
+    "<fake_token_around_image>",
+    "<image>",
+    "<global-img>",
+    "<end_of_utterance>",
+    *[f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)],
+]
+
+
+def tiny_idefics3_dir(path: Path, seed: int = 0) -> Path:
+    """Idefics3 shaped: SigLIP-like tower on 32px tiles (patch 4 -> 8x8, pixel shuffle 2 ->
+    16 tokens per tile), image splitting into 32px tiles + a global thumbnail, Llama text."""
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+    )
+
+    path = Path(path)
+    tok = build_vlm_tokenizer(path, IDEFICS3_SPECIALS, image_token="<image>")
+    cfg = Idefics3Config(
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=4,
+        ),
+        text_config=_tiny_llama_text(tok),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        scale_factor=2,
+    )
+    cfg.architectures = ["Idefics3ForConditionalGeneration"]
+    improc = Idefics3ImageProcessorPil(
+        size={"longest_edge": 64},
+        max_image_size={"longest_edge": 32},
+        do_image_splitting=True,
+    )
+    proc = Idefics3Processor(image_processor=improc, tokenizer=tok, image_seq_len=16)
+    torch.manual_seed(seed)
+    return _save_vlm(path, Idefics3ForConditionalGeneration(cfg), proc)
+
+
+GEMMA3_SPECIALS = ["<start_of_image>", "<end_of_image>", "<image_soft_token>"]
+
+
+def tiny_gemma3_dir(path: Path, seed: int = 0) -> Path:
+    """Gemma3 multimodal shaped: SigLIP tower (32px, patch 4 -> 8x8, pooled to 4x4 = 16
+    tokens) + Gemma3 text model."""
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3ImageProcessorPil,
+        Gemma3Processor,
+    )
+
+    path = Path(path)
+    tok = build_vlm_tokenizer(
+        path,
+        GEMMA3_SPECIALS,
+        boi_token="<start_of_image>",
+        eoi_token="<end_of_image>",
+        image_token="<image_soft_token>",
+    )
+    ids = {s: tok.convert_tokens_to_ids(s) for s in GEMMA3_SPECIALS}
+    cfg = Gemma3Config(
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=4,
+        ),
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=512,
+            sliding_window=16,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        ),
+        mm_tokens_per_image=16,
+        boi_token_index=ids["<start_of_image>"],
+        eoi_token_index=ids["<end_of_image>"],
+        image_token_index=ids["<image_soft_token>"],
+    )
+    cfg.architectures = ["Gemma3ForConditionalGeneration"]
+    improc = Gemma3ImageProcessorPil(size={"height": 32, "width": 32})
+    proc = Gemma3Processor(image_processor=improc, tokenizer=tok, image_seq_length=16)
+    torch.manual_seed(seed)
+    return _save_vlm(path, Gemma3ForConditionalGeneration(cfg), proc)

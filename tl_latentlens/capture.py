@@ -40,7 +40,7 @@ class ImageActivations:
 
     residuals: dict[str, Residuals]
     layout: VisualLayout
-    input_ids: Int[Tensor, "pos"]
+    input_ids: Int[Tensor, " pos"]
 
     @property
     def hooks(self) -> list[str]:
@@ -60,18 +60,22 @@ class TextActivations:
     """
 
     residuals: dict[str, Residuals]
-    sentence: Int[Tensor, "n"]
-    position: Int[Tensor, "n"]
-    token_id: Int[Tensor, "n"]
+    sentence: Int[Tensor, " n"]
+    position: Int[Tensor, " n"]
+    token_id: Int[Tensor, " n"]
 
 
-def capture_inputs(vlm: VLM, inputs: VLMInputs, hooks: Sequence[str] | None = None) -> ImageActivations:
+def capture_inputs(
+    vlm: VLM, inputs: VLMInputs, hooks: Sequence[str] | None = None
+) -> ImageActivations:
     """Capture visual-token residuals for already prepared inputs (see :meth:`VLM.prepare`)."""
     hooks = vlm.validate_hooks(hooks or hk.default_capture_hooks(vlm.n_layers))
     _, cache = vlm.run_with_cache(inputs, hooks)
     pos = inputs.layout.positions.to(vlm.device)
     residuals = {h: cache[h][0, pos].detach().float().cpu() for h in hooks}
-    return ImageActivations(residuals=residuals, layout=inputs.layout, input_ids=inputs.input_ids[0].cpu())
+    return ImageActivations(
+        residuals=residuals, layout=inputs.layout, input_ids=inputs.input_ids[0].cpu()
+    )
 
 
 def capture_image(
@@ -137,7 +141,9 @@ def capture_text(
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     for start in range(0, len(sentences), batch_size):
-        batch = vlm.tokenize_sentences(sentences[start : start + batch_size], max_tokens, padding_side)
+        batch = vlm.tokenize_sentences(
+            sentences[start : start + batch_size], max_tokens, padding_side
+        )
         acts = capture_text_batch(vlm, batch, hooks)
         yield TextActivations(
             residuals=acts.residuals,

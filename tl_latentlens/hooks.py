@@ -118,7 +118,9 @@ def hook_for_layer(layer: int, n_layers: int) -> str:
         ('blocks.0.hook_resid_pre', 'blocks.29.hook_resid_post')
     """
     if not 0 <= layer <= n_layers:
-        raise ValueError(f"layer must be in 0..{n_layers} for a {n_layers}-block model, got {layer}")
+        raise ValueError(
+            f"layer must be in 0..{n_layers} for a {n_layers}-block model, got {layer}"
+        )
     return "blocks.0.hook_resid_pre" if layer == 0 else f"blocks.{layer - 1}.hook_resid_post"
 
 

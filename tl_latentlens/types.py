@@ -21,7 +21,7 @@ BatchResiduals = Float[Tensor, "batch pos d_model"]
 #: Token ids of a padded batch: ``[batch, pos]``.
 TokenIds = Int[Tensor, "batch pos"]
 #: Sequence positions of visual tokens: ``[n_visual]``.
-Positions = Int[Tensor, "n_visual"]
+Positions = Int[Tensor, " n_visual"]
 #: Preprocessed images: ``[batch, channels, height, width]``.
 PixelBatch = Float[Tensor, "batch channels height width"]
 #: Vision-encoder patch features: ``[batch, patches, d_vision]``.

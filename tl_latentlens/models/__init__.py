@@ -1,0 +1,25 @@
+"""VLM handles around TransformerBridge: HF families, the connector VLM, and ``load_vlm``."""
+
+from tl_latentlens.models.base import (
+    VLM,
+    ImageTokenMismatchError,
+    TextBatch,
+    VisualLayout,
+    VLMInputs,
+)
+from tl_latentlens.models.connector import Connector, ConnectorVLM, VisionEncoder
+from tl_latentlens.models.hf_vlm import HFVLM
+from tl_latentlens.models.load import load_vlm
+
+__all__ = [
+    "HFVLM",
+    "VLM",
+    "Connector",
+    "ConnectorVLM",
+    "ImageTokenMismatchError",
+    "TextBatch",
+    "VLMInputs",
+    "VisionEncoder",
+    "VisualLayout",
+    "load_vlm",
+]

@@ -51,11 +51,11 @@ class VisualLayout:
         image_index: Which image of the prompt each visual token belongs to, ``[n_visual]``.
     """
 
-    positions: Int[Tensor, "n_visual"]
-    rows: Int[Tensor, "n_visual"]
-    cols: Int[Tensor, "n_visual"]
+    positions: Int[Tensor, " n_visual"]
+    rows: Int[Tensor, " n_visual"]
+    cols: Int[Tensor, " n_visual"]
     grid: tuple[int, int]
-    image_index: Int[Tensor, "n_visual"] | None = None
+    image_index: Int[Tensor, " n_visual"] | None = None
 
     def __post_init__(self) -> None:
         n = self.positions.shape[0]
@@ -78,7 +78,9 @@ class VisualLayout:
                 f"{n_rows}x{n_cols} = {n_rows * n_cols}"
             )
         idx = torch.arange(n_rows * n_cols)
-        return cls(positions=positions, rows=idx // n_cols, cols=idx % n_cols, grid=(n_rows, n_cols))
+        return cls(
+            positions=positions, rows=idx // n_cols, cols=idx % n_cols, grid=(n_rows, n_cols)
+        )
 
 
 @dataclass

@@ -74,7 +74,9 @@ class Connector(nn.Module):
             self.net: nn.Module = nn.Linear(d_vision, d_model)
         else:
             hidden = d_hidden or d_model
-            self.net = nn.Sequential(nn.Linear(d_vision, hidden), nn.GELU(), nn.Linear(hidden, d_model))
+            self.net = nn.Sequential(
+                nn.Linear(d_vision, hidden), nn.GELU(), nn.Linear(hidden, d_model)
+            )
 
     def forward(self, feats: Float[Tensor, "*batch d_vision"]) -> Float[Tensor, "*batch d_model"]:
         return self.net(feats)
@@ -82,7 +84,12 @@ class Connector(nn.Module):
     def config(self) -> dict[str, Any]:
         """Constructor arguments, for saving next to the weights."""
         hidden = None if self.kind == "linear" else self.net[0].out_features
-        return {"d_vision": self.d_vision, "d_model": self.d_model, "kind": self.kind, "d_hidden": hidden}
+        return {
+            "d_vision": self.d_vision,
+            "d_model": self.d_model,
+            "kind": self.kind,
+            "d_hidden": hidden,
+        }
 
 
 class ConnectorVLM(VLM):
@@ -169,7 +176,9 @@ class ConnectorVLM(VLM):
         pixels = self.encoder.preprocess(images)
         layout = self._layout(positions, image_index)
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
-        return VLMInputs(model_kwargs={"input": input_ids}, layout=layout, extras={"pixels": pixels})
+        return VLMInputs(
+            model_kwargs={"input": input_ids}, layout=layout, extras={"pixels": pixels}
+        )
 
     def _layout(self, positions: list[int], image_index: list[int]) -> VisualLayout:
         rows, cols = self.encoder.grid

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install tl_latentlens with pinned CPU torch. Idempotent.
+# Sourced by scripts/test.sh and scripts/demo.sh; safe to run on its own.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+# Portable hnswlib build (no -march=native); see benchmarks/ for what it costs.
+export HNSWLIB_NO_NATIVE=1
+# Torch first, pinned to the CPU wheel: an unpinned torch (or torchvision) pulls GBs of CUDA.
+stamp=.venv/.tl_latentlens_installed
+want="$(cat pyproject.toml .ci/constraints.txt | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  .venv/bin/python -m pip install -q -U pip
+  .venv/bin/python -m pip install -q -c .ci/constraints.txt torch==2.13.0
+  .venv/bin/python -m pip install -q -c .ci/constraints.txt -e ".[dev,gguf]"
+  echo "$want" > "$stamp"
+fi
