@@ -75,8 +75,12 @@ class HookPoint:
 
     @property
     def blocks_needed(self) -> int:
-        """How many blocks must run for this hook to fire (for ``stop_at_layer``)."""
-        return self.block if self.kind == "resid_pre" else self.block + 1
+        """How many blocks must run for this hook to fire (for ``stop_at_layer``).
+
+        Even ``resid_pre`` of block ``b`` needs ``b + 1``: the bridge stops *before entering*
+        block ``stop_at_layer``, so that block's input hook never fires.
+        """
+        return self.block + 1
 
 
 def parse_hook(name: str) -> HookPoint:
@@ -171,7 +175,7 @@ def _summarise(names: Sequence[str], head: int = 6) -> str:
 def stop_layer_for(hooks: Iterable[str], n_layers: int) -> int | None:
     """The ``stop_at_layer`` that runs just enough blocks for ``hooks`` (None: run all)."""
     needed = max(parse_hook(h).blocks_needed for h in hooks)
-    return None if needed >= n_layers else max(needed, 1)
+    return None if needed >= n_layers else needed
 
 
 def default_capture_hooks(n_layers: int) -> list[str]:

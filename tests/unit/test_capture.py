@@ -1,7 +1,7 @@
 import pytest
 import torch
-from tiny_models import TinyEncoder, random_image
 
+from tiny_models import TinyEncoder, random_image
 from tl_latentlens.capture import capture_image, capture_text
 from tl_latentlens.hooks import UnknownHookError
 from tl_latentlens.models.base import ImageTokenMismatchError

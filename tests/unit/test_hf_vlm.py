@@ -17,6 +17,7 @@ from unittest import mock
 
 import pytest
 import torch
+
 from tiny_models import (
     random_image,
     tiny_gemma3_dir,
@@ -25,7 +26,6 @@ from tiny_models import (
     tiny_qwen2_5_vl_dir,
     tiny_qwen2_vl_dir,
 )
-
 from tl_latentlens.capture import capture_image, capture_text
 from tl_latentlens.models.base import ImageTokenMismatchError, VLMInputs
 from tl_latentlens.models.hf_vlm import HFVLM

@@ -30,5 +30,5 @@ def test_unknown_hook_lists_valid_names():
 def test_stop_layer():
     assert hk.stop_layer_for(["blocks.0.hook_resid_pre"], 3) == 1
     assert hk.stop_layer_for(["blocks.0.hook_resid_post"], 3) == 1
-    assert hk.stop_layer_for(["blocks.1.hook_resid_pre"], 3) == 1
+    assert hk.stop_layer_for(["blocks.1.hook_resid_pre"], 3) == 2
     assert hk.stop_layer_for(["blocks.2.hook_resid_post"], 3) is None

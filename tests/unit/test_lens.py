@@ -1,0 +1,154 @@
+"""LatentLens, LogitLens and EmbeddingLens on a tiny connector VLM and a tiny bank."""
+
+import pytest
+import torch
+
+from tiny_models import WORDS, random_image, tiny_llama_dir
+from tl_latentlens.bank import BankModelMismatchError, build_bank
+from tl_latentlens.capture import capture_image
+from tl_latentlens.lens import EmbeddingLens, Explanation, LatentLens, LogitLens, mid_layer_leap
+from tl_latentlens.models.base import ImageTokenMismatchError
+
+HOOKS = ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.2.hook_resid_post"]
+
+
+def _corpus(n=120, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        " ".join(
+            WORDS[i]
+            for i in torch.randint(
+                0, len(WORDS), (int(torch.randint(3, 9, (1,), generator=g)),), generator=g
+            )
+        )
+        for _ in range(n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def bank(tiny_vlm, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lens") / "bank"
+    return build_bank(tiny_vlm, _corpus(), out, hooks=HOOKS, max_per_token=None, progress=False)
+
+
+@pytest.fixture(scope="module")
+def lens(tiny_vlm, bank):
+    return LatentLens(tiny_vlm, bank)
+
+
+def test_explain_equals_exact_search_of_captured_residuals(tiny_vlm, bank, lens):
+    img = random_image(7)
+    result = lens.explain(img, k=4, exact=True)
+    assert result.hooks == HOOKS and result.grid == (4, 4) and result.n_visual == 16
+    acts = capture_image(tiny_vlm, img, hooks=HOOKS)
+    for hook in HOOKS:
+        expected = bank.search(acts.residuals[hook], hook=None, k=4, exact=True)
+        for i in range(16):
+            got = result.neighbours(hook, i)
+            assert [(n.sentence_id, n.position, n.hook) for n in got] == [
+                (n.sentence_id, n.position, n.hook) for n in expected[i]
+            ]
+            assert got[0].similarity >= got[-1].similarity
+    # cross-layer by default: neighbours come from several text layers
+    layers = {n.layer for p in result.patches for n in p.latent}
+    assert len(layers) > 1
+
+
+def test_hnsw_agrees_with_exact_on_small_bank(lens):
+    img = random_image(8)
+    a = lens.explain(img, k=3, exact=True, baselines=False)
+    b = lens.explain(img, k=3, exact=False, baselines=False)
+    same = sum(
+        [n.sentence_id for n in p.latent] == [n.sentence_id for n in q.latent]
+        for p, q in zip(a.patches, b.patches)
+    )
+    assert same / len(a.patches) > 0.9
+
+
+def test_per_layer_search_stays_in_layer(lens):
+    result = lens.explain(random_image(9), k=3, per_layer=True, baselines=False)
+    for p in result.patches:
+        assert {n.layer for n in p.latent} == {p.layer}
+    with pytest.raises(ValueError, match="no hook at layer 2"):
+        lens.explain(random_image(9), hooks=["blocks.1.hook_resid_post"], per_layer=True)
+
+
+def test_logit_lens_is_unembedding_of_normed_residual(tiny_vlm):
+    x = torch.randn(5, tiny_vlm.d_model)
+    got = LogitLens(tiny_vlm)(x, k=3)
+    hf = tiny_vlm.bridge.original_model
+    with torch.no_grad():
+        ref = hf.lm_head(hf.model.norm(x))
+    top = torch.topk(ref, 3, dim=-1)
+    for row, ids, vals in zip(got, top.indices, top.values):
+        assert [c.token_id for c in row] == ids.tolist()
+        torch.testing.assert_close(torch.tensor([c.score for c in row]), vals, rtol=1e-5, atol=1e-5)
+
+
+def test_embedding_lens_is_nearest_embedding_row(tiny_vlm):
+    emb = tiny_vlm.embedding_matrix().detach()
+    x = emb[[5, 9, 11]] * 3.0 + 0.01 * torch.randn(3, tiny_vlm.d_model)
+    got = EmbeddingLens(tiny_vlm)(x, k=2)
+    assert [row[0].token_id for row in got] == [5, 9, 11]
+    assert got[0][0].token == tiny_vlm.tokenizer.decode([5])
+    assert got[0][0].score == pytest.approx(
+        torch.nn.functional.cosine_similarity(x[0], emb[5], dim=0).item(), abs=1e-5
+    )
+
+
+def test_explain_vectors_from_cache_and_tensor(tiny_vlm, lens, bank):
+    _, cache = tiny_vlm.bridge.run_with_cache("the red cat sits", names_filter=HOOKS)
+    hook = "blocks.0.hook_resid_post"
+    res = lens.explain_vectors(cache, hook, k=2, positions=[1, 2], exact=True)
+    assert res.hooks == [hook] and res.n_visual == 2
+    # a token of a sentence in the bank finds itself (similarity ~1) when the prefix matches
+    vec = cache[hook][0, 2]
+    direct = lens.explain_vectors(vec, hook, k=1, exact=True)
+    assert direct.patch(hook, 0).latent[0].similarity == pytest.approx(
+        res.patch(hook, 1).latent[0].similarity, abs=1e-6
+    )
+    layerless = lens.explain_vectors(torch.randn(3, tiny_vlm.d_model), k=2)
+    assert layerless.hooks == ["vectors"] and layerless.patches[0].layer == -1
+
+
+def test_result_round_trip_and_tables(lens, tmp_path):
+    result = lens.explain(random_image(10), k=2)
+    path = result.save(tmp_path / "r.json")
+    back = Explanation.load(path)
+    assert back.patches == result.patches and back.grid == result.grid
+    df = result.to_dataframe()
+    assert set(df["lens"]) == {"latent", "logit", "embedding"}
+    assert len(df[df.lens == "latent"]) == len(HOOKS) * 16 * 2
+    leap = mid_layer_leap(result)
+    assert [sum(r) for r in leap.counts] == [16] * len(HOOKS)
+    assert leap.visual_layers == [0, 1, 3]
+
+
+def test_errors(tiny_vlm, lens, bank, tmp_path):
+    with pytest.raises(ValueError, match="k must be positive"):
+        lens.explain(random_image(), k=0)
+    with pytest.raises(ImageTokenMismatchError):
+        lens.explain(random_image(), prompt="no placeholder here")
+    with pytest.raises(ValueError, match="bank has no hook"):
+        lens.explain(random_image(), bank_hooks=["blocks.1.hook_resid_post"])
+    with pytest.raises(ValueError, match="unknown hook"):
+        lens.explain(random_image(), hooks=["blocks.9.hook_resid_post"])
+    with pytest.raises(ValueError, match="not in the cache"):
+        lens.explain_vectors(
+            {"blocks.0.hook_resid_pre": torch.zeros(1, 2, 64)}, "blocks.1.hook_resid_pre"
+        )
+    with pytest.raises(ValueError, match=r"d_model|dimension|dim"):
+        lens.explain_vectors(torch.zeros(2, 10), "blocks.0.hook_resid_pre")
+    # a bank built from a different model is refused
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from tiny_models import TinyEncoder
+    from tl_latentlens.models.connector import Connector, ConnectorVLM
+
+    other_bridge = TransformerBridge.boot_transformers(
+        str(tiny_llama_dir(tmp_path / "m", seed=5)), device="cpu"
+    )
+    enc = TinyEncoder()
+    other = ConnectorVLM(other_bridge, enc, Connector(enc.d_vision, 64))
+    with pytest.raises(BankModelMismatchError):
+        LatentLens(other, bank)
