@@ -1,0 +1,231 @@
+"""HTML pieces of the explanation page (our own markup: every string goes through ``esc``)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from tl_latentlens.render._circuitsvis import display_tokens
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["esc", "fmt_layer", "header_html", "overview_html", "card_html", "card_id"]
+
+
+def esc(value: Any) -> str:
+    """HTML-escape any value for text and attribute positions (quotes included).
+
+    Example:
+        >>> esc("<s> & 'x'")
+        '&lt;s&gt; &amp; &#x27;x&#x27;'
+    """
+    return html.escape(str(value), quote=True)
+
+
+def tok(token: str) -> str:
+    """A token as a monospace chip (whitespace kept visible by ``white-space: pre``)."""
+    return f'<code class="ll-tok">{esc(token)}</code>'
+
+
+def fmt_layer(layer: float) -> str:
+    """``4.0 -> "4"``, ``4.5 -> "4.5"`` (``"?"`` when unknown/NaN)."""
+    if layer is None or layer != layer:
+        return "?"
+    return str(int(layer)) if float(layer).is_integer() else f"{layer:g}"
+
+
+def card_id(root_id: str, h: int, index: int) -> str:
+    """DOM id of the card of visual token ``index`` at the ``h``-th shown hook."""
+    return f"{root_id}-h{h}-p{index}"
+
+
+def _thumbnail(image: Any, max_side: int = 600) -> str | None:
+    """``data:`` URI of a PNG thumbnail of a PIL image / array (``None`` if not an image)."""
+    try:
+        from tl_latentlens.render._figures import rgb_image
+
+        img = rgb_image(image)
+        img.thumbnail((max_side, max_side))
+        buf = io.BytesIO()
+        img.save(buf, format="PNG", optimize=True)
+    except Exception as e:  # noqa: BLE001 - a thumbnail is optional decoration
+        logger.warning("cannot embed the image in the page (%s: %s)", type(e).__name__, e)
+        return None
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def header_html(
+    exp: Any,
+    title: str,
+    hooks: Sequence[str],
+    layers: dict[str, float],
+    shown: dict[str, set[int]],
+    root_id: str,
+) -> str:
+    """Title, run facts and (if the result carries one) the image with its clickable grid."""
+    rows, cols = exp.grid
+    hook_list = ", ".join(f"<code>{esc(h)}</code> (layer {fmt_layer(layers[h])})" for h in hooks)
+    bank_layers = sorted({n.layer for p in exp.patches for n in p.latent})
+    search = "per-layer search" if exp.per_layer else "cross-layer search"
+    bank_desc = f"{len(exp.bank_hooks)} hooks"
+    if bank_layers:
+        bank_desc += f" (top matches in layers {', '.join(fmt_layer(x) for x in bank_layers)})"
+    timing = " · ".join(f"{esc(k)} {v:.2f} s" for k, v in exp.timings.items())
+    if len(exp.timings) > 1:
+        timing += f" · total {sum(exp.timings.values()):.2f} s"
+    facts = [
+        ("Model", esc(exp.model)),
+        ("Bank", esc(exp.bank) if exp.bank else "<i>unknown</i>"),
+        (
+            "Prompt",
+            f'<span class="ll-prompt">{esc(exp.prompt)}</span>' if exp.prompt else "<i>none</i>",
+        ),
+        ("Grid", f"{rows} × {cols} patches · {exp.n_visual} visual tokens"),
+        ("Visual hooks", hook_list),
+        ("Text hooks", f"{bank_desc} · {search} · k = {exp.k}"),
+        ("Timings", timing or "<i>not recorded</i>"),
+    ]
+    meta = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
+    thumb = ""
+    uri = _thumbnail(exp.image) if exp.image is not None else None
+    if uri:
+        at = {(p.row, p.col): p for p in exp.patches if p.hook == hooks[0]}
+        cells = []
+        for r in range(rows):
+            for c in range(cols):
+                p = at.get((r, c))
+                if p is None or p.index not in shown[hooks[0]]:
+                    cells.append("<span></span>")
+                    continue
+                tip = esc(f"#{p.index} row {r}, col {c}: {p.top_word}")
+                cells.append(f'<a href="#{card_id(root_id, 0, p.index)}" title="{tip}"></a>')
+        style = f"grid-template:repeat({rows},1fr)/repeat({cols},1fr)"
+        thumb = (
+            f'<div class="ll-thumb"><img alt="input image" src="{uri}">'
+            f'<div class="ll-thumb-grid" style="{style}">{"".join(cells)}</div></div>'
+        )
+    return (
+        f'<header class="ll-head"><h1>{esc(title)}</h1>'
+        f'<div class="ll-head-body">{thumb}<dl class="ll-meta">{meta}</dl></div></header>'
+    )
+
+
+def overview_html(
+    exp: Any,
+    hooks: Sequence[str],
+    layers: dict[str, float],
+    shown: dict[str, set[int]],
+    root_id: str,
+) -> str:
+    """One table per hook: the patch grid with the top LatentLens word in each cell."""
+    rows, cols = exp.grid
+    figures = []
+    for h, hook in enumerate(hooks):
+        patches = exp.at(hook)
+        sims = [p.latent[0].similarity for p in patches if p.latent]
+        lo, hi = (min(sims), max(sims)) if sims else (0.0, 1.0)
+        cell: dict[tuple[int, int], str] = {}
+        extra = []
+        for p in patches:
+            sim = p.latent[0].similarity if p.latent else None
+            alpha = 0.06 if sim is None else 0.1 + 0.55 * ((sim - lo) / (hi - lo) if hi > lo else 1)
+            tip = f"#{p.index} (row {p.row}, col {p.col})"
+            if p.latent:
+                n = p.latent[0]
+                tip += f": {n.token!r} sim {n.similarity:.3f}, text layer {fmt_layer(n.layer)}\n{n.sentence}"
+            word = esc(p.top_word) or "&nbsp;"
+            inner = (
+                f'<a href="#{card_id(root_id, h, p.index)}" title="{esc(tip)}">{word}</a>'
+                if p.index in shown[hook]
+                else f'<span title="{esc(tip)}">{word}</span>'
+            )
+            bg = f"background:rgba(30,99,196,{alpha:.2f})"
+            if 0 <= p.row < rows and 0 <= p.col < cols:
+                cell[(p.row, p.col)] = f'<td style="{bg}">{inner}</td>'
+            else:  # not a grid patch: listed after the grid
+                extra.append(f'<span class="ll-extra" style="{bg}">{inner}</span>')
+        head = "<tr><th></th>" + "".join(f"<th>{c}</th>" for c in range(cols)) + "</tr>"
+        body = "".join(
+            f"<tr><th>{r}</th>"
+            + "".join(cell.get((r, c), "<td></td>") for c in range(cols))
+            + "</tr>"
+            for r in range(rows)
+        )
+        if extra:
+            body += f'<tr><th>other</th><td colspan="{max(cols, 1)}">{"".join(extra)}</td></tr>'
+        figures.append(
+            f'<figure class="ll-grid{" ll-dense" if cols > 12 else ""}"><figcaption><code>{esc(hook)}</code> '
+            f"<small>layer {fmt_layer(layers[hook])}</small></figcaption>"
+            f"<table>{head}{body}</table></figure>"
+        )
+    return (
+        '<section class="ll-overview"><h2>Top LatentLens word per patch '
+        "<small>(click a cell for its neighbours)</small></h2>"
+        f'<div class="ll-grids">{"".join(figures)}</div></section>'
+    )
+
+
+def _fallback(patch: Any) -> str:
+    """Plain sentences (matched token marked); circuitsvis replaces this when it mounts."""
+    items = []
+    for n in patch.latent:
+        toks = display_tokens(n)
+        if 0 <= n.position < len(toks):
+            pre, mid, post = toks[: n.position], toks[n.position], toks[n.position + 1 :]
+            items.append(f"<li>{esc(''.join(pre))}<mark>{esc(mid)}</mark>{esc(''.join(post))}</li>")
+        else:
+            items.append(f"<li>{esc(''.join(toks))}</li>")
+    if not items:
+        return '<p class="ll-note">No LatentLens neighbours.</p>'
+    return f'<ol class="ll-fallback">{"".join(items)}</ol>'
+
+
+def _lens_table(patch: Any) -> str:
+    """Rank-aligned table: LatentLens (sim, text layer) | LogitLens | EmbeddingLens."""
+    cols: list[tuple[str, list[tuple[str, str]]]] = [
+        (
+            "LatentLens",
+            [(tok(n.token), f"{n.similarity:.3f} · L{fmt_layer(n.layer)}") for n in patch.latent],
+        )
+    ]
+    if patch.logit:
+        cols.append(("LogitLens", [(tok(c.token), f"{c.score:.2f}") for c in patch.logit]))
+    if patch.embedding:
+        cols.append(("EmbeddingLens", [(tok(c.token), f"{c.score:.3f}") for c in patch.embedding]))
+    head = "<tr><th>#</th>" + "".join(
+        f'<th class="ll-lens" colspan="2">{name}</th>' for name, _ in cols
+    )
+    n_rows = max(len(v) for _, v in cols)
+    body = []
+    for i in range(n_rows):
+        tds = "".join(
+            f'<td class="ll-lens">{v[i][0]}</td><td class="ll-num">{v[i][1]}</td>'
+            if i < len(v)
+            else '<td class="ll-lens"></td><td></td>'
+            for _, v in cols
+        )
+        body.append(f'<tr><td class="ll-num">{i + 1}</td>{tds}</tr>')
+    return f'<table class="ll-lenses ll-n{len(cols)}">{head}</tr>{"".join(body)}</table>'
+
+
+def card_html(patch: Any, h: int, root_id: str, key: str) -> str:
+    """One visual token at one hook: circuitsvis slot (with fallback) beside the lens table."""
+    top = ""
+    if patch.latent:
+        n = patch.latent[0]
+        top = f"top {tok(n.token)} {n.similarity:.3f} · text layer {fmt_layer(n.layer)}"
+    where = f"row {patch.row} · col {patch.col} · position {patch.position}"
+    # circuitsvis pages 5 samples at a time: hide its (then useless) selectors up to 5.
+    compact = " data-compact" if len(patch.latent) <= 5 else ""
+    return (
+        f'<article class="ll-card" id="{card_id(root_id, h, patch.index)}">'
+        f'<div class="ll-card-head"><b>visual token #{patch.index}</b>'
+        f'<span class="ll-where">{where}</span><span>{top}</span></div>'
+        f'<div class="ll-card-body"><div class="ll-cv" id="{root_id}-cv-{key}" data-key="{key}"'
+        f"{compact}>"
+        f"{_fallback(patch)}</div>{_lens_table(patch)}</div></article>"
+    )
