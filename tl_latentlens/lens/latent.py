@@ -249,9 +249,7 @@ class LatentLens:
                 )
         return Explanation(
             model=self.vlm.name,
-            bank=str(getattr(self.bank, "path", None))
-            if getattr(self.bank, "path", None)
-            else None,
+            bank=str(self.bank.root) if getattr(self.bank, "root", None) else None,
             prompt=prompt,
             grid=tuple(layout.grid),
             hooks=list(residuals),

@@ -12,12 +12,15 @@ import torch
 
 from tl_latentlens.models.base import VLM
 
-__all__ = ["CONNECTOR_VLM_FILE", "load_vlm"]
+__all__ = ["CONNECTOR_VLM_FILE", "DEFAULT_NAME", "load_vlm"]
 
 logger = logging.getLogger(__name__)
 
 #: A directory holding this file is a connector VLM (loaded by ``tl_latentlens.default``).
 CONNECTOR_VLM_FILE = "connector_vlm.json"
+
+#: ``load_vlm("default")`` is the embedded default VLM (SmolLM2-135M + EfficientNet-Lite0).
+DEFAULT_NAME = "default"
 
 # boot_transformers kwargs that also apply to loading the config / processor files.
 _FILE_KWARGS = ("revision", "trust_remote_code")
@@ -42,7 +45,8 @@ def load_vlm(
     the PIL image processor is used instead.
 
     Args:
-        name_or_path: HF hub name or local directory. A directory containing
+        name_or_path: HF hub name, ``"default"`` (the embedded default VLM) or a local
+            directory. A directory containing
             ``connector_vlm.json`` is loaded by ``tl_latentlens.default.load_connector_vlm``.
         device: Device for the model (default: TransformerLens's choice, CUDA if present).
         dtype: Model dtype.
@@ -64,6 +68,10 @@ def load_vlm(
         >>> vlm = load_vlm("Qwen/Qwen2-VL-2B-Instruct", device="cuda", dtype=torch.bfloat16)
         >>> acts = capture_image(vlm, image, hooks=["blocks.0.hook_resid_pre"])
     """
+    if str(name_or_path) == DEFAULT_NAME:
+        from tl_latentlens.default import load_default_vlm
+
+        return load_default_vlm(device=device, dtype=dtype)
     path = Path(name_or_path)
     if path.is_dir() and (path / CONNECTOR_VLM_FILE).is_file():
         from tl_latentlens.default import load_connector_vlm

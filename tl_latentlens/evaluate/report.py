@@ -1,0 +1,152 @@
+"""Outputs of a study: the table (CSV + text), plots, leap heatmap and ``report.json``."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["LENS_NAMES", "format_table", "write_outputs"]
+
+logger = logging.getLogger(__name__)
+
+#: Record lens name -> display name.
+LENS_NAMES = {"latent": "LatentLens", "logit": "LogitLens", "embedding": "EmbeddingLens"}
+
+
+def _topk_col(table: Any) -> str:
+    cols = [c for c in table.columns if c.startswith("latent_top")]
+    if not cols:
+        raise ValueError("not a study table: no latent_top<k> column")
+    return cols[0][len("latent_") :]
+
+
+def format_table(table: Any) -> str:
+    """The per-layer table as aligned text (percentages, one decimal).
+
+    Example:
+        >>> print(format_table(aggregate("study/judgements.jsonl")))
+        layer  n  LatentLens top5 / @1  LogitLens top5 / @1  EmbeddingLens top5 / @1
+    """
+    top = _topk_col(table)
+
+    def pct(x: float) -> str:
+        return "  -  " if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:5.1f}"
+
+    head = ["layer", "patches"] + [f"{name} {top} / @1" for name in LENS_NAMES.values()]
+    rows = []
+    for _, r in table.iterrows():
+        layer = float(r["layer"])
+        cells = [str(int(layer)) if layer.is_integer() else str(layer), str(int(r["n_patches"]))]
+        for lens in LENS_NAMES:
+            errs = int(r[f"{lens}_errors"])
+            cell = f"{pct(r[f'{lens}_{top}'])} / {pct(r[f'{lens}_pass1'])}"
+            cells.append(cell + (f" ({errs} err)" if errs else ""))
+        rows.append(cells)
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in [head, *rows]]
+    return "\n".join(lines)
+
+
+def _curves(table: Any, column: str) -> dict[str, dict[float, float]]:
+    out: dict[str, dict[float, float]] = {}
+    for lens, name in LENS_NAMES.items():
+        pts = {
+            float(r["layer"]): float(r[f"{lens}_{column}"])
+            for _, r in table.iterrows()
+            if not math.isnan(float(r[f"{lens}_{column}"]))
+        }
+        if pts:
+            out[name] = pts
+    return out
+
+
+def _plots(
+    out: Path, table: Any, explanations: Sequence[Any], config: Any, files: dict[str, Path]
+) -> None:
+    try:
+        from tl_latentlens.render.pictures import layer_curve_png, leap_heatmap_png
+    except ImportError as e:  # rendering is optional for the numbers
+        logger.warning("plots skipped: tl_latentlens.render.pictures unavailable (%s)", e)
+        return
+    top = _topk_col(table)
+    for column, name, what in (
+        (top, "layers.png", f"any of the top-{top[3:]} words"),
+        ("pass1", "layers_pass1.png", "top-1 word"),
+    ):
+        curves = _curves(table, column)
+        if curves:
+            files[name] = layer_curve_png(
+                curves, out / name, title=f"% interpretable ({what}) per layer"
+            )
+    if config.per_layer:
+        logger.info("leap heatmap skipped: per-layer search has no cross-layer matches")
+        return
+    from tl_latentlens.lens.leap import mid_layer_leap
+
+    usable = [e for e in explanations if e.patches]
+    if not usable:
+        return
+    leap = mid_layer_leap(usable)
+    leap.to_dataframe("counts").to_csv(out / "leap.csv")
+    files["leap.csv"] = out / "leap.csv"
+    files["leap.png"] = leap_heatmap_png(leap, out / "leap.png")
+
+
+def write_outputs(
+    out: Path,
+    table: Any,
+    explanations: Sequence[Any],
+    lens: Any,
+    images: Sequence[Any],
+    judge: Any,
+    config: Any,
+    plan: Any,
+    identity: dict[str, Any],
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Write ``table.csv``, the plots, ``leap.*`` and ``report.json``; return (files, report)."""
+    files: dict[str, Path] = {"judgements": out / "judgements.jsonl", "plan": out / "plan.json"}
+    table.to_csv(out / "table.csv", index=False, float_format="%.2f")
+    files["table.csv"] = out / "table.csv"
+    if config.plots:
+        _plots(out, table, explanations, config, files)
+    bank = lens.bank
+    report = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "protocol": config.protocol,
+        "config": config.to_dict(),
+        "k": config.k,
+        "seed": config.seed,
+        "model": identity["model"],
+        "bank": {
+            "path": str(getattr(bank, "root", getattr(bank, "path", ""))),
+            "identity": identity["bank"],
+        },
+        "judge": judge.describe(),
+        "images": [
+            {
+                "id": im.id,
+                "source": im.source,
+                "fingerprint": fp,
+                "annotated": im.annotated,
+                "labels": list(im.labels),
+            }
+            for im, (_, fp, _labels) in zip(images, identity["images"])
+        ],
+        "sampling": {
+            "requested_per_layer": plan.requested,
+            "paired": plan.paired,
+            "per_layer": plan.stats,
+        },
+        "table": json.loads(table.to_json(orient="records")),
+        "files": {name: str(path.name) for name, path in files.items()},
+    }
+    (out / "report.json").write_text(
+        json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8"
+    )
+    files["report.json"] = out / "report.json"
+    return files, report

@@ -1,0 +1,316 @@
+"""The per-layer interpretability study: sample patches, run the lenses, judge, aggregate.
+
+For each image the model runs once (:meth:`LatentLens.explain` over every needed layer,
+restricted to the sampled patches); each lens's top-k words for each sampled (patch, layer) go
+to the judge; every verdict is appended to ``judgements.jsonl`` as it arrives. Then the table,
+the plots and ``report.json`` are written (:mod:`tl_latentlens.evaluate.report`).
+
+Output folder::
+
+    plan.json             what is judged where, and the study's identity (checked on resume)
+    judgements.jsonl      one line per (image, patch, layer, lens)
+    explanations/<id>.json  the lens outputs per image (resume skips the model for these)
+    table.csv  layers.png  leap.png  report.json
+
+Example:
+    >>> lens = LatentLens(vlm, Bank.open("banks/default", vlm))
+    >>> result = run_study(lens, load_images(["default"]), MaskJudge(), EvalConfig(), "study")
+    >>> print(result.table)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from tl_latentlens import hooks as hk
+from tl_latentlens.evaluate.config import EvalConfig
+from tl_latentlens.evaluate.images import EvalImage
+from tl_latentlens.evaluate.judges import Judge, JudgeCase, MaskJudge
+from tl_latentlens.evaluate.records import LENSES, JudgementLog, aggregate, record_key
+from tl_latentlens.evaluate.sampling import SamplePlan, sample_plan
+
+__all__ = ["StudyResult", "candidates_of", "run_study", "study_identity"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StudyResult:
+    """What :func:`run_study` produced.
+
+    Attributes:
+        table: Per-layer percentages (:func:`~tl_latentlens.evaluate.records.aggregate`).
+        out: The output folder.
+        files: Name -> path of every file written.
+        report: The contents of ``report.json``.
+        plan: The sampling plan.
+        explanations: One (sampled-patches-only) explanation per image.
+        judged: Verdicts asked for in this run (0 when everything was resumed).
+    """
+
+    table: Any
+    out: Path
+    files: dict[str, Path]
+    report: dict[str, Any]
+    plan: SamplePlan
+    explanations: list[Any] = field(default_factory=list)
+    judged: int = 0
+
+
+def candidates_of(patch: Any, lens: str) -> list[dict[str, Any]]:
+    """One lens's candidates of a :class:`~tl_latentlens.lens.PatchExplanation` as records."""
+    if lens == "latent":
+        return [
+            {
+                "token": n.token,
+                "score": float(n.similarity),
+                "text_layer": n.layer,
+                "sentence": n.sentence[:300],
+            }
+            for n in patch.latent
+        ]
+    if lens not in ("logit", "embedding"):
+        raise ValueError(f"unknown lens {lens!r}; lenses: {LENSES}")
+    return [
+        {"token": c.token, "token_id": int(c.token_id), "score": float(c.score)}
+        for c in getattr(patch, lens)
+    ]
+
+
+def study_identity(
+    lens: Any,
+    images: Sequence[EvalImage],
+    judge: Judge,
+    config: EvalConfig,
+    grid_labels: Sequence[Any] | None = None,
+) -> dict[str, Any]:
+    """Everything a resumed run must agree on: config, images (pixels and labels on the
+    model's grid), judge, model and bank."""
+    from tl_latentlens.bank.manifest import identity
+
+    bank = lens.bank
+    desc = judge.describe()
+    labels = grid_labels if grid_labels is not None else [None] * len(images)
+    return {
+        "config": config.identity(),
+        "images": [[im.id, im.fingerprint(), _digest(lab)] for im, lab in zip(images, labels)],
+        "judge": {key: desc.get(key) for key in ("name", "model", "rule")},
+        "model": lens.vlm.fingerprint(),
+        "bank": identity(bank.manifest) if hasattr(bank, "manifest") else None,
+    }
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj).encode()).hexdigest()[:16]
+
+
+def _layers(lens: Any, config: EvalConfig) -> list[int]:
+    n = lens.vlm.n_layers
+    if config.layers is None:
+        return sorted({int(hk.layer_of(h)) for h in lens.default_hooks()})
+    bad = [x for x in config.layers if not 0 <= int(x) <= n]
+    if bad:
+        raise ValueError(f"layers {bad} are outside 0..{n} for this {n}-block model")
+    return sorted({int(x) for x in config.layers})
+
+
+def _eligible(
+    lens: Any, images: Sequence[EvalImage], judge: Judge, config: EvalConfig
+) -> tuple[list, list]:
+    """Per image: the layout grid + patch labels, and the visual-token indices that may be drawn."""
+    needs_labels = bool(getattr(judge, "needs_labels", isinstance(judge, MaskJudge)))
+    info, eligible = [], []
+    for im in images:
+        layout = lens.vlm.prepare(im.image, config.prompt).layout
+        grid = tuple(layout.grid)
+        labels = im.grid_labels(grid, config.min_label_fraction)
+        rows, cols = layout.rows.tolist(), layout.cols.tolist()
+        ok = []
+        for i, (r, c) in enumerate(zip(rows, cols)):
+            if r < 0:
+                continue  # not a grid patch (separator, thumbnail)
+            if needs_labels and (labels is None or labels[r][c] is None):
+                continue
+            ok.append(i)
+        info.append({"grid": grid, "labels": labels, "rows": rows, "cols": cols})
+        eligible.append(ok)
+    if needs_labels and not any(eligible):
+        raise ValueError(
+            "the mask judge needs annotated images, and none of these has labelled patches"
+        )
+    return info, eligible
+
+
+def _check_resume(out: Path, ident: dict[str, Any], plan: SamplePlan, resume: bool) -> None:
+    plan_file = out / "plan.json"
+    log = out / "judgements.jsonl"
+    if not resume:
+        if log.is_file() and log.stat().st_size > 0:
+            raise ValueError(
+                f"{out} already holds judgements: resume it (--resume) or choose another --out"
+            )
+        return
+    if plan_file.is_file():
+        old = json.loads(plan_file.read_text(encoding="utf-8"))
+        new = json.loads(json.dumps({"identity": ident, "plan": plan.to_dict()}))
+        for key in ("identity", "plan"):
+            if old.get(key) != new[key]:
+                diff = [k for k in new[key] if old.get(key, {}).get(k) != new[key][k]]
+                raise ValueError(
+                    f"cannot resume {out}: the study differs in {key} ({', '.join(diff)})"
+                )
+
+
+def run_study(
+    lens: Any,
+    images: Sequence[EvalImage],
+    judge: Judge,
+    config: EvalConfig,
+    out: str | Path,
+    resume: bool = False,
+) -> StudyResult:
+    """Run (or resume) a study and write its outputs.
+
+    Args:
+        lens: A :class:`~tl_latentlens.lens.LatentLens` (its VLM and bank are recorded).
+        images: The images (:func:`~tl_latentlens.evaluate.images.load_images`).
+        judge: The judge (:class:`MaskJudge` needs annotated images).
+        config: Sampling and counting settings.
+        out: Output folder (created).
+        resume: Continue a study in ``out``: judged keys are skipped, the plan must match.
+
+    Raises:
+        ValueError: ``out`` holds a different or unfinished study without ``resume``, no
+            eligible patches, layers outside the model.
+    """
+    from tl_latentlens.evaluate.report import write_outputs
+    from tl_latentlens.lens.results import Explanation
+
+    out = Path(out)
+    if not images:
+        raise ValueError("no images")
+    layers = _layers(lens, config)
+    info, eligible = _eligible(lens, images, judge, config)
+    plan = sample_plan(eligible, layers, config.patches_per_layer, config.seed, config.paired)
+    ident = study_identity(lens, images, judge, config, [x["labels"] for x in info])
+    _check_resume(out, ident, plan, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "plan.json").write_text(
+        json.dumps({"identity": ident, "plan": plan.to_dict()}, indent=1)
+    )
+    log = JudgementLog(out / "judgements.jsonl")
+    done = log.done() if resume else set()
+    n_layers = lens.vlm.n_layers
+    hook_of = {layer: hk.hook_for_layer(layer, n_layers) for layer in layers}
+    sampled = {layer: set(pairs) for layer, pairs in plan.picks.items()}
+    explanations, judged = [], 0
+    bar = tqdm(list(enumerate(images)), desc="evaluate: images", unit="img")
+    for idx, im in bar:
+        patches = plan.patches_for_image(idx)
+        if not patches:
+            continue
+        todo_layers = [layer for layer in layers if any(i == idx for i, _ in plan.picks[layer])]
+        exp_file = out / "explanations" / f"{im.id}.json"
+        exp = Explanation.load(exp_file) if exp_file.is_file() else None
+        keys = [
+            (im.id, p, float(layer), lens_)
+            for layer in todo_layers
+            for p in patches
+            if (idx, p) in sampled[layer]
+            for lens_ in LENSES
+        ]
+        if exp is None:
+            exp = lens.explain(
+                im.image,
+                config.prompt,
+                hooks=[hook_of[x] for x in todo_layers],
+                k=config.k,
+                per_layer=config.per_layer,
+                exact=config.exact,
+                patches=patches,
+            )
+            if config.save_explanations:
+                exp.save(exp_file)
+        keep = [p for p in exp.patches if (idx, p.index) in sampled.get(int(p.layer), set())]
+        explanations.append(replace(exp, patches=keep))
+        cases = [c for c in _cases(exp, im, info[idx], keys, done, hook_of)]
+        judged += _judge_all(judge, cases, log, config.judge_workers)
+        bar.set_postfix(judged=judged)
+    table = aggregate(log.path, kinds=config.count_kinds)
+    files, report = write_outputs(
+        out, table, explanations, lens, images, judge, config, plan, ident
+    )
+    return StudyResult(table, out, files, report, plan, explanations, judged)
+
+
+def _cases(
+    exp: Any, im: EvalImage, info: dict[str, Any], keys: list, done: set, hook_of: dict
+) -> list:
+    """``(record_without_verdict, JudgeCase)`` for every key not judged yet."""
+    labels = info["labels"]
+    out = []
+    for key in keys:
+        if key in done:
+            continue
+        image_id, p, layer, lens_name = key
+        patch = exp.patch(hook_of[int(layer)], p)
+        cands = candidates_of(patch, lens_name)
+        words = [c["token"].strip() for c in cands]
+        row, col = info["rows"][p], info["cols"][p]
+        label = labels[row][col] if labels is not None else None
+        rec = {
+            "image": image_id,
+            "patch": p,
+            "row": row,
+            "col": col,
+            "layer": int(layer),
+            "hook": hook_of[int(layer)],
+            "lens": lens_name,
+            "label": label,
+            "candidates": cands,
+            "words": words,
+        }
+        case = JudgeCase(
+            image=im.image,
+            image_id=image_id,
+            row=row,
+            col=col,
+            grid=info["grid"],
+            candidates=tuple(c["token"] for c in cands),
+            label=label,
+            image_labels=im.labels,
+            caption=im.caption,
+        )
+        out.append((rec, case))
+    return out
+
+
+def _judge_all(judge: Judge, cases: list, log: JudgementLog, workers: int) -> int:
+    """Judge cases (threads when ``workers > 1``), appending each record as it completes."""
+    import time
+
+    name = judge.describe().get("name")
+
+    def one(item: tuple[dict[str, Any], JudgeCase]) -> None:
+        rec, case = item
+        verdict = judge.judge(case)
+        log.append({**rec, "verdict": verdict.to_dict(), "judge": name, "t": round(time.time(), 3)})
+        if verdict.is_error:
+            logger.debug("judge error for %s: %s", record_key(rec), verdict.error)
+
+    if workers <= 1:
+        for item in cases:
+            one(item)
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(one, cases))
+    return len(cases)
