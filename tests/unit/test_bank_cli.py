@@ -1,0 +1,38 @@
+"""The build-bank sub-command (model loading replaced by the tiny model)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+
+from tl_latentlens.bank import Bank
+from tl_latentlens.bank.cli import add_build_bank_parser, run_build_bank
+
+
+def test_build_bank_cli(tiny_vlm, tmp_path, monkeypatch):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the red car\na dog near the tree\n")
+    loaded = []
+    fake = types.ModuleType("tl_latentlens.models.load")
+
+    def load_vlm(name):
+        loaded.append(name)
+        return tiny_vlm
+
+    fake.load_vlm = load_vlm
+    monkeypatch.setitem(sys.modules, "tl_latentlens.models.load", fake)
+    parser = argparse.ArgumentParser(prog="tl-latentlens")
+    add_build_bank_parser(parser.add_subparsers(dest="command"))
+    out = tmp_path / "bank"
+    args = parser.parse_args(
+        ["build-bank", str(corpus), str(out), "--model", "tiny", "--layers", "0", "3",
+         "--max-per-token", "none", "--dtype", "float32", "--no-progress"]
+    )  # fmt: skip
+    assert args.func is run_build_bank and args.max_per_token is None
+    assert args.func(args) == 0
+    assert loaded == ["tiny"]
+    bank = Bank.open(out, tiny_vlm)
+    assert bank.layers == {"blocks.0.hook_resid_pre": 0, "blocks.2.hook_resid_post": 3}
+    assert bank.dtype == "float32"
+    assert bank.manifest["build"]["content"]["max_per_token"] is None

@@ -1,0 +1,223 @@
+"""Bank.open validation and search: clear errors, exact vs HNSW, cross-hook merge."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from tiny_models import WORDS, TinyEncoder, tiny_llama_dir
+from tl_latentlens.bank import (
+    Bank,
+    BankError,
+    BankExistsError,
+    BankFormatError,
+    BankModelMismatchError,
+    BankQueryError,
+    CorruptBankError,
+    MissingHookError,
+    Neighbour,
+    build_bank,
+)
+
+HOOKS = ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.2.hook_resid_post"]
+
+
+@pytest.fixture(scope="module")
+def bank_dir(tiny_vlm, tmp_path_factory):
+    rng = np.random.default_rng(0)
+    sents = [" ".join(rng.choice(WORDS, rng.integers(3, 10))) for _ in range(80)]
+    path = tmp_path_factory.mktemp("bank") / "bank"
+    build_bank(tiny_vlm, sents, path, HOOKS, max_per_token=None, progress=False)
+    return path
+
+
+@pytest.fixture
+def copy(bank_dir, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(bank_dir, dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def other_vlm(tmp_path_factory):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from tl_latentlens.models.connector import Connector, ConnectorVLM
+
+    path = tiny_llama_dir(tmp_path_factory.mktemp("other"), seed=1)
+    bridge = TransformerBridge.boot_transformers(str(path), device="cpu")
+    enc = TinyEncoder()
+    return ConnectorVLM(
+        bridge, enc, Connector(enc.d_vision, bridge.cfg.d_model), name="tiny-connector-vlm"
+    )
+
+
+def test_open_and_metadata(bank_dir, tiny_vlm):
+    bank = Bank.open(bank_dir, tiny_vlm, verify="full")
+    assert bank.hooks == HOOKS
+    assert bank.layers == {HOOKS[0]: 0, HOOKS[1]: 1, HOOKS[2]: 3}
+    assert bank.d_model == 64 and bank.dtype == "float16"
+    n = bank.n_entries(HOOKS[0])
+    assert bank.vectors(HOOKS[2]).shape == (n, 64)
+    assert isinstance(bank.vectors(HOOKS[2]), np.memmap)
+    assert bank.manifest["counts"]["n_entries"] == n
+    assert bank.sentence(0) and bank.sentence_tokens(0)[0] == "<s>"
+
+
+def test_model_mismatch_names_the_field(bank_dir, other_vlm, tmp_path):
+    with pytest.raises(BankModelMismatchError, match="embedding_sha256"):
+        Bank.open(bank_dir, other_vlm)
+    bank = Bank.open(bank_dir)
+    with pytest.raises(BankModelMismatchError):
+        bank.check_model(other_vlm)
+    # building another model's bank over it is refused too
+    with pytest.raises(BankExistsError, match="model.embedding_sha256"):
+        build_bank(other_vlm, ["a cat"], bank_dir, HOOKS, max_per_token=None, progress=False)
+
+
+def test_missing_dir_manifest_and_wrong_version(copy, tmp_path):
+    with pytest.raises(BankError, match="does not exist"):
+        Bank.open(tmp_path / "nope")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(BankError, match="no manifest.json"):
+        Bank.open(empty)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["format_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BankFormatError, match="version 99"):
+        Bank.open(copy)
+    (copy / "manifest.json").write_text("{not json")
+    with pytest.raises(BankFormatError):
+        Bank.open(copy)
+
+
+def test_truncated_vectors_detected_at_open(copy):
+    vec = copy / "hooks" / HOOKS[1] / "vectors.npy"
+    data = vec.read_bytes()
+    vec.write_bytes(data[:-10])
+    with pytest.raises(CorruptBankError, match="truncated"):
+        Bank.open(copy, verify="size")
+
+
+def _flip(path, offset=-100):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_corrupted_vectors_detected(copy):
+    _flip(copy / "hooks" / HOOKS[1] / "vectors.npy")
+    with pytest.raises(CorruptBankError, match="checksum"):
+        Bank.open(copy, verify="full")
+    bank = Bank.open(copy)  # lazy: the hook is hashed on first use
+    q = np.ones(64, dtype=np.float32)
+    bank.search(q, hook=HOOKS[0])  # an intact hook works
+    with pytest.raises(CorruptBankError, match="vectors.npy"):
+        bank.search(q, hook=HOOKS[1], exact=True)
+
+
+def test_corrupted_index_and_tables_detected(copy):
+    _flip(copy / "hooks" / HOOKS[2] / "index.hnsw", offset=500)
+    bank = Bank.open(copy)
+    with pytest.raises(CorruptBankError, match="index.hnsw"):
+        bank.search(np.ones(64), hook=HOOKS[2])
+    _flip(copy / "entries.npy")
+    with pytest.raises(CorruptBankError, match="entries.npy"):
+        Bank.open(copy)
+
+
+def test_missing_hook_files_and_hooks(copy):
+    bank = Bank.open(copy)
+    with pytest.raises(MissingHookError, match="stores: blocks.0.hook_resid_pre"):
+        bank.search(np.ones(64), hook="blocks.1.hook_resid_post")
+    with pytest.raises(MissingHookError):
+        bank.vectors("blocks.1.hook_resid_mid")
+    # an equivalent name of a stored layer resolves to it
+    assert bank.resolve_hook("blocks.1.hook_resid_pre") == HOOKS[1]
+    assert bank.resolve_hook(3) == HOOKS[2]
+    (copy / "hooks" / HOOKS[2] / "index.hnsw").unlink()
+    with pytest.raises(CorruptBankError, match="missing"):
+        Bank.open(copy)
+
+
+def test_query_validation(bank_dir):
+    bank = Bank.open(bank_dir)
+    with pytest.raises(BankQueryError, match="63.*64"):
+        bank.search(torch.randn(2, 63))
+    with pytest.raises(ValueError, match="dimension"):
+        bank.search(np.ones(65))
+    bad = torch.randn(2, 64)
+    bad[1, 3] = float("nan")
+    with pytest.raises(BankQueryError, match="NaN"):
+        bank.search(bad)
+    with pytest.raises(BankQueryError, match="zeros"):
+        bank.search(torch.zeros(64))
+    for k in (0, -1, 2.5):
+        with pytest.raises(BankQueryError, match="k must"):
+            bank.search(torch.randn(64), k=k)
+    with pytest.raises(BankQueryError, match="shape"):
+        bank.search(torch.randn(2, 3, 64))
+
+
+def test_search_exact_matches_brute_force_across_hooks(bank_dir):
+    bank = Bank.open(bank_dir)
+    rng = np.random.default_rng(1)
+    rows = rng.choice(bank.n_entries(), 6, replace=False)
+    q = bank.decoded(HOOKS[1], rows) + 0.3 * rng.standard_normal((6, 64)).astype(np.float32)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    results = bank.search(torch.from_numpy(q), hook=None, k=7, exact=True)
+    assert len(results) == 6
+    sims = []
+    for hook in HOOKS:
+        v = bank.decoded(hook)
+        sims.append(qn @ (v / np.linalg.norm(v, axis=1, keepdims=True)).T)
+    allsims = np.concatenate(sims, axis=1)
+    for i, hits in enumerate(results):
+        want = np.sort(allsims[i])[::-1][:7]
+        np.testing.assert_allclose([h.similarity for h in hits], want, rtol=1e-4, atol=1e-5)
+        for h in hits:
+            assert isinstance(h, Neighbour)
+            col = HOOKS.index(h.hook) * bank.n_entries() + int(np.flatnonzero(
+                (bank.entries["sentence_id"] == h.sentence_id) & (bank.entries["position"] == h.position)
+            )[0])  # fmt: skip
+            assert allsims[i, col] == pytest.approx(h.similarity, abs=1e-5)
+            assert h.layer == bank.layers[h.hook]
+            assert h.sentence_tokens[h.position] == h.token
+            assert h.sentence == bank.sentence(h.sentence_id)
+    # the query's own row is its best match in its own hook
+    own = bank.search(bank.decoded(HOOKS[1], rows), hook=HOOKS[1], k=1, exact=True)
+    assert [o[0].sentence_id for o in own] == bank.entries["sentence_id"][rows].tolist()
+
+
+def test_hnsw_agrees_with_exact_on_small_bank(bank_dir):
+    bank = Bank.open(bank_dir)
+    q = torch.randn(20, 64, generator=torch.Generator().manual_seed(0))
+    for hook in (HOOKS, HOOKS[2]):
+        approx = bank.search(q, hook=hook, k=5)
+        exact = bank.search(q, hook=hook, k=5, exact=True)
+        # compare similarities: layer-0 vectors of one token id are identical (ties)
+        found = sum(
+            sum(n.similarity >= e[-1].similarity - 1e-4 for n in a) for a, e in zip(approx, exact)
+        )
+        assert found / (20 * 5) >= 0.95
+    low_ef = bank.search(q, hook=HOOKS[1], k=5, ef=8)  # per-call ef (raised to k when lower)
+    assert all(len(row) == 5 for row in low_ef)
+    single = bank.search(q[0].numpy(), hook=HOOKS[0], k=3)
+    assert len(single) == 1 and len(single[0]) == 3
+    assert [n.similarity for n in single[0]] == sorted(
+        (n.similarity for n in single[0]), reverse=True
+    )
+
+
+def test_k_larger_than_bank_and_highlight(tiny_vlm, tmp_path):
+    bank = build_bank(tiny_vlm, ["the red car"], tmp_path / "b", HOOKS[:1], progress=False)
+    hits = bank.search(torch.randn(64), k=10)[0]
+    assert len(hits) == bank.n_entries() == 3
+    n = next(h for h in hits if h.token == "red")
+    assert n.highlighted(skip=("<s>",)) == "the [red] car"
+    assert n.context(before=1, after=1) == (("the",), "red", ("car",))

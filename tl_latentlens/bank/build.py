@@ -1,0 +1,262 @@
+"""``build_bank``: corpus -> contextual text bank directory (resumable, written atomically).
+
+Steps: pass 1 (:mod:`~tl_latentlens.bank.select`) tokenises and spools the corpus and picks the
+entries; the plan (:mod:`~tl_latentlens.bank.plan`) orders them into batches; the tables are
+written (:mod:`~tl_latentlens.bank.tables`); pass 2 (:mod:`~tl_latentlens.bank.encode`) runs
+the model; an HNSW index is built per hook; the manifest with checksums is written last and the
+staged directory is renamed into place.
+
+Work happens in ``<out>.partial/`` next to ``out``: its ``state.json`` (replaced atomically)
+records the build's key (model, hooks, options, corpus fingerprint) and progress, so rerunning
+an interrupted build with the same arguments continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tl_latentlens import hooks as hk
+from tl_latentlens.bank import index as ix
+from tl_latentlens.bank import manifest as mf
+from tl_latentlens.bank.bank import Bank
+from tl_latentlens.bank.config import FORMAT_VERSION, BankConfig
+from tl_latentlens.bank.encode import allocate_vectors, encode_batches
+from tl_latentlens.bank.errors import BankExistsError, CorruptBankError
+from tl_latentlens.bank.plan import make_plan
+from tl_latentlens.bank.select import Selection, select_entries
+from tl_latentlens.bank.sources import iter_corpus
+from tl_latentlens.bank.store import (
+    atomic_save_npy,
+    atomic_write_json,
+    file_record,
+    publish_dir,
+    read_json,
+)
+from tl_latentlens.bank.tables import write_tables
+from tl_latentlens.models.base import VLM
+
+__all__ = ["build_bank"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_bank(
+    vlm: VLM,
+    corpus: Any,
+    out_dir: str | os.PathLike,
+    hooks: Sequence[str] | None = None,
+    *,
+    max_tokens: int | None = 64,
+    batch_size: int = 32,
+    max_per_token: int | None = 50,
+    seed: int = 42,
+    dtype: str = "float16",
+    hnsw_M: int = 16,
+    ef_construction: int = 200,
+    resume: bool = True,
+    overwrite: bool = False,
+    **options: Any,
+) -> Bank:
+    """Build (or open, if it already exists identically) a contextual text bank.
+
+    Args:
+        vlm: The model whose language model produces the residuals.
+        corpus: Sentences; see :func:`~tl_latentlens.bank.sources.iter_corpus` for the kinds.
+        out_dir: Bank directory to create.
+        hooks: Residual hooks to store; default ``hooks.default_bank_hooks(vlm.n_layers)``.
+        max_tokens, batch_size, max_per_token, seed, dtype, hnsw_M, ef_construction: See
+            :class:`~tl_latentlens.bank.BankConfig`.
+        resume: Continue an interrupted build of the same bank from ``<out>.partial``.
+        overwrite: Replace an existing, different bank (or other directory) at ``out_dir``.
+        **options: Further :class:`BankConfig` fields (``ef_search``, ``text_column``,
+            ``split``, ``shard_batches``, ``num_threads``, ``progress``).
+
+    Returns:
+        The opened :class:`~tl_latentlens.bank.Bank`.
+
+    Raises:
+        BankExistsError: ``out_dir`` holds something else and ``overwrite`` is False.
+        CorpusError: The corpus cannot be read.
+
+    Example:
+        >>> bank = build_bank(vlm, "captions.txt", "banks/captions", max_per_token=20)
+        >>> bank.search(query, k=5)
+    """
+    cfg = BankConfig(
+        max_tokens=max_tokens, batch_size=batch_size, max_per_token=max_per_token, seed=seed,
+        dtype=dtype, hnsw_M=hnsw_M, ef_construction=ef_construction, **options,
+    )  # fmt: skip
+    hooks = _unique_layers(
+        vlm.validate_hooks(
+            list(hooks) if hooks is not None else hk.default_bank_hooks(vlm.n_layers)
+        )
+    )
+    out = Path(out_dir).absolute()
+    want = {
+        "format_version": FORMAT_VERSION,
+        "model": vlm.fingerprint(),
+        "hooks": list(hooks),
+        "options": cfg.content_options,
+    }
+    existing = _existing(out, want, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spool = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.spool-"))
+    try:
+        sentences = iter_corpus(corpus, cfg.text_column, cfg.split)
+        selection = select_entries(vlm, sentences, cfg, spool)
+        want["corpus_fingerprint"] = selection.corpus_fingerprint
+        if existing is not None and mf.identity(existing) == want:
+            try:
+                logger.info("an identical bank exists at %s; opening it", out)
+                return Bank.open(out, vlm)
+            except CorruptBankError:
+                if not overwrite:
+                    raise
+                logger.warning("the existing bank at %s is corrupt; rebuilding it", out)
+        elif existing is not None and not overwrite:
+            raise BankExistsError(_exists_message(out, mf.identity(existing), want))
+        stage = _build_stage(vlm, hooks, cfg, selection, spool, out, resume, want, corpus)
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+    publish_dir(stage, out)
+    logger.info("bank written to %s", out)
+    shutil.rmtree(stage.parent, ignore_errors=True)
+    return Bank.open(out, vlm, verify="size")
+
+
+def _unique_layers(hooks: list[str]) -> list[str]:
+    """Drop hooks naming the same residual as an earlier one (e.g. ``blocks.1.hook_resid_pre``
+    after ``blocks.0.hook_resid_post``)."""
+    seen: dict[float, str] = {}
+    for hook in hooks:
+        layer = hk.layer_of(hook)
+        if layer in seen:
+            logger.warning(
+                "%s is the same residual as %s (layer %s); storing it once",
+                hook,
+                seen[layer],
+                layer,
+            )
+            continue
+        seen[layer] = hook
+    return list(seen.values())
+
+
+def _existing(out: Path, want: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+    """The manifest of an existing bank at ``out`` (None if nothing is there); raise early if
+    ``out`` is occupied by something that cannot be the bank asked for."""
+    if not out.exists():
+        return None
+    if out.is_dir() and not any(out.iterdir()):
+        return None
+    manifest = None
+    if out.is_dir() and (out / mf.MANIFEST).is_file():
+        try:
+            manifest = read_json(out / mf.MANIFEST)
+        except (OSError, ValueError):
+            manifest = None
+    if overwrite:
+        return manifest
+    if manifest is None:
+        raise BankExistsError(
+            f"{str(out)!r} exists and is not a bank; refusing to replace it (pass overwrite=True)"
+        )
+    have = mf.identity(manifest)
+    if any(have[key] != want[key] for key in want):
+        raise BankExistsError(_exists_message(out, have, want))
+    return manifest
+
+
+def _exists_message(out: Path, have: dict[str, Any], want: dict[str, Any]) -> str:
+    diffs = mf.describe_differences(have, want, keys=list(want))
+    return (
+        f"a different bank exists at {str(out)!r} (existing != requested: {'; '.join(diffs)}); "
+        "pass overwrite=True to replace it or choose another out_dir"
+    )
+
+
+def _resume_key(want: dict[str, Any], cfg: BankConfig) -> str:
+    blob = json.dumps({**want, "resume": cfg.resume_options}, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _build_stage(
+    vlm: VLM,
+    hooks: list[str],
+    cfg: BankConfig,
+    selection: Selection,
+    spool: Path,
+    out: Path,
+    resume: bool,
+    want: dict[str, Any],
+    corpus: Any,
+) -> Path:
+    work = out.with_name(f"{out.name}.partial")
+    stage, state_path = work / "bank", work / "state.json"
+    key = _resume_key(want, cfg)
+    state = read_json(state_path) if state_path.is_file() else None
+    if state is not None and resume and state.get("key") == key:
+        logger.info("resuming the build in %s after batch %d", work, state["batches_done"])
+    else:
+        if work.exists():
+            reason = "resume=False" if not resume else "it was started with other arguments"
+            logger.warning("discarding the interrupted build in %s (%s)", work, reason)
+            shutil.rmtree(work)
+        stage.mkdir(parents=True)
+        plan = make_plan(selection, cfg.batch_size)
+        vocab = write_tables(stage, plan, spool, vlm.tokenizer)
+        atomic_save_npy(work / "batch_offsets.npy", plan.batch_offsets)
+        allocate_vectors(stage, hooks, plan.n_entries, vlm.d_model, cfg.dtype)
+        state = {
+            "key": key,
+            "batches_done": 0,
+            "n_batches": plan.n_batches,
+            "indexed": [],
+            "counts": {
+                "n_entries": plan.n_entries,
+                "n_sentences": int(plan.corpus_index.shape[0]),
+                "n_token_types": int(np.unique(plan.entries["token_id"]).shape[0]),
+                "n_full_token_types": selection.n_full_types,
+                "vocab_size": vocab,
+            },
+        }
+        atomic_write_json(state_path, state)
+
+    def record(done: int) -> None:
+        state["batches_done"] = done
+        atomic_write_json(state_path, state)
+
+    offsets = np.load(work / "batch_offsets.npy")
+    if state["batches_done"] < state["n_batches"]:
+        encode_batches(vlm, hooks, stage, offsets, cfg, state["batches_done"], record)
+    for i, hook in enumerate(hooks):
+        if hook in state["indexed"]:
+            continue
+        folder = stage / mf.hook_dir(hook)
+        scales = (
+            np.load(folder / "scales.npy", mmap_mode="r")
+            if (folder / "scales.npy").is_file()
+            else None
+        )
+        ix.build_hnsw(
+            np.load(folder / "vectors.npy", mmap_mode="r"), scales, cfg.dtype, folder / "index.hnsw",
+            M=cfg.hnsw_M, ef_construction=cfg.ef_construction, seed=cfg.seed,
+            threads=cfg.threads, progress=cfg.progress, desc=f"bank: index {i + 1}/{len(hooks)} {hook}",
+        )  # fmt: skip
+        state["indexed"].append(hook)
+        atomic_write_json(state_path, state)
+    manifest = mf.build_manifest(vlm, hooks, cfg, selection, state["counts"], corpus)
+    rels = mf.shared_files() + [f for h in hooks for f in mf.hook_files(h, cfg.dtype)]
+    manifest["files"] = {rel: file_record(stage / rel) for rel in rels}
+    atomic_write_json(stage / mf.MANIFEST, manifest)
+    return stage

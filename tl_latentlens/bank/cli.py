@@ -1,0 +1,129 @@
+"""``build-bank`` sub-command: build a contextual text bank from the command line.
+
+Wire it into the main CLI with::
+
+    sub = parser.add_subparsers(dest="command")
+    add_build_bank_parser(sub)          # sets func=run_build_bank
+    args = parser.parse_args()
+    sys.exit(args.func(args))
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from tl_latentlens import hooks as hk
+from tl_latentlens.bank.config import STORAGE_DTYPES, BankConfig
+
+__all__ = ["add_build_bank_parser", "run_build_bank"]
+
+logger = logging.getLogger(__name__)
+
+_DEFAULTS = BankConfig()
+
+
+def _opt_int(text: str) -> int | None:
+    """An int, or ``none``/``0`` for "no limit"."""
+    if text.lower() in ("none", "0", "all"):
+        return None
+    return int(text)
+
+
+def add_build_bank_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``build-bank`` sub-command to an ``argparse`` sub-parser group.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(prog="tl-latentlens")
+        >>> add_build_bank_parser(parser.add_subparsers(dest="command"))
+        >>> args = parser.parse_args(["build-bank", "--model", "m", "c.txt", "out"])
+    """
+    p = subparsers.add_parser(
+        "build-bank",
+        help="build a contextual text bank (nearest-neighbour targets) from a corpus",
+        description="Run the model's language model over a corpus and store, per hook, the "
+        "residuals of its tokens (deduplicated by prefix, capped per token id) with an HNSW index.",
+    )
+    p.add_argument(
+        "corpus", help=".txt (one sentence per line), .jsonl/.csv, a saved or hub HF dataset"
+    )
+    p.add_argument("out", help="bank directory to create")
+    p.add_argument(
+        "--model", required=True, help="model to load (tl_latentlens.models.load.load_vlm)"
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--hooks", nargs="+", help="residual hook names (default: the paper's spread)"
+    )
+    which.add_argument(
+        "--layers", nargs="+", type=int, help="layers 0..n_layers instead of hook names"
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=_opt_int,
+        default=_DEFAULTS.max_tokens,
+        help="truncate sentences (none: no limit)",
+    )
+    p.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
+    p.add_argument(
+        "--max-per-token",
+        type=_opt_int,
+        default=_DEFAULTS.max_per_token,
+        help="cap per token id (none: no cap)",
+    )
+    p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
+    p.add_argument("--dtype", choices=sorted(STORAGE_DTYPES), default=_DEFAULTS.dtype)
+    p.add_argument("--hnsw-m", dest="hnsw_M", type=int, default=_DEFAULTS.hnsw_M)
+    p.add_argument("--ef-construction", type=int, default=_DEFAULTS.ef_construction)
+    p.add_argument("--ef-search", type=int, default=_DEFAULTS.ef_search)
+    p.add_argument("--text-column", default=_DEFAULTS.text_column)
+    p.add_argument("--split", default=_DEFAULTS.split, help="split of a hub dataset")
+    p.add_argument("--threads", type=int, default=None, help="hnswlib threads (default: all cores)")
+    p.add_argument(
+        "--no-resume", dest="resume", action="store_false", help="discard an interrupted build"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a different existing bank")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=run_build_bank)
+    return p
+
+
+def run_build_bank(args: argparse.Namespace) -> int:
+    """Execute ``build-bank``; returns the process exit code (0)."""
+    from tl_latentlens.bank.build import build_bank
+    from tl_latentlens.models.load import load_vlm
+
+    vlm = load_vlm(args.model)
+    hooks = args.hooks
+    if args.layers:
+        hooks = [hk.hook_for_layer(layer, vlm.n_layers) for layer in args.layers]
+    bank = build_bank(
+        vlm,
+        args.corpus,
+        args.out,
+        hooks,
+        max_tokens=args.max_tokens,
+        batch_size=args.batch_size,
+        max_per_token=args.max_per_token,
+        seed=args.seed,
+        dtype=args.dtype,
+        hnsw_M=args.hnsw_M,
+        ef_construction=args.ef_construction,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        ef_search=args.ef_search,
+        text_column=args.text_column,
+        split=args.split,
+        num_threads=args.threads,
+        progress=args.progress,
+    )
+    counts = bank.manifest["counts"]
+    logger.info(
+        "bank %s: %d entries from %d sentences, hooks %s",
+        bank.root,
+        counts["n_entries"],
+        counts["n_sentences"],
+        ", ".join(f"{h} (layer {layer})" for h, layer in bank.layers.items()),
+    )
+    return 0
