@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -397,3 +398,111 @@ def tiny_gemma3_dir(path: Path, seed: int = 0) -> Path:
     proc = Gemma3Processor(image_processor=improc, tokenizer=tok, image_seq_length=16)
     torch.manual_seed(seed)
     return _save_vlm(path, Gemma3ForConditionalGeneration(cfg), proc)
+
+
+# Anyres (LLaVA-NeXT / LLaVA-OneVision): 32px base view, pinpoints of at most 2x1 tiles.
+ANYRES_PINPOINTS = [[32, 32], [32, 64], [64, 32]]
+
+
+def tiny_llava_next_dir(path: Path, seed: int = 0) -> Path:
+    """LLaVA-NeXT shaped: CLIP tower (32px, patch 8 -> 4x4 per view, CLS dropped), anyres
+    split over ``ANYRES_PINPOINTS`` (a 32px base view + up to two 32px tiles) + Llama."""
+    from transformers import (
+        CLIPVisionConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessorPil,
+        LlavaNextProcessor,
+    )
+
+    path = Path(path)
+    tok = build_vlm_tokenizer(path, ["<image>"], image_token="<image>")
+    vision = CLIPVisionConfig(
+        hidden_size=24,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        projection_dim=24,
+    )
+    cfg = LlavaNextConfig(
+        vision_config=vision.to_dict(),
+        text_config=_tiny_llama_text(tok),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=ANYRES_PINPOINTS,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    cfg.architectures = ["LlavaNextForConditionalGeneration"]
+    improc = LlavaNextImageProcessorPil(
+        size={"shortest_edge": 32},
+        crop_size={"height": 32, "width": 32},
+        image_grid_pinpoints=ANYRES_PINPOINTS,
+    )
+    proc = LlavaNextProcessor(
+        image_processor=improc,
+        tokenizer=tok,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
+    torch.manual_seed(seed)
+    return _save_vlm(path, LlavaNextForConditionalGeneration(cfg), proc)
+
+
+def tiny_llava_onevision_dir(path: Path, seed: int = 0) -> Path:
+    """LLaVA-OneVision shaped: SigLIP tower (32px, patch 8 -> 4x4 per view, no CLS), anyres
+    split over ``ANYRES_PINPOINTS`` + Qwen2 text model. Images only (no video processor)."""
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    from tl_latentlens.models.hf_llava import image_only_onevision_processor
+
+    path = Path(path)
+    tok = build_vlm_tokenizer(
+        path, ["<image>", "<video>"], image_token="<image>", video_token="<video>"
+    )
+    text = dict(_tiny_llama_text(tok), model_type="qwen2")
+    cfg = LlavaOnevisionConfig(
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=24,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        text_config=text,
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        video_token_id=tok.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=ANYRES_PINPOINTS,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+    )
+    cfg.architectures = ["LlavaOnevisionForConditionalGeneration"]
+    improc = LlavaOnevisionImageProcessorPil(
+        size={"height": 32, "width": 32},
+        image_grid_pinpoints=ANYRES_PINPOINTS,
+    )
+    # Saved as a real checkpoint is (tokenizer + preprocessor and processor configs): the
+    # OneVision processor cannot be saved or loaded without torchvision (its video processor).
+    image_only_onevision_processor(improc, tok, num_image_tokens=16)  # it builds
+    improc.save_pretrained(path)
+    (path / "processor_config.json").write_text(
+        json.dumps(
+            {
+                "processor_class": "LlavaOnevisionProcessor",
+                "num_image_tokens": 16,
+                "vision_feature_select_strategy": "full",
+                "vision_aspect_ratio": "anyres_max_9",
+            }
+        )
+    )
+    torch.manual_seed(seed)
+    LlavaOnevisionForConditionalGeneration(cfg).eval().save_pretrained(path)
+    return path

@@ -1,5 +1,6 @@
 """HFVLM / load_vlm on tiny random HF VLMs built in code (no downloads).
 
+Families: LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Idefics3, Gemma3.
 Per family: bridge logits == HF logits, layer-0 visual residuals == HF projector output,
 ``blocks.{l}.hook_resid_pre`` == HF ``hidden_states[l]``, placeholder mismatches raise
 ImageTokenMismatchError, and text-only capture on the VLM bridge is padding invariant.
@@ -23,6 +24,8 @@ from tiny_models import (
     tiny_gemma3_dir,
     tiny_idefics3_dir,
     tiny_llava_dir,
+    tiny_llava_next_dir,
+    tiny_llava_onevision_dir,
     tiny_qwen2_5_vl_dir,
     tiny_qwen2_vl_dir,
 )
@@ -36,6 +39,8 @@ PARITY_JSON = Path("/tmp/tl_latentlens_hf_vlm_parity.json")
 # family -> (builder, prompt with one image in the family's own syntax)
 SPECS = {
     "llava": (tiny_llava_dir, "the <image>\nthe cat sits"),
+    "llava_next": (tiny_llava_next_dir, "the <image>\nthe cat sits"),
+    "llava_onevision": (tiny_llava_onevision_dir, "the <image>\na dog sits"),
     "qwen2_vl": (tiny_qwen2_vl_dir, "the <|vision_start|><|image_pad|><|vision_end|> the cat"),
     "qwen2_5_vl": (tiny_qwen2_5_vl_dir, "the <|vision_start|><|image_pad|><|vision_end|> a dog"),
     "idefics3": (tiny_idefics3_dir, "the <image> the cat sits"),
@@ -85,6 +90,15 @@ def _hf_image_features(name: str, hf, kw: dict) -> torch.Tensor:
             pixel_values=kw["pixel_values"],
             vision_feature_layer=hf.config.vision_feature_layer,
             vision_feature_select_strategy=hf.config.vision_feature_select_strategy,
+        )
+    elif name.startswith("llava_"):  # anyres: packed base + high-res + image_newline
+        extra = {"batch_num_images": kw["batch_num_images"]} if "batch_num_images" in kw else {}
+        out = hf.get_image_features(
+            pixel_values=kw["pixel_values"],
+            image_sizes=kw["image_sizes"],
+            vision_feature_layer=hf.config.vision_feature_layer,
+            vision_feature_select_strategy=hf.config.vision_feature_select_strategy,
+            **extra,
         )
     elif name.startswith("qwen"):
         out = hf.get_image_features(kw["pixel_values"], kw["image_grid_thw"])
@@ -297,3 +311,21 @@ def test_llava_full_strategy_keeps_cls_off_grid(tmp_path):
         torch.testing.assert_close(vlm.forward(inputs), hf(**_hf_kwargs(inputs)).logits)
     acts = capture_image(vlm, _image(), hooks=["blocks.0.hook_resid_pre"])
     torch.testing.assert_close(acts.residuals["blocks.0.hook_resid_pre"], feats, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["llava_next", "llava_onevision"], indirect=True)
+def test_anyres_layout_base_grid_then_off_grid(family):
+    name, vlm, _ = family
+    inputs = vlm.prepare(_image(0, (64, 32)))  # wide: base view + 2 high-res tiles
+    layout = inputs.layout
+    side = layout.grid[0]
+    n_base = side * side
+    assert inputs.model_kwargs["pixel_values"].shape[1] == 3  # base + 2 tiles
+    assert layout.n_visual > n_base  # high-res patches + image_newline tokens follow
+    idx = torch.arange(n_base)
+    assert torch.equal(layout.rows[:n_base], idx // side)
+    assert torch.equal(layout.cols[:n_base], idx % side)
+    assert (layout.rows[n_base:] == -1).all() and (layout.cols[n_base:] == -1).all()
+    ids = inputs.model_kwargs["input"][0]
+    assert (ids[layout.positions] == vlm.image_token_id).all()
+    assert int((ids == vlm.image_token_id).sum()) == layout.n_visual

@@ -88,8 +88,7 @@ def ensure_pip(package: str, module: str, no_deps: bool = False) -> Path:
     if found is not None:
         return found
     cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", package]
-    if _CONSTRAINTS.exists():
-        cmd += ["-c", str(_CONSTRAINTS)]
+    cmd += ["-c", str(_constraints())]
     if no_deps:
         cmd.append("--no-deps")
     logger.info("installing %s: %s", package, " ".join(cmd))
@@ -102,6 +101,20 @@ def ensure_pip(package: str, module: str, no_deps: bool = False) -> Path:
     if found is None:
         raise AssetError(f"{package} installed but module {module!r} not found")
     return found
+
+
+def _constraints() -> Path:
+    """The repository's constraints file, or (installed as a wheel) one pinning this torch.
+
+    Either way pip can never swap the installed torch for another build (e.g. CUDA wheels).
+    """
+    if _CONSTRAINTS.exists():
+        return _CONSTRAINTS
+    import torch
+
+    path = cache_dir() / "constraints.txt"
+    path.write_text(f"torch=={torch.__version__}\n")
+    return path
 
 
 def smollm2_gguf() -> Path:

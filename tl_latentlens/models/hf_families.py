@@ -12,6 +12,9 @@ Layouts (``rows``/``cols`` of each visual token, ``-1`` where it is not a grid p
 * LLaVA-1.5 and Gemma3: one square grid per image, row-major (``image_size // patch_size``
   per side for LLaVA, ``sqrt(mm_tokens_per_image)`` for Gemma3's pooled grid); a leading CLS
   token (LLaVA with ``vision_feature_select_strategy="full"``) gets ``-1``.
+* LLaVA-NeXT / LLaVA-OneVision (anyres, :mod:`tl_latentlens.models.hf_llava`): all
+  image tokens are ``positions``; the base-view patches are on the base grid, high-res tile
+  patches and ``image_newline`` tokens get ``-1``.
 * Qwen2-VL / Qwen2.5-VL: the merged patch grid ``image_grid_thw[1:] // spatial_merge_size``,
   row-major (each visual token is one ``merge x merge`` block of patches).
 * Idefics3: each ``<row_r_col_c>`` tile's tokens are placed in the global grid of the split
@@ -125,22 +128,6 @@ class VLMFamily:
             ImageTokenMismatchError: The image tokens do not add up to the model's features.
         """
         raise NotImplementedError
-
-
-class LlavaFamily(VLMFamily):
-    """LLaVA-1.5 (``LlavaForConditionalGeneration``): CLIP/SigLIP tower + MLP projector."""
-
-    def layout(self, input_ids, inputs, hf_config, n_images, tokenizer):
-        vis = hf_config.vision_config
-        side = int(vis.image_size) // int(vis.patch_size)
-        # CLIP towers put a CLS token first, SigLIP ones do not; the "default" feature
-        # strategy drops the first token whatever it is.
-        has_cls = "siglip" not in str(getattr(vis, "model_type", ""))
-        drops_first = getattr(hf_config, "vision_feature_select_strategy", "default") == "default"
-        offset = int(drops_first) - int(has_cls)
-        positions = _positions(input_ids, image_token_id(hf_config))
-        per_image = side * side - offset
-        return _square_blocks(positions, n_images, per_image, side, offset)
 
 
 class Gemma3Family(VLMFamily):
@@ -291,7 +278,6 @@ def _positions(input_ids: Tensor, token_id: int) -> Tensor:
 _QWEN_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 
 FAMILIES: dict[str, VLMFamily] = {
-    "llava": LlavaFamily("llava", "LlavaForConditionalGeneration"),
     "qwen2_vl": QwenVLFamily("qwen2_vl", "Qwen2VLForConditionalGeneration", _QWEN_PLACEHOLDER),
     "qwen2_5_vl": QwenVLFamily(
         "qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", _QWEN_PLACEHOLDER
@@ -299,6 +285,15 @@ FAMILIES: dict[str, VLMFamily] = {
     "idefics3": Idefics3Family("idefics3", "Idefics3ForConditionalGeneration"),
     "gemma3": Gemma3Family("gemma3", "Gemma3ForConditionalGeneration", "<start_of_image>"),
 }
+
+# The LLaVA families live in hf_llava, which subclasses VLMFamily and uses the helpers above.
+from tl_latentlens.models.hf_llava import AnyresLlavaFamily, LlavaFamily  # noqa: E402
+
+FAMILIES["llava"] = LlavaFamily("llava", "LlavaForConditionalGeneration")
+FAMILIES["llava_next"] = AnyresLlavaFamily("llava_next", "LlavaNextForConditionalGeneration")
+FAMILIES["llava_onevision"] = AnyresLlavaFamily(
+    "llava_onevision", "LlavaOnevisionForConditionalGeneration"
+)
 
 
 def supported_model_types() -> list[str]:

@@ -1,4 +1,5 @@
-"""A Hugging Face VLM (LLaVA, Qwen2-VL, Qwen2.5-VL, Idefics3, Gemma3) as a :class:`VLM`.
+"""A Hugging Face VLM (LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Idefics3,
+Gemma3) as a :class:`VLM`.
 
 The whole HF model is wrapped by one ``TransformerBridge``; its processor
 (``bridge.processor``) expands the image placeholders of the prompt, and the HF forward puts
