@@ -145,20 +145,11 @@ def _save_vlm(path: Path, model, processor) -> Path:
     return path
 
 
-def tiny_llava_dir(path: Path, seed: int = 0, strategy: str = "default") -> Path:
-    """LLaVA-1.5 shaped: CLIP tower (32px, patch 8 -> 4x4 grid; CLS dropped unless
-    ``strategy="full"``) + Llama."""
-    from transformers import (
-        CLIPImageProcessorPil,
-        CLIPVisionConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+def _tiny_clip_vision():
+    """A 2-layer CLIP vision tower on 32px images, patch 8 (a 4x4 grid + CLS)."""
+    from transformers import CLIPVisionConfig
 
-    path = Path(path)
-    tok = build_vlm_tokenizer(path, ["<image>"], image_token="<image>")
-    vision = CLIPVisionConfig(
+    return CLIPVisionConfig(
         hidden_size=24,
         intermediate_size=48,
         num_hidden_layers=2,
@@ -167,6 +158,21 @@ def tiny_llava_dir(path: Path, seed: int = 0, strategy: str = "default") -> Path
         patch_size=8,
         projection_dim=24,
     )
+
+
+def tiny_llava_dir(path: Path, seed: int = 0, strategy: str = "default") -> Path:
+    """LLaVA-1.5 shaped: CLIP tower (32px, patch 8 -> 4x4 grid; CLS dropped unless
+    ``strategy="full"``) + Llama."""
+    from transformers import (
+        CLIPImageProcessorPil,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    path = Path(path)
+    tok = build_vlm_tokenizer(path, ["<image>"], image_token="<image>")
+    vision = _tiny_clip_vision()
     cfg = LlavaConfig(
         vision_config=vision.to_dict(),
         text_config=_tiny_llama_text(tok),
@@ -408,7 +414,6 @@ def tiny_llava_next_dir(path: Path, seed: int = 0) -> Path:
     """LLaVA-NeXT shaped: CLIP tower (32px, patch 8 -> 4x4 per view, CLS dropped), anyres
     split over ``ANYRES_PINPOINTS`` (a 32px base view + up to two 32px tiles) + Llama."""
     from transformers import (
-        CLIPVisionConfig,
         LlavaNextConfig,
         LlavaNextForConditionalGeneration,
         LlavaNextImageProcessorPil,
@@ -417,15 +422,7 @@ def tiny_llava_next_dir(path: Path, seed: int = 0) -> Path:
 
     path = Path(path)
     tok = build_vlm_tokenizer(path, ["<image>"], image_token="<image>")
-    vision = CLIPVisionConfig(
-        hidden_size=24,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-        projection_dim=24,
-    )
+    vision = _tiny_clip_vision()
     cfg = LlavaNextConfig(
         vision_config=vision.to_dict(),
         text_config=_tiny_llama_text(tok),
