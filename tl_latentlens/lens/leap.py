@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from tl_latentlens.hooks import layer_of
+
 __all__ = ["LeapTable", "mid_layer_leap"]
 
 
@@ -81,10 +83,7 @@ def mid_layer_leap(explanations: Any | Iterable[Any]) -> LeapTable:
             top = p.latent[0]
             text_layers.add(top.layer)
             acc.setdefault((p.layer, top.layer), []).append(top.similarity)
-        for h in exp.bank_hooks:
-            from tl_latentlens.hooks import layer_of
-
-            text_layers.add(layer_of(h))
+        text_layers.update(layer_of(h) for h in exp.bank_hooks)
     vl, tl = sorted(visual_layers), sorted(text_layers)
     counts = [[len(acc.get((v, t), [])) for t in tl] for v in vl]
     means = [[sum(s) / len(s) if (s := acc.get((v, t))) else float("nan") for t in tl] for v in vl]
