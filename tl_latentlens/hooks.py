@@ -114,17 +114,23 @@ def layer_of(name: str) -> float:
     return int(layer) if float(layer).is_integer() else layer
 
 
-def hook_for_layer(layer: int, n_layers: int) -> str:
-    """Canonical hook name of ``layer`` (0 … n_layers) for a model with ``n_layers`` blocks.
+def hook_for_layer(layer: int | float, n_layers: int) -> str:
+    """Canonical hook name of ``layer`` (0 … n_layers; ``l + 0.5`` is block ``l``'s
+    ``hook_resid_mid``) for a model with ``n_layers`` blocks.
 
     Example:
-        >>> hook_for_layer(0, 30), hook_for_layer(30, 30)
-        ('blocks.0.hook_resid_pre', 'blocks.29.hook_resid_post')
+        >>> hook_for_layer(0, 30), hook_for_layer(30, 30), hook_for_layer(2.5, 30)
+        ('blocks.0.hook_resid_pre', 'blocks.29.hook_resid_post', 'blocks.2.hook_resid_mid')
     """
     if not 0 <= layer <= n_layers:
         raise ValueError(
             f"layer must be in 0..{n_layers} for a {n_layers}-block model, got {layer}"
         )
+    if layer != int(layer):
+        if layer * 2 != int(layer * 2) or layer >= n_layers:
+            raise ValueError(f"layer must be an integer or l + 0.5 (resid_mid), got {layer}")
+        return f"blocks.{int(layer)}.hook_resid_mid"
+    layer = int(layer)
     return "blocks.0.hook_resid_pre" if layer == 0 else f"blocks.{layer - 1}.hook_resid_post"
 
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.explanations import sample_explanation
 from tl_latentlens.render._circuitsvis import display_tokens
 from tl_latentlens.render.html import explanation_html
-from tl_latentlens.render.sample import sample_explanation
 
 pytestmark = pytest.mark.browser
 

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_quick_demo_end_to_end(tmp_path, capsys):
-    from tl_latentlens.cli import main
+    from tl_latentlens.apps.cli import main
 
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0

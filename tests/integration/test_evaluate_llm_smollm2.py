@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 
+from fixtures.chat_server import LocalChatServer, TransformersBackend
 from tl_latentlens.evaluate.chat_client import ChatClient, RetryPolicy
 from tl_latentlens.evaluate.judges import KINDS, JudgeCase
 from tl_latentlens.evaluate.llm_judge import LLMJudge, LLMJudgeConfig
-from tl_latentlens.evaluate.local_server import LocalChatServer, TransformersBackend
 
 pytestmark = pytest.mark.integration
 

@@ -48,9 +48,17 @@ def test_bank_vectors_equal_per_sentence_capture(tiny_vlm, tmp_path):
         assert rows.size > 0
         for hook in HOOKS:
             want = acts.residuals[hook][[pos_to_row[int(p)] for p in e["position"][rows]]]
-            got = torch.from_numpy(bank.decoded(hook, rows))
+            got = torch.from_numpy(bank.entry_vectors(hook, rows))
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
-            np.testing.assert_allclose(bank.norms(hook)[rows], want.norm(dim=1).numpy(), rtol=1e-5)
+    # identical vectors are stored once per hook; every entry maps to one stored vector
+    for hook in HOOKS:
+        assert bank.n_vectors(hook) <= bank.n_entries()
+        stored = bank.decoded(hook)
+        assert np.unique(stored, axis=0).shape[0] == stored.shape[0]
+        np.testing.assert_allclose(bank.norms(hook), np.linalg.norm(stored, axis=1), rtol=1e-5)
+    # at the input layer a token's vector is its embedding: one stored vector per token id
+    n_ids = np.unique(e["token_id"]).shape[0]
+    assert bank.n_vectors(HOOKS[0]) == n_ids < bank.n_entries()
     # every stored token id / position agrees with the sentence table
     for sid, p, t in zip(e["sentence_id"], e["position"], e["token_id"]):
         assert bank.sentence_token_ids(sid)[p] == t
@@ -61,7 +69,9 @@ def test_float16_bank_close_to_capture(tiny_vlm, tmp_path):
     b32 = build_bank(tiny_vlm, sents, tmp_path / "f32", HOOKS, dtype="float32", progress=False)
     b16 = build_bank(tiny_vlm, sents, tmp_path / "f16", HOOKS, progress=False)
     assert b16.vectors(HOOKS[1]).dtype == np.float16
-    np.testing.assert_allclose(b16.decoded(HOOKS[1]), b32.decoded(HOOKS[1]), rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(
+        b16.entry_vectors(HOOKS[1]), b32.entry_vectors(HOOKS[1]), rtol=2e-3, atol=2e-3
+    )
 
 
 def test_prefix_dedup_stores_each_distinct_prefix_once(tiny_vlm, tmp_path):
@@ -164,32 +174,51 @@ def test_resume_after_interruption_gives_identical_bank(tiny_vlm, tmp_path, monk
     assert n_resumed == calls["n"] - 3  # only the unfinished batches ran again
     rels = ["entries.npy", "sentences/text.bin", "sentences/ids.bin"]
     for hook in HOOKS:
-        rels += [f"hooks/{hook}/vectors.npy", f"hooks/{hook}/norms.npy", f"hooks/{hook}/index.hnsw"]
+        rels += [f"hooks/{hook}/{name}" for name in ("vectors.npy", "norms.npy", "occ_entries.npy")]
     for rel in rels:
         assert _read(resumed, rel) == _read(fresh, rel), rel
     assert resumed.manifest["files"] == fresh.manifest["files"]
 
 
-def test_resume_after_interruption_while_indexing(tiny_vlm, tmp_path, monkeypatch):
+@pytest.mark.parametrize("crash_in", ["finalize", "after_rename"])
+def test_resume_after_interruption_while_finalizing(tiny_vlm, tmp_path, monkeypatch, crash_in):
     import tl_latentlens.bank.build as build_mod
+    import tl_latentlens.bank.finalize as fin_mod
 
     sents = corpus(20, seed=6)
-    real = build_mod.ix.build_hnsw
+    real = build_mod.finalize_hook
     done = []
 
-    def flaky(*args, **kwargs):
+    def flaky(folder, dtype):
         if len(done) == 1:
+            if crash_in == "after_rename":  # raw rows moved aside, nothing written yet
+                real_save = fin_mod.atomic_save_npy
+                monkeypatch.setattr(fin_mod, "atomic_save_npy", _raise)
+                try:
+                    real(folder, dtype)
+                finally:
+                    monkeypatch.setattr(fin_mod, "atomic_save_npy", real_save)
             raise KeyboardInterrupt
-        done.append(kwargs["desc"])
-        return real(*args, **kwargs)
+        done.append(folder)
+        return real(folder, dtype)
 
-    monkeypatch.setattr(build_mod.ix, "build_hnsw", flaky)
+    monkeypatch.setattr(build_mod, "finalize_hook", flaky)
     with pytest.raises(KeyboardInterrupt):
         build_bank(tiny_vlm, sents, tmp_path / "b", HOOKS, progress=False)
-    monkeypatch.setattr(build_mod.ix, "build_hnsw", real)
+    monkeypatch.setattr(build_mod, "finalize_hook", real)
     monkeypatch.setattr(encode_mod, "capture_text_batch", None)  # encoding must not run again
     bank = build_bank(tiny_vlm, sents, tmp_path / "b", HOOKS, progress=False)
     assert Bank.open(bank.root, verify="full").hooks == HOOKS
+    monkeypatch.undo()
+    fresh = build_bank(tiny_vlm, sents, tmp_path / "fresh", HOOKS, progress=False)
+    for hook in HOOKS:
+        for name in ("vectors.npy", "occ_entries.npy", "occ_offsets.npy"):
+            rel = f"hooks/{hook}/{name}"
+            assert _read(bank, rel) == _read(fresh, rel), rel
+
+
+def _raise(*args, **kwargs):
+    raise KeyboardInterrupt
 
 
 def test_existing_bank_is_opened_or_protected(tiny_vlm, tmp_path, monkeypatch):
@@ -217,9 +246,16 @@ def test_existing_bank_is_opened_or_protected(tiny_vlm, tmp_path, monkeypatch):
     assert (other / "notes.txt").read_text() == "keep me"
 
 
-def test_float8_storage_is_not_offered(tiny_vlm, tmp_path):
-    with pytest.raises(ValueError, match="recall@10"):
+def test_storage_dtypes(tiny_vlm, tmp_path):
+    with pytest.raises(ValueError, match="dtype must be one of"):
         build_bank(tiny_vlm, corpus(3), tmp_path / "b", HOOKS[:1], dtype="float8_e4m3")
+    sents = corpus(10, seed=9)
+    b8 = build_bank(tiny_vlm, sents, tmp_path / "i8", HOOKS, dtype="int8", progress=False)
+    b32 = build_bank(tiny_vlm, sents, tmp_path / "f32", HOOKS, dtype="float32", progress=False)
+    assert b8.vectors(HOOKS[1]).dtype == np.int8
+    a, b = b8.entry_vectors(HOOKS[1]), b32.entry_vectors(HOOKS[1])
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.999
     with pytest.raises(ValueError, match="dtype must be one of"):
         build_bank(tiny_vlm, corpus(3), tmp_path / "b", HOOKS[:1], dtype="bfloat16")
 

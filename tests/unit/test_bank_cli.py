@@ -16,8 +16,8 @@ def test_build_bank_cli(tiny_vlm, tmp_path, monkeypatch):
     loaded = []
     fake = types.ModuleType("tl_latentlens.models.load")
 
-    def load_vlm(name):
-        loaded.append(name)
+    def load_vlm(name, device=None, dtype=None):
+        loaded.append((name, device, dtype))
         return tiny_vlm
 
     fake.load_vlm = load_vlm
@@ -31,8 +31,9 @@ def test_build_bank_cli(tiny_vlm, tmp_path, monkeypatch):
     )  # fmt: skip
     assert args.func is run_build_bank and args.max_per_token is None
     assert args.func(args) == 0
-    assert loaded == ["tiny"]
+    assert loaded == [("tiny", None, __import__("torch").float32)]
     bank = Bank.open(out, tiny_vlm)
     assert bank.layers == {"blocks.0.hook_resid_pre": 0, "blocks.2.hook_resid_post": 3}
     assert bank.dtype == "float32"
+    assert bank.manifest["build"]["forward_dtype"] == "float32"
     assert bank.manifest["build"]["content"]["max_per_token"] is None

@@ -63,19 +63,19 @@ def test_open_and_metadata(bank_dir, tiny_vlm):
     assert bank.d_model == 64 and bank.dtype == "float16"
     n = bank.n_entries(HOOKS[0])
     assert bank.vectors(HOOKS[2]).shape == (n, 64)
-    assert isinstance(bank.vectors(HOOKS[2]), np.memmap)
+    assert not bank.vectors(HOOKS[2]).flags.owndata  # a view of the memory-mapped file
     assert bank.manifest["counts"]["n_entries"] == n
     assert bank.sentence(0) and bank.sentence_tokens(0)[0] == "<s>"
 
 
 def test_model_mismatch_names_the_field(bank_dir, other_vlm, tmp_path):
-    with pytest.raises(BankModelMismatchError, match="embedding_sha256"):
+    with pytest.raises(BankModelMismatchError, match="weights of embed, blocks.0"):
         Bank.open(bank_dir, other_vlm)
     bank = Bank.open(bank_dir)
     with pytest.raises(BankModelMismatchError):
         bank.check_model(other_vlm)
     # building another model's bank over it is refused too
-    with pytest.raises(BankExistsError, match="model.embedding_sha256"):
+    with pytest.raises(BankExistsError, match="model.weights of embed, blocks.0"):
         build_bank(other_vlm, ["a cat"], bank_dir, HOOKS, max_per_token=None, progress=False)
 
 
@@ -90,6 +90,12 @@ def test_missing_dir_manifest_and_wrong_version(copy, tmp_path):
     m["format_version"] = 99
     (copy / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BankFormatError, match="version 99"):
+        Bank.open(copy)
+    # a bank of the first format (per-entry vectors + a text-only hnswlib index) is refused
+    # with the way to rebuild it
+    m["format_version"] = 1
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BankFormatError, match=r"version 1;.*version 2.*[Rr]ebuild"):
         Bank.open(copy)
     (copy / "manifest.json").write_text("{not json")
     with pytest.raises(BankFormatError):
@@ -122,9 +128,9 @@ def test_corrupted_vectors_detected(copy):
 
 
 def test_corrupted_index_and_tables_detected(copy):
-    _flip(copy / "hooks" / HOOKS[2] / "index.hnsw", offset=500)
+    _flip(copy / "hooks" / HOOKS[2] / "vectors.npy", offset=500)
     bank = Bank.open(copy)
-    with pytest.raises(CorruptBankError, match="index.hnsw"):
+    with pytest.raises(CorruptBankError, match="vectors.npy"):
         bank.search(np.ones(64), hook=HOOKS[2])
     _flip(copy / "entries.npy")
     with pytest.raises(CorruptBankError, match="entries.npy"):
@@ -140,7 +146,7 @@ def test_missing_hook_files_and_hooks(copy):
     # an equivalent name of a stored layer resolves to it
     assert bank.resolve_hook("blocks.1.hook_resid_pre") == HOOKS[1]
     assert bank.resolve_hook(3) == HOOKS[2]
-    (copy / "hooks" / HOOKS[2] / "index.hnsw").unlink()
+    (copy / "hooks" / HOOKS[2] / "occ_entries.npy").unlink()
     with pytest.raises(CorruptBankError, match="missing"):
         Bank.open(copy)
 
@@ -168,13 +174,13 @@ def test_search_exact_matches_brute_force_across_hooks(bank_dir):
     bank = Bank.open(bank_dir)
     rng = np.random.default_rng(1)
     rows = rng.choice(bank.n_entries(), 6, replace=False)
-    q = bank.decoded(HOOKS[1], rows) + 0.3 * rng.standard_normal((6, 64)).astype(np.float32)
+    q = bank.entry_vectors(HOOKS[1], rows) + 0.3 * rng.standard_normal((6, 64)).astype(np.float32)
     qn = q / np.linalg.norm(q, axis=1, keepdims=True)
     results = bank.search(torch.from_numpy(q), hook=None, k=7, exact=True)
     assert len(results) == 6
     sims = []
     for hook in HOOKS:
-        v = bank.decoded(hook)
+        v = bank.decoded(hook)  # the distinct stored vectors
         sims.append(qn @ (v / np.linalg.norm(v, axis=1, keepdims=True)).T)
     allsims = np.concatenate(sims, axis=1)
     for i, hits in enumerate(results):
@@ -182,31 +188,69 @@ def test_search_exact_matches_brute_force_across_hooks(bank_dir):
         np.testing.assert_allclose([h.similarity for h in hits], want, rtol=1e-4, atol=1e-5)
         for h in hits:
             assert isinstance(h, Neighbour)
-            col = HOOKS.index(h.hook) * bank.n_entries() + int(np.flatnonzero(
+            entry = int(np.flatnonzero(
                 (bank.entries["sentence_id"] == h.sentence_id) & (bank.entries["position"] == h.position)
             )[0])  # fmt: skip
-            assert allsims[i, col] == pytest.approx(h.similarity, abs=1e-5)
+            v = bank.entry_vectors(h.hook, [entry])[0]
+            assert qn[i] @ v / np.linalg.norm(v) == pytest.approx(h.similarity, abs=1e-5)
             assert h.layer == bank.layers[h.hook]
             assert h.sentence_tokens[h.position] == h.token
             assert h.sentence == bank.sentence(h.sentence_id)
+            assert h.n_occurrences >= 1 + len(h.other_contexts)
     # the query's own row is its best match in its own hook
-    own = bank.search(bank.decoded(HOOKS[1], rows), hook=HOOKS[1], k=1, exact=True)
+    own = bank.search(bank.entry_vectors(HOOKS[1], rows), hook=HOOKS[1], k=1, exact=True)
     assert [o[0].sentence_id for o in own] == bank.entries["sentence_id"][rows].tolist()
 
 
-def test_hnsw_agrees_with_exact_on_small_bank(bank_dir):
+def test_identical_vectors_are_one_neighbour_with_all_contexts(bank_dir):
+    """At the input layer every occurrence of a token has the same vector: it is returned
+    once, with the number of occurrences and where the others are."""
     bank = Bank.open(bank_dir)
+    tok = np.bincount(bank.entries["token_id"]).argmax()  # the most frequent token
+    entry = int(np.flatnonzero(bank.entries["token_id"] == tok)[0])
+    hits = bank.search(bank.entry_vectors(HOOKS[0], [entry]), hook=HOOKS[0], k=3, exact=True)[0]
+    top = hits[0]
+    assert top.token_id == tok and top.similarity == pytest.approx(1.0, abs=1e-5)
+    n_occ = int((bank.entries["token_id"] == tok).sum())
+    assert top.n_occurrences == n_occ > 1
+    assert len(top.other_contexts) == min(8, n_occ - 1)
+    assert all(h.token_id != tok for h in hits[1:])  # distinct vectors, not copies
+    for sid, pos in top.other_contexts:
+        assert bank.sentence_token_ids(sid)[pos] == tok
+
+
+def test_auto_is_exact_on_a_small_bank_and_routes_are_calibrated(bank_dir, tmp_path):
+    import shutil
+
+    from tl_latentlens.bank.calibrate import calibrate_bank
+
+    path = tmp_path / "bank"
+    shutil.copytree(bank_dir, path)
     q = torch.randn(20, 64, generator=torch.Generator().manual_seed(0))
-    for hook in (HOOKS, HOOKS[2]):
-        approx = bank.search(q, hook=hook, k=5)
-        exact = bank.search(q, hook=hook, k=5, exact=True)
-        # compare similarities: layer-0 vectors of one token id are identical (ties)
-        found = sum(
-            sum(n.similarity >= e[-1].similarity - 1e-4 for n in a) for a, e in zip(approx, exact)
-        )
-        assert found / (20 * 5) >= 0.95
-    low_ef = bank.search(q, hook=HOOKS[1], k=5, ef=8)  # per-call ef (raised to k when lower)
-    assert all(len(row) == 5 for row in low_ef)
+    bank = Bank.open(path)
+    report = bank.query(q, hook=HOOKS, k=5)
+    assert report.methods == {h: "exact" for h in HOOKS}
+    exact = bank.search(q, hook=HOOKS, k=5, exact=True)
+    assert [[n.similarity for n in r] for r in report.neighbours] == [
+        [n.similarity for n in r] for r in exact
+    ]
+    with pytest.raises(BankQueryError, match="calibrate"):
+        bank.search(q, hook=HOOKS[1], k=5, method="routes")
+    rng = np.random.default_rng(0)
+    shift = rng.standard_normal(64).astype(np.float32) * 2
+    samples = {h: shift + rng.standard_normal((300, 64)).astype(np.float32) for h in HOOKS[1:]}
+    held = {
+        "visual": {h: shift + rng.standard_normal((50, 64)).astype(np.float32) for h in HOOKS[1:]}
+    }
+    cal = calibrate_bank(path, samples, held, list_len=64, progress=False)
+    assert set(cal) == set(HOOKS[1:])
+    bank = Bank.open(path, verify="full")  # route files are listed with checksums
+    info = bank.hook_info(HOOKS[1])["routes"]
+    assert info["recall_at_10"]["visual"] == pytest.approx(cal[HOOKS[1]].recall["visual"], abs=1e-4)
+    routed = bank.query(q, hook=HOOKS[1], k=5, method="routes")
+    assert routed.methods == {HOOKS[1]: "routes"}
+    # auto still searches exactly: the bank is far below the size where routes pay
+    assert bank.query(q, hook=HOOKS[1], k=5).methods == {HOOKS[1]: "exact"}
     single = bank.search(q[0].numpy(), hook=HOOKS[0], k=3)
     assert len(single) == 1 and len(single[0]) == 3
     assert [n.similarity for n in single[0]] == sorted(

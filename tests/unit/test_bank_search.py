@@ -1,61 +1,217 @@
-"""hnswlib index vs exact chunked search on a few thousand random vectors."""
+"""Search engine: exact search (chunks, resident, device path), codecs, dedup, routes + re-rank.
+
+Routes are tested on a few thousand vectors with in-distribution queries *and* a shifted
+(out-of-distribution) query distribution, the case graph indexes over text vectors fail.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from tl_latentlens.bank import codec
-from tl_latentlens.bank import index as ix
+from tl_latentlens.bank.calibrate import calibrate_hook, unit_rows
+from tl_latentlens.bank.dedup import group_identical, occurrence_table
+from tl_latentlens.bank.exact import exact_rows, exact_top_k
+from tl_latentlens.bank.finalize import finalize_hook
+from tl_latentlens.bank.recall import tie_aware_recall
+from tl_latentlens.bank.routes import RouteParams, Routes
+from tl_latentlens.bank.search import HookSearcher
+from tl_latentlens.bank.vectors import HookVectors
+
+
+def _hook(folder, x: np.ndarray, dtype: str) -> HookVectors:
+    """Write raw float16/float32 rows as the encoding pass does and finalize them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    raw, _, _ = codec.encode(torch.from_numpy(x), codec.raw_codec(dtype))
+    np.save(folder / "vectors.npy", raw)
+    finalize_hook(folder, dtype)
+    return HookVectors.from_folder(folder, dtype)
+
+
+def _brute(hv: HookVectors, q: np.ndarray, k: int):
+    v = hv.decode(np.arange(hv.n), unit=True)
+    full = q @ v.T
+    order = np.lexsort((np.arange(hv.n)[None, :].repeat(len(q), 0), -full), axis=1)[:, :k]
+    return np.take_along_axis(full, order, 1), order
 
 
 @pytest.fixture(scope="module")
-def data():
+def clusters():
+    """Clustered 'text' vectors with a shared offset (as residual streams have) and queries:
+    in-distribution (near stored vectors) and shifted (another offset: out of distribution)."""
     rng = np.random.default_rng(0)
-    n, d = 4000, 32
-    x = rng.standard_normal((n, d)).astype(np.float32)
-    q = rng.standard_normal((200, d)).astype(np.float32)
-    return x, q / np.linalg.norm(q, axis=1, keepdims=True)
+    n, d = 4000, 48
+    centres = rng.standard_normal((40, d)).astype(np.float32) * 2
+    offset = rng.standard_normal(d).astype(np.float32) * 3
+    lab = rng.integers(0, 40, n)
+    x = (offset + centres[lab] + rng.standard_normal((n, d))).astype(np.float32)
+    shift = rng.standard_normal(d).astype(np.float32) * 4
+
+    def visual(m, seed):
+        r = np.random.default_rng(seed)
+        return (shift + centres[r.integers(0, 40, m)] + r.standard_normal((m, d)) * 0.7).astype(
+            np.float32
+        )
+
+    return x, visual
 
 
-@pytest.mark.parametrize("dtype", ["float16", "float32", "float8_e4m3"])
-def test_exact_search_is_exact(data, dtype, monkeypatch):
-    monkeypatch.setattr(ix, "CHUNK_ROWS", 700)  # several chunks, one ragged
-    x, q = data
-    stored, scales, norms = codec.encode(__import__("torch").from_numpy(x), dtype)
-    sims, rows = ix.exact_search(stored, scales, norms, dtype, q, k=10)
-    v = codec.decode(stored, scales, dtype)
-    full = q @ (v / np.linalg.norm(v, axis=1, keepdims=True)).T
-    want = np.argsort(-full, axis=1)[:, :10]
-    np.testing.assert_array_equal(rows, want)
-    np.testing.assert_allclose(sims, np.take_along_axis(full, want, 1), rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("dtype", ["float16", "float32", "int8"])
+def test_exact_search_equals_brute_force(tmp_path, dtype):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3000, 32)).astype(np.float32)
+    hv = _hook(tmp_path / "h", x, dtype)
+    q = unit_rows(rng.standard_normal((50, 32)))
+    want_s, want_r = _brute(hv, q, 10)
+    for chunk in (700, 5000):  # several chunks (one ragged) and one
+        sims, rows = exact_top_k(hv, q, 10, chunk_rows=chunk)
+        np.testing.assert_array_equal(rows, want_r)
+        np.testing.assert_allclose(sims, want_s, rtol=1e-5, atol=1e-6)
+    hv.resident()
+    sims, rows = exact_top_k(hv, q, 10)
+    np.testing.assert_array_equal(rows, want_r)
 
 
-def test_hnsw_recall_at_10(data, tmp_path):
-    x, q = data
-    stored, scales, norms = codec.encode(__import__("torch").from_numpy(x), "float16")
-    path = tmp_path / "index.hnsw"
-    ix.build_hnsw(  # one thread: a deterministic graph
-        stored, None, "float16", path, M=16, ef_construction=200, seed=42, threads=1, progress=False
-    )
-    index = ix.load_hnsw(path, x.shape[1], x.shape[0], threads=2)
-    _, approx = ix.hnsw_search(index, q, k=10, ef_search=64, threads=2)
-    _, exact = ix.exact_search(stored, None, norms, "float16", q, k=10)
-    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
-    assert recall >= 0.95, recall
-    # and the similarities hnswlib reports are the cosine similarities
-    sims, labels = ix.hnsw_search(index, q[:5], k=3, ef_search=64, threads=1)
-    v = codec.decode(stored[labels.ravel()], None, "float16")
-    cos = (np.repeat(q[:5], 3, axis=0) * v).sum(1) / np.linalg.norm(v, axis=1)
-    np.testing.assert_allclose(sims.ravel(), cos, rtol=1e-4, atol=1e-5)
+def test_device_path_equals_cpu_path(tmp_path):
+    """The device code path (explicit device + a device cache) returns the CPU's neighbours;
+    on a machine with CUDA the same test runs on the GPU."""
+    rng = np.random.default_rng(2)
+    hv = _hook(tmp_path / "h", rng.standard_normal((2500, 32)).astype(np.float32), "float16")
+    q = unit_rows(rng.standard_normal((40, 32)))
+    cpu_s, cpu_r = exact_top_k(hv, q, 10)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for dev in devices:
+        cache: dict = {}
+        s, r = exact_top_k(hv, q, 10, device=dev, device_cache=cache)
+        np.testing.assert_array_equal(r, cpu_r)
+        np.testing.assert_allclose(s, cpu_s, rtol=1e-5, atol=1e-5)
+    searcher = HookSearcher(hv)
+    assert searcher.choose("auto", "cuda") == "exact"
 
 
-def test_float16_overflow_is_refused():
-    import torch
+def test_int8_codec_roundtrip_and_recall(tmp_path, clusters):
+    x, _ = clusters
+    hv = _hook(tmp_path / "i8", x, "int8")
+    assert hv.stored.dtype == np.int8
+    dec = hv.decode(np.arange(hv.n), unit=False)
+    raw = x.astype(np.float16).astype(np.float32)  # int8 is fitted on the float16 raw rows
+    err = np.abs(dec - raw).max(axis=0)
+    assert (err <= hv.params[1] * 0.5001 + 1e-6).all()  # at most half a quantisation step
+    ref = _hook(tmp_path / "f32", x, "float32")
+    q = unit_rows(x[:300] + np.random.default_rng(3).standard_normal((300, x.shape[1])))
+    truth, _ = exact_top_k(ref, q, 10)
+    _, rows = exact_top_k(hv, q, 10)
+    approx = np.take_along_axis(q @ ref.decode(np.arange(ref.n)).T, rows, 1)
+    assert tie_aware_recall(approx, truth) >= 0.97
 
-    from tl_latentlens.bank import BankError
 
-    with pytest.raises(BankError, match="float32"):
-        codec.encode(torch.tensor([[1e5, 0.0]]), "float16")
-    stored, scales, norms = codec.encode(torch.tensor([[1e5, 0.0]]), "float8_e4m3")
-    assert np.isclose(codec.decode(stored, scales, "float8_e4m3")[0, 0], 1e5, rtol=0.07)
+def test_half_decode_is_exact():
+    h = np.array([[0.0, -0.0, 1e-7, -3e-6, 6.1e-5, 65504.0, -1.5]], dtype=np.float16)
+    np.testing.assert_array_equal(codec.decode(h, "float16"), h.astype(np.float32))
+
+
+def test_identical_rows_are_grouped():
+    rows = np.array([[1, 2], [3, 4], [1, 2], [5, 6], [3, 4], [1, 2]], np.float16)
+    first, vec = group_identical(rows)
+    np.testing.assert_array_equal(first, [0, 1, 3])
+    np.testing.assert_array_equal(vec, [0, 1, 0, 2, 1, 0])
+    off, ent = occurrence_table(vec, 3)
+    np.testing.assert_array_equal(off, [0, 3, 5, 6])
+    np.testing.assert_array_equal(ent, [0, 2, 5, 1, 4, 3])
+    # -0.0 and 0.0 differ in bytes and stay apart (they are stored as given)
+    first, _ = group_identical(np.array([[0.0], [-0.0]], np.float16))
+    assert first.tolist() == [0, 1]
+
+
+def test_hash_collisions_never_merge_rows(monkeypatch):
+    from tl_latentlens.bank import dedup
+
+    monkeypatch.setattr(dedup, "_row_hashes", lambda block, mult: np.zeros(len(block), np.uint64))
+    rows = np.array([[1, 2], [3, 4], [1, 2], [3, 4], [7, 8]], np.float32)
+    first, vec = dedup.group_identical(rows)
+    np.testing.assert_array_equal(first, [0, 1, 4])
+    np.testing.assert_array_equal(vec, [0, 1, 0, 1, 2])
+
+
+def test_finalize_stores_distinct_vectors_with_occurrences(tmp_path):
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal((5, 16)).astype(np.float32)
+    x = base[[0, 1, 0, 2, 3, 1, 4, 0]]
+    hv = _hook(tmp_path / "h", x, "float16")
+    assert hv.n == 5
+    assert hv.occurrences(0).tolist() == [0, 2, 7]
+    assert hv.occurrences(1).tolist() == [1, 5]
+    np.testing.assert_allclose(hv.decode(np.arange(5), unit=False), base, atol=1e-2)
+
+
+def test_exact_rerank_of_candidates(tmp_path):
+    rng = np.random.default_rng(5)
+    hv = _hook(tmp_path / "h", rng.standard_normal((1000, 16)).astype(np.float32), "float32")
+    q = unit_rows(rng.standard_normal((3, 16)))
+    cands = [np.arange(0, 1000), np.array([5, 7, 9]), np.array([4])]
+    sims, rows = exact_rows(hv, q, cands, 5)
+    want_s, want_r = exact_top_k(hv, q[:1], 5)
+    np.testing.assert_array_equal(rows[0], want_r[0])
+    assert set(rows[1][:3]) == {5, 7, 9} and rows[1][3] == -1 and np.isinf(sims[1][3])
+    assert rows[2].tolist() == [4, -1, -1, -1, -1]
+    full = q[1] @ hv.decode(np.array([5, 7, 9])).T
+    np.testing.assert_allclose(sims[1][:3], np.sort(full)[::-1], rtol=1e-6)
+
+
+def test_routes_equal_exact_search_on_a_small_bank(tmp_path, clusters):
+    """With lists as long as the bank, routed search *is* exact search."""
+    x, visual = clusters
+    small = x[:600]
+    hv = _hook(tmp_path / "h", small, "float16")
+    cal = calibrate_hook(
+        tmp_path / "h", "float16", visual(300, 1), {"visual": visual(100, 2)},
+        text_samples=100, list_len=600, probes=(2,), progress=False,
+    )  # fmt: skip
+    routes = Routes(tmp_path / "h", hv.d)
+    q = unit_rows(np.concatenate([visual(50, 3), small[:50]]))
+    hits = HookSearcher(hv, routes, cal.params).search(q, 10, "routes")
+    want_s, want_r = exact_top_k(hv, q, 10)
+    np.testing.assert_array_equal(hits.rows, want_r)
+
+
+def test_routes_recall_on_shifted_and_in_distribution_queries(tmp_path, clusters):
+    x, visual = clusters
+    hv = _hook(tmp_path / "h", x, "float16")
+    cal = calibrate_hook(
+        tmp_path / "h", "float16", visual(1500, 10), {"visual": visual(300, 11)},
+        text_samples=1000, list_len=64, probes=(4, 8, 16), progress=False,
+    )  # fmt: skip
+    assert cal.proven, cal.to_dict()
+    assert set(cal.recall) == {"visual", "text"}
+    routes = Routes(tmp_path / "h", hv.d)
+    searcher = HookSearcher(hv, routes, cal.params, cal.recall)
+    for q in (unit_rows(visual(300, 12)), unit_rows(x[::20] + 0.05)):
+        hits = searcher.search(q, 10, "routes")
+        truth, _ = exact_top_k(hv, q, 10)
+        assert tie_aware_recall(hits.sims, truth) >= 0.98
+    # auto stays exact on a bank this small, even with proven routes
+    assert searcher.choose("auto", None) == "exact"
+
+
+def test_far_queries_fall_back_to_exact_search(tmp_path, clusters):
+    x, visual = clusters
+    hv = _hook(tmp_path / "h", x, "float16")
+    calibrate_hook(
+        tmp_path / "h", "float16", visual(500, 20), {"visual": visual(100, 21)},
+        text_samples=200, list_len=32, probes=(4,), progress=False,
+    )  # fmt: skip
+    routes = Routes(tmp_path / "h", hv.d)
+    params = RouteParams(probe=4, list_len=32, min_sample_similarity=0.999)
+    q = unit_rows(np.random.default_rng(22).standard_normal((20, x.shape[1])))
+    hits = HookSearcher(hv, routes, params).search(q, 10, "routes")
+    assert hits.n_exact_fallback == 20
+    _, want = exact_top_k(hv, q, 10)
+    np.testing.assert_array_equal(hits.rows, want)
+
+
+def test_tie_aware_recall_counts_ties():
+    exact = np.array([[0.9, 0.8, 0.8]])
+    assert tie_aware_recall(np.array([[0.9, 0.8, 0.8]]), exact) == 1.0
+    assert tie_aware_recall(np.array([[0.9, 0.8, 0.7]]), exact) == pytest.approx(2 / 3)

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 from test_evaluate_wordnet import TINY
 
+from fixtures.wordnet_files import write_wordnet
 from tl_latentlens.evaluate.answers import MalformedAnswer, parse_answer
 from tl_latentlens.evaluate.judges import JudgeCase, MaskJudge, Verdict
 from tl_latentlens.evaluate.llm_judge import LLMJudgeConfig, build_messages
@@ -17,7 +18,6 @@ from tl_latentlens.evaluate.marking import (
     mark_box,
 )
 from tl_latentlens.evaluate.wordnet import WordNet
-from tl_latentlens.evaluate.wordnet_writer import write_wordnet
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_mask_judge_same_rule_for_any_candidates(judge):
     # the judge never sees which lens produced the words: same words, same verdict
     a = judge.judge(case(["puppy", "canine"]))
     b = judge.judge(case(["puppy", "canine"]))
-    assert a == b and a.candidate_kinds == ("none", "concrete")
+    assert a == b and a.candidate_kinds == ("abstract", "concrete")  # puppy: related level
 
 
 def test_mask_judge_errors(judge):

@@ -1,15 +1,24 @@
-"""Chat client retries and the LLM judge against a loopback stub server (no model)."""
+"""Chat client (on the openai package) retries and the LLM judge against a loopback stub
+server with fault injection (no model)."""
 
 from __future__ import annotations
 
+import os
 import random
+import sys
 
 import pytest
 
-from tl_latentlens.evaluate.chat_client import ChatClient, ChatError, RetryPolicy, parse_retry_after
+from fixtures.chat_server import Fault, LocalChatServer, ScriptedBackend
+from tl_latentlens.evaluate.chat_client import (
+    ChatClient,
+    ChatError,
+    MissingExtraError,
+    RetryPolicy,
+    parse_retry_after,
+)
 from tl_latentlens.evaluate.judges import JudgeCase
 from tl_latentlens.evaluate.llm_judge import LLMJudge, LLMJudgeConfig
-from tl_latentlens.evaluate.local_server import Fault, LocalChatServer, ScriptedBackend
 
 YES = '{"interpretable": "yes", "candidates": [1], "kind": "concrete"}'
 MSG = [{"role": "user", "content": "hi"}]
@@ -36,6 +45,7 @@ def test_plain_request_and_payload():
         c = client(server, sleeps, api_key="secret")
         assert c.chat(MSG, max_tokens=7, temperature=0.0) == "hello"
         assert server.requests[0]["model"] == "stub" and server.requests[0]["max_tokens"] == 7
+        assert server.headers[0]["authorization"] == "Bearer secret"
         assert server.base_url.startswith("http://127.0.0.1:")
         assert sleeps == []
 
@@ -205,3 +215,33 @@ def test_llm_judge_config_from_env():
         LLMJudgeConfig.from_env({})
     with pytest.raises(ValueError, match="http"):
         ChatClient("127.0.0.1:9", "m")
+
+
+def test_openai_environment_is_honoured(monkeypatch):
+    with LocalChatServer(ScriptedBackend(["env"])) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "from-env")
+        c = ChatClient(None, "stub", retry=RetryPolicy(max_attempts=1))
+        assert c.chat(MSG) == "env"
+        assert c.url == server.base_url + "/chat/completions"
+        assert server.headers[0]["authorization"] == "Bearer from-env"
+        cfg = LLMJudgeConfig.from_env({"TL_LATENTLENS_JUDGE_MODEL": "m", **os.environ})
+        assert (cfg.base_url, cfg.api_key) == (server.base_url, "from-env")
+        own = {"TL_LATENTLENS_JUDGE_BASE_URL": "http://h:1/v1", "TL_LATENTLENS_JUDGE_API_KEY": "k"}
+        cfg = LLMJudgeConfig.from_env({**os.environ, **own}, model="m")
+        assert (cfg.base_url, cfg.api_key) == ("http://h:1/v1", "k")  # ours win
+
+
+def test_no_key_configured_still_reaches_a_local_server(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with LocalChatServer(ScriptedBackend(["ok"])) as server:
+        assert ChatClient(server.base_url, "stub").chat(MSG) == "ok"
+
+
+def test_missing_openai_names_the_pip_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openai", None)  # import openai -> ImportError
+    with pytest.raises(MissingExtraError, match=r"pip install \"tl_latentlens\[llm\]\""):
+        ChatClient("http://127.0.0.1:9/v1", "m")
+    cfg = LLMJudgeConfig(base_url="http://127.0.0.1:9/v1", model="m")
+    with pytest.raises(ImportError, match="openai"):
+        LLMJudge(cfg)

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from test_evaluate_wordnet import TINY
 
+from fixtures.wordnet_files import write_wordnet
 from tl_latentlens import hooks as hk
 from tl_latentlens.bank.results import Neighbour
 from tl_latentlens.evaluate import (
@@ -28,7 +29,6 @@ from tl_latentlens.evaluate import (
 from tl_latentlens.evaluate.judges import Verdict
 from tl_latentlens.evaluate.sampling import draw, sample_plan
 from tl_latentlens.evaluate.wordnet import WordNet
-from tl_latentlens.evaluate.wordnet_writer import write_wordnet
 from tl_latentlens.lens.results import Explanation, PatchExplanation, TokenCandidate
 from tl_latentlens.models.base import VisualLayout
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from fixtures.wordnet_files import SynsetSpec, write_wordnet
 from tl_latentlens.evaluate.matching import LabelMatcher, MatchRule, normalise_word
 from tl_latentlens.evaluate.wordnet import WordNet, _parse_data_line
-from tl_latentlens.evaluate.wordnet_writer import SynsetSpec, write_wordnet
 
 S = SynsetSpec
 

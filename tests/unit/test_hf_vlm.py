@@ -1,8 +1,9 @@
 """HFVLM / load_vlm on tiny random HF VLMs built in code (no downloads).
 
-Families: LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Idefics3, Gemma3.
-Per family: bridge logits == HF logits, layer-0 visual residuals == HF projector output,
-``blocks.{l}.hook_resid_pre`` == HF ``hidden_states[l]``, placeholder mismatches raise
+Families: LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Idefics3,
+Gemma3. Per family: bridge logits == HF logits, layer-0 visual residuals == HF projector output,
+``blocks.{l}.hook_resid_pre`` == HF ``hidden_states[l]`` (Qwen3-VL: plus the DeepStack features
+HF adds after recording them), placeholder mismatches raise
 ImageTokenMismatchError, and text-only capture on the VLM bridge is padding invariant.
 Measured max |logit diff| per family is printed (``-s``) and written to PARITY_JSON.
 """
@@ -28,6 +29,7 @@ from tiny_models import (
     tiny_llava_onevision_dir,
     tiny_qwen2_5_vl_dir,
     tiny_qwen2_vl_dir,
+    tiny_qwen3_vl_dir,
 )
 from tl_latentlens.capture import capture_image, capture_text
 from tl_latentlens.models.base import ImageTokenMismatchError, VLMInputs
@@ -43,6 +45,7 @@ SPECS = {
     "llava_onevision": (tiny_llava_onevision_dir, "the <image>\na dog sits"),
     "qwen2_vl": (tiny_qwen2_vl_dir, "the <|vision_start|><|image_pad|><|vision_end|> the cat"),
     "qwen2_5_vl": (tiny_qwen2_5_vl_dir, "the <|vision_start|><|image_pad|><|vision_end|> a dog"),
+    "qwen3_vl": (tiny_qwen3_vl_dir, "the <|vision_start|><|image_pad|><|vision_end|> the dog"),
     "idefics3": (tiny_idefics3_dir, "the <image> the cat sits"),
     "gemma3": (tiny_gemma3_dir, "the <start_of_image> the cat"),
 }
@@ -112,6 +115,35 @@ def _hf_image_features(name: str, hf, kw: dict) -> torch.Tensor:
     return feats.reshape(-1, feats.shape[-1])
 
 
+def _hf_deepstack_features(name: str, hf, kw: dict) -> list[torch.Tensor]:
+    """Qwen3-VL's DeepStack features per injected layer, ``[n_visual, d_model]`` each."""
+    if name != "qwen3_vl":
+        return []
+    out = hf.get_image_features(kw["pixel_values"], kw["image_grid_thw"])
+    return [
+        torch.cat(list(level)) if isinstance(level, (list, tuple)) else level
+        for level in out.deepstack_features
+    ]
+
+
+def test_qwen3_deepstack_is_injected(tmp_path):
+    """The DeepStack features are non-zero, so the test above does check the addition."""
+    from transformers import AutoModelForImageTextToText
+
+    path = tiny_qwen3_vl_dir(tmp_path)
+    hf = AutoModelForImageTextToText.from_pretrained(path, attn_implementation="eager").eval()
+    vlm = load_vlm(path, device="cpu")
+    inputs = vlm.prepare(_image())
+    kw = _hf_kwargs(inputs)
+    with torch.no_grad():
+        deepstack = _hf_deepstack_features("qwen3_vl", hf, kw)
+        hidden = hf(**kw, output_hidden_states=True).hidden_states
+    assert len(deepstack) == 2 and all(f.abs().max() > 1e-3 for f in deepstack)
+    _, cache = vlm.run_with_cache(inputs, ["blocks.1.hook_resid_pre"], full=True)
+    pos = inputs.layout.positions
+    assert (cache["blocks.1.hook_resid_pre"][0, pos] - hidden[1][0, pos]).abs().max() > 1e-3
+
+
 def test_logits_match_hf(family, parity_record):
     name, vlm, hf = family
     assert isinstance(vlm, HFVLM) and vlm.family.name == name
@@ -148,8 +180,12 @@ def test_layer0_is_projector_output_and_hidden_states_match(family, n_images):
 
     hooks = [f"blocks.{i}.hook_resid_pre" for i in range(vlm.n_layers)]
     _, cache = vlm.run_with_cache(inputs, hooks, full=True)
+    deepstack = _hf_deepstack_features(name, hf, kw)
     for i, hook in enumerate(hooks):
-        torch.testing.assert_close(cache[hook], hidden[i], atol=1e-5, rtol=0)
+        expected = hidden[i].clone()
+        if 0 < i <= len(deepstack):  # Qwen3-VL adds these after HF records hidden_states[i]
+            expected[0, layout.positions] += deepstack[i - 1]
+        torch.testing.assert_close(cache[hook], expected, atol=1e-5, rtol=0)
 
 
 def test_layout_grid_coordinates(family):
@@ -236,21 +272,103 @@ def test_connector_directory_is_delegated(tmp_path, monkeypatch):
     assert calls == [(tmp_path, {"device": "cpu", "dtype": torch.float32})]
 
 
-def test_torchvision_hook_restored_and_qwen_registration_idempotent():
+def test_default_name_uses_the_registered_loader(monkeypatch):
+    calls = []
+    fake = types.ModuleType("tl_latentlens.default")
+    fake.load_default_vlm = lambda **kw: calls.append(kw) or "default-vlm"
+    monkeypatch.setitem(sys.modules, "tl_latentlens.default", fake)
+    assert load_vlm("default", device="cpu") == "default-vlm"
+    assert calls == [{"device": "cpu", "dtype": torch.float32}]
+
+
+def test_missing_loader_names_the_fix(monkeypatch):
+    monkeypatch.setattr("tl_latentlens.models.load.distributions", lambda: [])
+    with pytest.raises(ValueError, match="pip install -e"):
+        load_vlm("default")
+
+
+def test_transformer_lens_patches_are_scoped_to_the_block():
     from transformer_lens.factories import architecture_adapter_factory as factory
-    from transformer_lens.model_bridge.sources.transformers import helpers
-
-    from tl_latentlens.models.qwen2_vl import Qwen2VLArchitectureAdapter, register_qwen2_vl
-
-    register_qwen2_vl()
-    register_qwen2_vl()
-    assert factory.SUPPORTED_ARCHITECTURES["Qwen2VLForConditionalGeneration"] is (
-        Qwen2VLArchitectureAdapter
+    from transformer_lens.factories.architecture_adapter_factory import (
+        ArchitectureAdapterFactory,
     )
+    from transformer_lens.model_bridge.sources.transformers import helpers
+    from transformer_lens.utilities import architectures
+
+    from tl_latentlens.models.tl_compat import (
+        Qwen2VLArchitectureAdapter,
+        Qwen3VLNoTorchvisionAdapter,
+        transformer_lens_patches,
+    )
+
+    def state():
+        return (
+            helpers._ensure_torchvision,
+            dict(ArchitectureAdapterFactory._adapters),
+            dict(factory.SUPPORTED_ARCHITECTURES),
+            set(architectures.MULTIMODAL_ARCHITECTURES),
+        )
+
+    before = state()
+    assert "Qwen2VLForConditionalGeneration" not in before[1]
+    with transformer_lens_patches(), transformer_lens_patches():  # re-entrant
+        adapters = ArchitectureAdapterFactory._adapters
+        assert adapters["Qwen2VLForConditionalGeneration"] is Qwen2VLArchitectureAdapter
+        assert factory.SUPPORTED_ARCHITECTURES["Qwen2VLForConditionalGeneration"] is (
+            Qwen2VLArchitectureAdapter
+        )
+        assert adapters["Qwen3VLForConditionalGeneration"] is Qwen3VLNoTorchvisionAdapter
+        assert "Qwen2VLForConditionalGeneration" in architectures.MULTIMODAL_ARCHITECTURES
+        assert helpers._ensure_torchvision.__module__ == "tl_latentlens.models.tl_compat"
+    assert state() == before
+    with pytest.raises(RuntimeError), transformer_lens_patches():
+        raise RuntimeError("a failed boot")
+    assert state() == before
     assert helpers._ensure_torchvision.__module__ == helpers.__name__
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"], indirect=True)
+def test_user_adapter_registration_is_kept():
+    from transformer_lens.factories.architecture_adapter_factory import (
+        ArchitectureAdapterFactory,
+    )
+
+    from tl_latentlens.models.tl_compat import transformer_lens_patches
+
+    class Mine:
+        pass
+
+    adapters = ArchitectureAdapterFactory._adapters
+    old = adapters["Qwen2_5_VLForConditionalGeneration"]
+    adapters["Qwen2_5_VLForConditionalGeneration"] = Mine
+    try:
+        with transformer_lens_patches():
+            assert adapters["Qwen2_5_VLForConditionalGeneration"] is Mine
+    finally:
+        adapters["Qwen2_5_VLForConditionalGeneration"] = old
+
+
+def test_family_registry():
+    from tl_latentlens.models.families import (
+        FAMILIES,
+        VLMFamily,
+        family_for_config,
+        register_family,
+        supported_model_types,
+    )
+
+    assert "qwen3_vl" in supported_model_types() and "llava" in supported_model_types()
+    cfg = types.SimpleNamespace(model_type="x", architectures=["Qwen3VLForConditionalGeneration"])
+    assert family_for_config(cfg).name == "qwen3_vl"
+    with pytest.raises(ValueError, match="already registered"):
+        register_family(VLMFamily("llava", "Other"))
+    try:
+        mine = register_family(VLMFamily("my_vlm", "MyVLMForConditionalGeneration"))
+        assert family_for_config(types.SimpleNamespace(model_type="my_vlm")) is mine
+    finally:
+        FAMILIES.pop("my_vlm", None)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"], indirect=True)
 def test_qwen_runs_use_3d_rotary_positions(family):
     name, vlm, _ = family
     inputs = vlm.prepare(_image())
@@ -265,13 +383,13 @@ def test_qwen_runs_use_3d_rotary_positions(family):
     assert (ours - plain).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"], indirect=True)
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"], indirect=True)
 def test_qwen_vision_tower_hooks(family):
     name, vlm, hf = family
     inputs = vlm.prepare(_image())
     kw = dict(inputs.model_kwargs)
     ids = kw.pop("input")
-    hook = "vision_encoder.blocks.0.mlp.in.hook_out"
+    hook = "vision_encoder.blocks.0.mlp.hook_out"
     with torch.no_grad():
         _, cache = vlm.bridge.run_with_cache(ids, names_filter=[hook], **kw)
     n_patches = int(kw["image_grid_thw"].prod())

@@ -12,6 +12,11 @@ def test_layer_convention_round_trip():
     # resid_pre of block l and resid_post of block l-1 are the same layer
     assert hk.layer_of("blocks.5.hook_resid_pre") == hk.layer_of("blocks.4.hook_resid_post") == 5
     assert hk.layer_of("blocks.5.hook_resid_mid") == 5.5
+    # resid_mid layers round-trip instead of being truncated to the block below
+    assert hk.hook_for_layer(5.5, n) == "blocks.5.hook_resid_mid"
+    assert hk.layer_of(hk.hook_for_layer(2.5, n)) == 2.5
+    with pytest.raises(ValueError, match="l \\+ 0.5"):
+        hk.hook_for_layer(2.25, n)
 
 
 def test_paper_layers_for_32_layers_match_the_paper():

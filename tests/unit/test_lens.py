@@ -54,15 +54,48 @@ def test_explain_equals_exact_search_of_captured_residuals(tiny_vlm, bank, lens)
     assert len(layers) > 1
 
 
-def test_hnsw_agrees_with_exact_on_small_bank(lens):
+def test_default_search_is_exact_on_a_small_bank_and_recorded(lens, tmp_path):
     img = random_image(8)
     a = lens.explain(img, k=3, exact=True, baselines=False)
-    b = lens.explain(img, k=3, exact=False, baselines=False)
-    same = sum(
-        [n.sentence_id for n in p.latent] == [n.sentence_id for n in q.latent]
-        for p, q in zip(a.patches, b.patches)
-    )
-    assert same / len(a.patches) > 0.9
+    b = lens.explain(img, k=3, baselines=False)
+    assert b.search == {h: "exact" for h in HOOKS}
+    assert [[(n.sentence_id, n.position) for n in p.latent] for p in a.patches] == [
+        [(n.sentence_id, n.position) for n in p.latent] for p in b.patches
+    ]
+    back = Explanation.load(b.save(tmp_path / "r.json"))
+    assert back.search == b.search and back.patches == b.patches
+    assert "exact (every hook)" in b.to_html()
+
+
+def test_explain_many_equals_explain(lens):
+    images = [random_image(s) for s in (11, 12, 13)]
+    many = lens.explain_many(images, k=3, batch_size=2, progress=False)
+    assert len(many) == 3
+    for img, got in zip(images, many):
+        one = lens.explain(img, k=3)
+        assert got.grid == one.grid and got.hooks == one.hooks
+        assert [(p.hook, p.index, p.row, p.col) for p in got.patches] == [
+            (p.hook, p.index, p.row, p.col) for p in one.patches
+        ]
+        for p, q in zip(got.patches, one.patches):
+            assert [(n.sentence_id, n.position) for n in p.latent] == [
+                (n.sentence_id, n.position) for n in q.latent
+            ]
+            assert [c.token_id for c in p.logit] == [c.token_id for c in q.logit]
+            assert [c.token_id for c in p.embedding] == [c.token_id for c in q.embedding]
+        assert got.image is img and "forward" in got.timings
+
+
+def test_equivalent_hook_names_are_accepted(lens, bank):
+    """``blocks.{l}.hook_resid_pre`` is the same residual as ``blocks.{l-1}.hook_resid_post``."""
+    img = random_image(14)
+    a = lens.explain(
+        img, hooks=["blocks.1.hook_resid_pre"], bank_hooks=["blocks.1.hook_resid_pre"], k=3,
+        baselines=False,
+    )  # fmt: skip
+    assert a.bank_hooks == ["blocks.0.hook_resid_post"]
+    b = lens.explain(img, hooks=["blocks.1.hook_resid_pre"], per_layer=True, k=3, baselines=False)
+    assert {n.hook for p in b.patches for n in p.latent} == {"blocks.0.hook_resid_post"}
 
 
 def test_per_layer_search_stays_in_layer(lens):
@@ -129,7 +162,7 @@ def test_errors(tiny_vlm, lens, bank, tmp_path):
         lens.explain(random_image(), k=0)
     with pytest.raises(ImageTokenMismatchError):
         lens.explain(random_image(), prompt="no placeholder here")
-    with pytest.raises(ValueError, match="bank has no hook"):
+    with pytest.raises(ValueError, match="stores no hook"):
         lens.explain(random_image(), bank_hooks=["blocks.1.hook_resid_post"])
     with pytest.raises(ValueError, match="unknown hook"):
         lens.explain(random_image(), hooks=["blocks.9.hook_resid_post"])

@@ -9,10 +9,10 @@ from dataclasses import replace
 
 import pytest
 
+from fixtures.explanations import SAMPLE_SENTENCES, sample_explanation
 from tl_latentlens.bank.results import Neighbour
 from tl_latentlens.render import _circuitsvis as cv
 from tl_latentlens.render.html import explanation_html, show_explanation
-from tl_latentlens.render.sample import SAMPLE_SENTENCES, sample_explanation
 
 SCRIPT = re.compile(r"<script\b([^>]*)>(.*?)</script>", re.S)
 

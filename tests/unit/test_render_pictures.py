@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fixtures.explanations import sample_explanation
 from tl_latentlens.lens.leap import LeapTable
 from tl_latentlens.render.pictures import layer_curve_png, leap_heatmap_png, patch_words_png
-from tl_latentlens.render.sample import sample_explanation
 
 
 @pytest.fixture(scope="module")

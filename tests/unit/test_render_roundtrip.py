@@ -2,9 +2,9 @@
 
 import re
 
+from fixtures.explanations import sample_explanation
 from tl_latentlens.lens.results import Explanation
 from tl_latentlens.render.html import explanation_html
-from tl_latentlens.render.sample import sample_explanation
 
 
 def test_save_load_round_trip(tmp_path):

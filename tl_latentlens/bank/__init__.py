@@ -1,4 +1,5 @@
-"""Contextual text bank: residuals of corpus tokens, deduplicated by prefix, searchable by HNSW.
+"""Contextual text bank: residuals of corpus tokens (identical vectors once), searched exactly or
+through calibrated hnswlib routes.
 
 Example:
     >>> from tl_latentlens.bank import build_bank, Bank
@@ -10,18 +11,26 @@ Example:
 
 from tl_latentlens.bank.bank import Bank, Verify
 from tl_latentlens.bank.build import build_bank
+from tl_latentlens.bank.calibrate import (
+    HookCalibration,
+    calibrate_bank,
+    calibrate_bank_with_images,
+)
 from tl_latentlens.bank.config import FORMAT_VERSION, BankConfig
 from tl_latentlens.bank.errors import (
     BankError,
     BankExistsError,
     BankFormatError,
+    BankLockedError,
     BankModelMismatchError,
     BankQueryError,
     CorpusError,
     CorruptBankError,
     MissingHookError,
 )
-from tl_latentlens.bank.results import Neighbour
+from tl_latentlens.bank.results import Neighbour, SearchReport
+from tl_latentlens.bank.routes import RouteParams
+from tl_latentlens.bank.search import RECALL_BAR, HookHits
 from tl_latentlens.bank.sources import describe_corpus, iter_corpus
 
 __all__ = [
@@ -31,14 +40,22 @@ __all__ = [
     "BankError",
     "BankExistsError",
     "BankFormatError",
+    "BankLockedError",
     "BankModelMismatchError",
     "BankQueryError",
     "CorpusError",
     "CorruptBankError",
     "MissingHookError",
+    "HookCalibration",
+    "HookHits",
     "Neighbour",
+    "RECALL_BAR",
+    "RouteParams",
+    "SearchReport",
     "Verify",
     "build_bank",
+    "calibrate_bank",
+    "calibrate_bank_with_images",
     "describe_corpus",
     "iter_corpus",
 ]

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+import math
+import mmap
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -12,7 +17,8 @@ import numpy as np
 import torch
 
 from tl_latentlens import hooks as hk
-from tl_latentlens.bank import index as ix
+from tl_latentlens._io import FileLock, LockedError, recover_replace
+from tl_latentlens.bank import codec
 from tl_latentlens.bank import manifest as mf
 from tl_latentlens.bank.errors import (
     BankModelMismatchError,
@@ -21,15 +27,24 @@ from tl_latentlens.bank.errors import (
     MissingHookError,
 )
 from tl_latentlens.bank.query import merge_top_k, prepare_queries
-from tl_latentlens.bank.results import Neighbour
-from tl_latentlens.bank.store import RaggedReader
+from tl_latentlens.bank.results import Neighbour, SearchReport
+from tl_latentlens.bank.routes import RouteParams, Routes
+from tl_latentlens.bank.search import HookHits, HookSearcher, Method
+from tl_latentlens.bank.store import NpyFormatError, RaggedReader, npy_from_buffer
+from tl_latentlens.bank.vectors import HookVectors
 
 __all__ = ["Bank", "Verify"]
 
 logger = logging.getLogger(__name__)
 
+#: Default :attr:`Bank.resident_bytes`: decoded hooks kept in RAM by exact search.
+DEFAULT_RESIDENT_BYTES = 2 << 30
+
 #: ``"full"``: hash every file at open; ``"lazy"``: check sizes at open, hash the shared tables
-#: at open and a hook's files on its first use; ``"size"``: sizes only.
+#: at open and a hook's files on its first use; ``"size"``: sizes only. Every mode checks the
+#: manifest, the tables' structure (shapes, dtypes, offsets, ids in range) and every hnswlib
+#: header, so no file can crash the process; only "size" trusts the contents (a flipped byte
+#: in a vector or a sentence then goes unnoticed): use it only for banks you built yourself.
 Verify = Literal["full", "lazy", "size"]
 
 
@@ -38,19 +53,36 @@ class Bank:
 
     Open one with :meth:`open`; build one with :func:`~tl_latentlens.bank.build_bank`.
 
+    An open bank reads a snapshot: every file is memory-mapped at open, so a bank published
+    later at the same path (a rebuild) does not change what this object returns.
+
     Example:
         >>> bank = Bank.open("banks/smollm", vlm)
         >>> hits = bank.search(acts.residuals["blocks.0.hook_resid_pre"], k=5)
         >>> hits[0][0].token, hits[0][0].layer, hits[0][0].highlighted()
     """
 
-    def __init__(self, root: Path, manifest: dict[str, Any], verify: Verify) -> None:
+    def __init__(
+        self,
+        root: Path,
+        manifest: dict[str, Any],
+        verify: Verify,
+        maps: dict[str, Any] | None = None,
+        stats: dict[str, tuple[int, int, int]] | None = None,
+    ) -> None:
         self.root = root
         self._manifest = manifest
         self._verify = verify
         self._verified: set[str] = set()
-        self._indexes: dict[str, Any] = {}
+        self._hook_vectors: dict[str, HookVectors] = {}
+        self._searchers: dict[str, HookSearcher] = {}
+        self._vector_of_entry: dict[str, np.ndarray] = {}
+        #: RAM (bytes) exact search may use to keep hooks decoded between calls.
+        self.resident_bytes = DEFAULT_RESIDENT_BYTES
         self._layers = {h["name"]: h["layer"] for h in manifest["hooks"]}
+        self._maps = maps if maps is not None else {}
+        self._stats = stats if stats is not None else {}
+        self._arrays: dict[str, np.ndarray] = {}
 
     # ---- opening ----------------------------------------------------------------------------
     @classmethod
@@ -65,19 +97,21 @@ class Bank:
 
         Raises:
             BankError: No such directory or no manifest.
-            BankFormatError: Unreadable manifest or another format version.
-            CorruptBankError: A file is missing, truncated or corrupted.
+            BankFormatError: Unreadable, malformed manifest or another format version.
+            CorruptBankError: A file is missing, truncated, malformed or corrupted.
             BankModelMismatchError: ``vlm`` is not the bank's model.
         """
         if verify not in ("full", "lazy", "size"):
             raise ValueError(f"verify must be 'full', 'lazy' or 'size', got {verify!r}")
         root = Path(path)
+        _finish_interrupted_replace(root)
         manifest = mf.read_manifest(root)
-        bank = cls(root, manifest, verify)
-        every = mf.shared_files() + [f for h in bank.hooks for f in mf.hook_files(h, bank.dtype)]
-        mf.verify_files(root, manifest, every, full=False)
+        maps, stats = _map_files(root, manifest)
+        bank = cls(root, manifest, verify, maps, stats)
+        every = mf.shared_files() + [f for h in bank.hooks for f in bank._hook_files(h)]
+        mf.verify_files(root, manifest, every, full=False, opened=bank._bytes)
         if verify != "size":
-            mf.verify_files(root, manifest, mf.shared_files(), full=True)
+            mf.verify_files(root, manifest, mf.shared_files(), full=True, opened=bank._bytes)
         if verify == "full":
             for hook in bank.hooks:
                 bank._ensure_verified(hook)
@@ -86,38 +120,169 @@ class Bank:
             bank.check_model(vlm)
         return bank
 
+    def _bytes(self, rel: str) -> Any:
+        """The bytes of bank file ``rel`` as mapped at open."""
+        if rel not in self._maps:
+            raise CorruptBankError(f"{self.root}: file {rel} is missing")
+        return self._maps[rel]
+
+    def _array(self, rel: str) -> np.ndarray:
+        """The ``.npy`` bank file ``rel`` as a read-only array over the snapshot (cached)."""
+        if rel not in self._arrays:
+            try:
+                self._arrays[rel] = npy_from_buffer(self._bytes(rel))
+            except NpyFormatError as err:
+                raise CorruptBankError(f"{self.root}: file {rel} is malformed: {err}") from None
+        return self._arrays[rel]
+
+    @contextlib.contextmanager
+    def _stable_file(self, rel: str) -> Iterator[str]:
+        """A path holding the snapshot's bytes of ``rel``, for libraries that only read paths
+        (hnswlib): the file in the bank while it is the one mapped at open, else a temp copy."""
+        path = self.root / rel
+        try:
+            st = os.stat(path)
+            same = (st.st_dev, st.st_ino, st.st_size) == self._stats.get(rel)
+        except OSError:
+            same = False
+        if same:
+            yield str(path)
+            return
+        logger.warning("%s was replaced since it was opened; reading the opened bank's copy", path)
+        fd, tmp = tempfile.mkstemp(prefix=".tl_latentlens-", suffix=f"-{Path(rel).name}")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(memoryview(self._bytes(rel)).cast("B"))
+            yield tmp
+        finally:
+            os.unlink(tmp)
+
     def _check_shapes(self) -> None:
-        n, d = self._manifest["counts"]["n_entries"], self.d_model
-        if self.entries.shape != (n,):
-            raise CorruptBankError(
-                f"{self.root}: entries.npy has {self.entries.shape[0]} rows, expected {n}"
-            )
+        """Check every table's dtype, shape and internal consistency (ids in range, offsets
+        monotonic), so that no malformed file can crash a later lookup."""
+        counts = self._manifest["counts"]
+        n, d = counts["n_entries"], self.d_model
+        bad = self._table_problem(n)
+        if bad:
+            raise CorruptBankError(f"{self.root}: {bad}; rebuild the bank")
         for hook in self.hooks:
-            shape = self.vectors(hook).shape
-            if shape != (n, d):
-                raise CorruptBankError(
-                    f"{self.root}: {hook} vectors have shape {shape}, expected {(n, d)}"
-                )
+            bad = self._hook_problem(hook, n, d)
+            if bad:
+                raise CorruptBankError(f"{self.root}: {hook}: {bad}; rebuild the bank")
+
+    def _hook_files(self, hook: str) -> list[str]:
+        return mf.hook_files(hook, self.dtype, routes=bool(self.hook_info(hook).get("routes")))
+
+    def _hook_problem(self, hook: str, n: int, d: int) -> str | None:
+        """What is wrong with a hook's files (shapes, dtypes, occurrence table), if anything."""
+        folder = mf.hook_dir(hook)
+        n_vec = self.n_vectors(hook)
+        want = np.dtype(codec.numpy_dtype(self.dtype))
+        vec = self._array(f"{folder}/vectors.npy")
+        if vec.shape != (n_vec, d) or vec.dtype != want:
+            return f"vectors are {vec.dtype} {vec.shape}, expected {want} {(n_vec, d)}"
+        norms = self._array(f"{folder}/norms.npy")
+        if norms.shape != (n_vec,) or norms.dtype != np.dtype("<f4"):
+            return f"norms are {norms.dtype} {norms.shape}, expected float32 {(n_vec,)}"
+        off = self._array(f"{folder}/occ_offsets.npy")
+        ent = self._array(f"{folder}/occ_entries.npy")
+        if off.shape != (n_vec + 1,) or off.dtype != np.dtype("<i8"):
+            return f"occ_offsets is {off.dtype} {off.shape}, expected int64 {(n_vec + 1,)}"
+        if ent.shape != (n,) or ent.dtype != np.dtype("<i4"):
+            return f"occ_entries is {ent.dtype} {ent.shape}, expected int32 {(n,)}"
+        if n_vec and (off[0] != 0 or off[-1] != n or (np.diff(off) <= 0).any()):
+            return "occ_offsets is not a strictly increasing table from 0 to n_entries"
+        if n and (int(ent.min()) < 0 or int(ent.max()) >= n):
+            return "occ_entries holds entry rows out of range"
+        if self.dtype == "int8":
+            params = self._array(f"{folder}/codec.npy")
+            if params.shape != (2, d) or params.dtype != np.dtype("<f4"):
+                return f"codec.npy is {params.dtype} {params.shape}, expected float32 {(2, d)}"
+        return None
+
+    def _table_problem(self, n: int) -> str | None:
+        e = self.entries
+        fields = ("sentence_id", "position", "token_id")
+        if e.dtype.names != fields or any(e.dtype[f] != np.dtype("<i4") for f in fields):
+            return f"entries.npy has dtype {e.dtype}, expected int32 fields {fields}"
+        if e.shape != (n,):
+            return f"entries.npy has shape {e.shape}, expected {(n,)}"
+        n_sent = self.n_sentences
+        for name, reader in (("text", self._texts), ("ids", self._sentence_ids)):
+            why = reader.check()
+            if why is None and len(reader) != n_sent:
+                why = f"{len(reader)} items, the manifest says {n_sent} sentences"
+            if why:
+                return f"sentences/{name} is malformed ({why})"
+        if self._sentence_ids.data.dtype != np.dtype("<i4"):
+            return "sentences/ids.bin must hold int32 token ids"
+        strings = RaggedReader.from_arrays(
+            self._array(f"{mf.TOKENS}/strings.offsets.npy"),
+            self._bytes(f"{mf.TOKENS}/strings.bin"),
+        )
+        why = strings.check()
+        if why:
+            return f"tokens/strings is malformed ({why})"
+        vocab = len(strings)
+        if self._array(f"{mf.SENTENCES}/corpus_index.npy").shape != (n_sent,):
+            return "sentences/corpus_index.npy does not have one row per sentence"
+        special = self._array(f"{mf.TOKENS}/special.npy")
+        if special.shape != (vocab,) or special.dtype != np.bool_:
+            return (
+                f"tokens/special.npy is {special.dtype} {special.shape}, expected bool {(vocab,)}"
+            )
+        ids = self._sentence_ids
+        if ids.data.shape[0] and (int(np.min(ids.data)) < 0 or int(np.max(ids.data)) >= vocab):
+            return f"sentences/ids holds token ids outside 0..{vocab - 1}"
+        if n:
+            sid, pos, tok = (np.asarray(e[f]) for f in fields)
+            if sid.min() < 0 or sid.max() >= n_sent:
+                return f"entries reference sentences outside 0..{n_sent - 1}"
+            lengths = np.diff(np.asarray(ids.offsets))
+            if pos.min() < 0 or (pos >= lengths[sid]).any():
+                return "entries reference token positions past their sentence's end"
+            flat = np.asarray(ids.offsets)[sid] + pos
+            if not np.array_equal(np.asarray(ids.data)[flat], tok):
+                return "entries' token ids do not match their sentences"
+        return None
 
     def _ensure_verified(self, hook: str) -> None:
         if hook in self._verified:
             return
         if self._verify != "size":
-            mf.verify_files(self.root, self._manifest, mf.hook_files(hook, self.dtype), full=True)
+            mf.verify_files(
+                self.root,
+                self._manifest,
+                self._hook_files(hook),
+                full=True,
+                opened=self._bytes,
+            )
         self._verified.add(hook)
 
     def check_model(self, vlm: Any) -> None:
-        """Raise unless ``vlm`` is the model the bank was built with.
+        """Raise unless ``vlm`` has the weights the bank was built with.
+
+        Compares dtype-independent digests of the embedding and of every block up to the
+        bank's last hook (see :meth:`tl_latentlens.models.VLM.fingerprint`), not the name: the
+        same weights loaded in another dtype or from a local copy are accepted.
 
         Raises:
-            BankModelMismatchError: The message names every differing fingerprint field.
+            BankModelMismatchError: The message names what differs and how to fix it.
         """
         have, want = self._manifest["model"], vlm.fingerprint()
-        diffs = mf.describe_differences(have, want)
+        diffs = mf.model_differences(have, want, self.hooks)
         if diffs:
             raise BankModelMismatchError(
-                f"bank {str(self.root)!r} was built with a different model; fingerprint fields "
-                "differ (bank != given): " + "; ".join(diffs)
+                f"bank {str(self.root)!r} was built with another model ({have.get('name')!r}) "
+                f"than the one given ({want.get('name')!r}): " + "; ".join(diffs) + ". Load the "
+                "model the bank was built with, or build a bank for this model with "
+                "build_bank(vlm, corpus, out_dir) (overwrite=True to replace this one)."
+            )
+        if have.get("name") != want.get("name"):
+            logger.info(
+                "bank model %r and given model %r have the same weights",
+                have.get("name"),
+                want.get("name"),
             )
 
     # ---- metadata ---------------------------------------------------------------------------
@@ -152,10 +317,22 @@ class Bank:
         return int(self._manifest["counts"]["n_sentences"])
 
     def n_entries(self, hook: str | None = None) -> int:
-        """Stored vectors of ``hook`` (every hook stores the same entries)."""
+        """Corpus token occurrences stored (every hook stores the same entries)."""
         if hook is not None:
             self.resolve_hook(hook)
         return int(self._manifest["counts"]["n_entries"])
+
+    def n_vectors(self, hook: str | int) -> int:
+        """Distinct vectors stored for ``hook`` (identical rows, e.g. every occurrence of a
+        token at the input layer, are stored once)."""
+        name = self.resolve_hook(hook)
+        entry = next(h for h in self._manifest["hooks"] if h["name"] == name)
+        return int(entry.get("n_vectors", self.n_entries()))
+
+    def hook_info(self, hook: str | int) -> dict[str, Any]:
+        """The manifest's record of ``hook`` (layer, distinct vectors, routes calibration)."""
+        name = self.resolve_hook(hook)
+        return dict(next(h for h in self._manifest["hooks"] if h["name"] == name))
 
     def resolve_hook(self, hook: str | int) -> str:
         """The stored hook for a name, an equivalent name of the same layer, or a layer number.
@@ -165,55 +342,96 @@ class Bank:
         """
         if isinstance(hook, str) and hook in self._layers:
             return hook
-        layer = hook if isinstance(hook, (int, float)) else hk.layer_of(hook)
+        if isinstance(hook, str):
+            try:
+                layer = hk.layer_of(hook)
+            except ValueError as err:
+                raise MissingHookError(f"{err}; the bank stores: {self._stored()}") from None
+        elif isinstance(hook, (int, float, np.integer, np.floating)) and not isinstance(hook, bool):
+            layer = float(hook)
+            if not math.isfinite(layer):
+                raise BankQueryError(f"layer must be a finite number, got {hook!r}")
+        else:
+            raise BankQueryError(
+                f"hook must be a hook name or a layer number, got {type(hook).__name__} {hook!r:.40}"
+            )
         for name, have in self._layers.items():
             if have == layer:
                 return name
-        stored = ", ".join(f"{h} (layer {lay})" for h, lay in self._layers.items())
-        raise MissingHookError(f"the bank stores no hook for {hook!r}; it stores: {stored}")
+        raise MissingHookError(f"the bank stores no hook for {hook!r}; it stores: {self._stored()}")
+
+    def _stored(self) -> str:
+        return ", ".join(f"{h} (layer {lay})" for h, lay in self._layers.items())
 
     # ---- tables -----------------------------------------------------------------------------
     @cached_property
     def entries(self) -> np.ndarray:
         """Entries table (memory-mapped): fields ``sentence_id``, ``position``, ``token_id``."""
-        return np.load(self.root / mf.ENTRIES, mmap_mode="r")
+        return self._array(mf.ENTRIES)
 
     def vectors(self, hook: str) -> np.ndarray:
-        """Stored vectors of ``hook`` (memory-mapped ``[n_entries, d_model]``, storage dtype)."""
+        """Distinct stored vectors of ``hook`` (memory-mapped ``[n_vectors, d_model]``, storage
+        dtype; decode with :meth:`decoded`)."""
         hook = self.resolve_hook(hook)
-        return np.load(self.root / mf.hook_dir(hook) / "vectors.npy", mmap_mode="r")
+        return self._array(f"{mf.hook_dir(hook)}/vectors.npy")
 
     def norms(self, hook: str) -> np.ndarray:
-        """Norms of the stored vectors of ``hook`` (memory-mapped float32)."""
-        return np.load(
-            self.root / mf.hook_dir(self.resolve_hook(hook)) / "norms.npy", mmap_mode="r"
-        )
-
-    def scales(self, hook: str) -> np.ndarray | None:
-        """Per-vector scales (codecs that store them) or ``None``."""
-        path = self.root / mf.hook_dir(self.resolve_hook(hook)) / "scales.npy"
-        return np.load(path, mmap_mode="r") if path.is_file() else None
+        """Norms of the stored (decoded) vectors of ``hook`` (memory-mapped float32)."""
+        return self._array(f"{mf.hook_dir(self.resolve_hook(hook))}/norms.npy")
 
     def decoded(self, hook: str, rows: Any = slice(None)) -> np.ndarray:
-        """Stored vectors of ``hook`` at ``rows`` as float32."""
-        from tl_latentlens.bank import codec
+        """Stored vectors of ``hook`` at ``rows`` as float32 (not normalised)."""
+        hv = self.hook_vectors(hook)
+        idx = np.arange(hv.n)[rows] if isinstance(rows, slice) else np.asarray(rows)
+        return hv.decode(np.atleast_1d(idx), unit=False).reshape(*np.shape(idx), self.d_model)
 
-        scales = self.scales(hook)
-        return codec.decode(
-            self.vectors(hook)[rows], None if scales is None else scales[rows], self.dtype
+    def entry_vectors(self, hook: str, entries: Any = slice(None)) -> np.ndarray:
+        """The vectors of entry rows ``entries`` (corpus occurrences, rows of
+        :attr:`entries`) at ``hook`` as float32: ``[len(entries), d_model]``."""
+        name = self.resolve_hook(hook)
+        if name not in self._vector_of_entry:
+            hv = self.hook_vectors(name)
+            off, ent = hv._occurrences()
+            owner = np.empty(self.n_entries(), dtype=np.int64)
+            owner[np.asarray(ent, dtype=np.int64)] = np.repeat(
+                np.arange(hv.n), np.diff(np.asarray(off))
+            )
+            self._vector_of_entry[name] = owner
+        rows = self._vector_of_entry[name][entries]
+        return self.decoded(name, np.atleast_1d(rows))
+
+    def hook_vectors(self, hook: str | int) -> HookVectors:
+        """Decoded access to ``hook``'s stored vectors (cached per bank object)."""
+        name = self.resolve_hook(hook)
+        if name not in self._hook_vectors:
+            self._ensure_verified(name)
+            folder = mf.hook_dir(name)
+            self._hook_vectors[name] = HookVectors(
+                self._array(f"{folder}/vectors.npy"),
+                self._array(f"{folder}/norms.npy"),
+                self.dtype,
+                self._array(f"{folder}/codec.npy") if self.dtype == "int8" else None,
+                self._array(f"{folder}/occ_offsets.npy"),
+                self._array(f"{folder}/occ_entries.npy"),
+            )
+        return self._hook_vectors[name]
+
+    def _ragged(self, name: str, dtype: Any) -> RaggedReader:
+        return RaggedReader.from_arrays(
+            self._array(f"{name}.offsets.npy"), self._bytes(f"{name}.bin"), dtype
         )
 
     @cached_property
     def _texts(self) -> RaggedReader:
-        return RaggedReader(self.root / mf.SENTENCES, "text", np.uint8)
+        return self._ragged(f"{mf.SENTENCES}/text", np.uint8)
 
     @cached_property
     def _sentence_ids(self) -> RaggedReader:
-        return RaggedReader(self.root / mf.SENTENCES, "ids", np.int32)
+        return self._ragged(f"{mf.SENTENCES}/ids", np.int32)
 
     @cached_property
     def _token_strings(self) -> list[str]:
-        reader = RaggedReader(self.root / mf.TOKENS, "strings", np.uint8)
+        reader = self._ragged(f"{mf.TOKENS}/strings", np.uint8)
         return [reader.text(i) for i in range(len(reader))]
 
     def sentence(self, i: int) -> str:
@@ -232,10 +450,14 @@ class Bank:
         """``tokenizer.decode([token_id])`` as recorded at build time."""
         return self._token_strings[int(token_id)]
 
-    def neighbour(self, hook: str, row: int, similarity: float) -> Neighbour:
-        """The :class:`Neighbour` of entry ``row`` of ``hook``."""
-        e = self.entries[int(row)]
+    def neighbour(self, hook: str, row: int, similarity: float, max_contexts: int = 8) -> Neighbour:
+        """The :class:`Neighbour` of stored vector ``row`` of ``hook``: its first occurrence,
+        with how many corpus occurrences share the vector and (up to ``max_contexts``) where
+        the others are."""
+        occ = self.hook_vectors(hook).occurrences(int(row))
+        e = self.entries[int(occ[0])]
         sid, token_id = int(e["sentence_id"]), int(e["token_id"])
+        others = self.entries[occ[1 : 1 + max_contexts]]
         return Neighbour(
             token=self.token_string(token_id),
             token_id=token_id,
@@ -246,40 +468,98 @@ class Bank:
             similarity=float(similarity),
             hook=hook,
             layer=self._layers[hook],
+            n_occurrences=int(occ.shape[0]),
+            other_contexts=tuple(
+                (int(o["sentence_id"]), int(o["position"])) for o in np.atleast_1d(others)
+            ),
         )
 
     # ---- search -----------------------------------------------------------------------------
-    def _index(self, hook: str) -> Any:
-        if hook not in self._indexes:
-            self._ensure_verified(hook)
-            self._indexes[hook] = ix.load_hnsw(
-                self.root / mf.hook_dir(hook) / "index.hnsw",
-                self.d_model,
-                self.n_entries(),
-                _threads(),
-            )
-        return self._indexes[hook]
+    def searcher(self, hook: str | int) -> HookSearcher:
+        """The :class:`~tl_latentlens.bank.search.HookSearcher` of ``hook`` (routes loaded when
+        the bank was calibrated)."""
+        name = self.resolve_hook(hook)
+        if name not in self._searchers:
+            info = self.hook_info(name)
+            routes, params, recall = None, None, None
+            cal = info.get("routes")
+            if cal:
+                folder = mf.hook_dir(name)
+                with self._stable_file(f"{folder}/routes/samples.hnsw") as path:
+                    routes = Routes.from_arrays(
+                        self._array(f"{folder}/routes/lists.npy"), path, self.d_model, _threads()
+                    )
+                params = RouteParams(**cal["params"])
+                recall = dict(cal.get("recall_at_10", {}))
+            self._searchers[name] = HookSearcher(self.hook_vectors(name), routes, params, recall)
+        return self._searchers[name]
 
     def search_rows(
-        self, queries: np.ndarray, hook: str, k: int, exact: bool = False, ef: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` of normalised queries in one hook: ``(similarities, entry rows)``."""
-        k = min(k, self.n_entries())
-        if exact:
-            self._ensure_verified(hook)
-            return ix.exact_search(
-                self.vectors(hook), self.scales(hook), self.norms(hook), self.dtype, queries, k
-            )
-        ef = int(ef or self._manifest["hnsw"]["ef_search"])
-        return ix.hnsw_search(self._index(hook), queries, k, ef, _threads())
+        self,
+        queries: np.ndarray,
+        hook: str,
+        k: int,
+        method: Method = "auto",
+        device: str | torch.device | None = None,
+    ) -> HookHits:
+        """Top-``k`` stored vectors of L2-normalised float32 ``queries`` in one hook."""
+        return self.searcher(hook).search(
+            queries, k, method, device, resident=self._fits_resident(hook, device)
+        )
+
+    def _fits_resident(self, hook: str, device: str | torch.device | None) -> bool:
+        """Keep a hook decoded (RAM or device) while the bank's budget allows."""
+        hv = self.hook_vectors(hook)
+        if hv.is_resident:
+            return True
+        used = sum(v.nbytes_decoded() for v in self._hook_vectors.values() if v.is_resident)
+        return used + hv.nbytes_decoded() <= self.resident_bytes
+
+    def query(
+        self,
+        vectors: Any,
+        hook: str | int | Sequence[str | int] | None = None,
+        k: int = 5,
+        *,
+        method: Method = "auto",
+        device: str | torch.device | None = None,
+    ) -> SearchReport:
+        """Like :meth:`search`, plus how each hook was searched (method, exact fallbacks,
+        seconds): see :class:`~tl_latentlens.bank.results.SearchReport`."""
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
+            raise BankQueryError(f"k must be a positive int, got {k!r}")
+        if hook is None:
+            hooks = self.hooks
+        elif isinstance(hook, (str, int, float, np.integer, np.floating)):
+            hooks = [self.resolve_hook(hook)]
+        else:
+            hooks = list(dict.fromkeys(self.resolve_hook(h) for h in hook))
+            if not hooks:
+                raise BankQueryError("hook list is empty")
+        q = prepare_queries(vectors, self.d_model)
+        if q.shape[0] == 0:
+            return SearchReport([], {}, {}, {})
+        hits = {name: self.search_rows(q, name, int(k), method, device) for name in hooks}
+        merged = merge_top_k([(h.sims, h.rows) for h in hits.values()], int(k))
+        return SearchReport(
+            neighbours=[
+                [self.neighbour(hooks[h], row, sim) for h, row, sim in per if row >= 0]
+                for per in merged
+            ],
+            methods={name: h.method for name, h in hits.items()},
+            exact_fallback={name: h.n_exact_fallback for name, h in hits.items()},
+            seconds={name: h.seconds for name, h in hits.items()},
+        )
 
     def search(
         self,
         vectors: Any,
         hook: str | int | Sequence[str | int] | None = None,
         k: int = 5,
-        exact: bool = False,
-        ef: int | None = None,
+        exact: bool | None = None,
+        *,
+        method: Method = "auto",
+        device: str | torch.device | None = None,
     ) -> list[list[Neighbour]]:
         """Nearest contextual text tokens of each query vector.
 
@@ -288,10 +568,14 @@ class Bank:
             hook: One stored hook (or an equivalent name / a layer number); ``None`` (every
                 stored hook) or a list searches across hooks: the top ``k`` of all of them,
                 merged by similarity, each tagged with its hook and layer.
-            k: Neighbours per query.
-            exact: Exact chunked matmul instead of the HNSW index.
-            ef: HNSW candidate list size for this call (default: the manifest's ``ef_search``;
-                always at least ``k``).
+            k: Neighbours per query (distinct stored vectors; a vector shared by several
+                corpus occurrences is returned once, with ``n_occurrences``).
+            exact: ``True`` is ``method="exact"`` (kept for older code).
+            method: ``"auto"`` (default): exact search, unless the hook has routes whose
+                calibration proved recall@10 >= 0.98 and it is large enough for them to pay;
+                ``"exact"``; ``"routes"`` (approximate, needs :func:`calibrate_bank`).
+            device: Torch device for exact search (``"cuda"``: the products run there; the
+                results equal the CPU's).
 
         Returns:
             One list of ``k`` :class:`Neighbour` per query row, most similar first.
@@ -303,29 +587,18 @@ class Bank:
         Example:
             >>> bank.search(torch.randn(576), hook="blocks.3.hook_resid_post", k=3)[0]
         """
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
-            raise BankQueryError(f"k must be a positive int, got {k!r}")
-        if hook is None:
-            hooks = self.hooks
-        elif isinstance(hook, (str, int)):
-            hooks = [self.resolve_hook(hook)]
-        else:
-            hooks = list(dict.fromkeys(self.resolve_hook(h) for h in hook))
-            if not hooks:
-                raise BankQueryError("hook list is empty")
-        q = prepare_queries(vectors, self.d_model)
-        if q.shape[0] == 0:
-            return []
-        per_hook = [self.search_rows(q, name, int(k), exact, ef) for name in hooks]
-        return [
-            [self.neighbour(hooks[h], row, sim) for h, row, sim in hits]
-            for hits in merge_top_k(per_hook, int(k))
-        ]
+        if exact:
+            method = "exact"
+        return self.query(vectors, hook, k, method=method, device=device).neighbours
 
     def close(self) -> None:
-        """Free the loaded HNSW indexes (each holds about its file size in RAM); they reload on
-        the next search. Memory-mapped tables need no closing."""
-        self._indexes.clear()
+        """Free resident decoded vectors and loaded routes; they reload on the next search.
+        Memory-mapped tables need no closing."""
+        for searcher in self._searchers.values():
+            searcher.release()
+        self._searchers.clear()
+        for hv in self._hook_vectors.values():
+            hv.drop_resident()
 
     def __enter__(self) -> Bank:
         return self
@@ -342,3 +615,36 @@ class Bank:
 
 def _threads() -> int:
     return max(1, torch.get_num_threads())
+
+
+def _finish_interrupted_replace(root: Path) -> None:
+    """Complete a replace of ``root`` that a killed build left half done (with its lock)."""
+    journal = root.with_name(f".{root.name}.replace.json")
+    if not journal.is_file():
+        return
+    try:
+        with FileLock(root.with_name(f".{root.name}.lock")):
+            if recover_replace(root):
+                logger.warning("finished an interrupted replace of %s", root)
+    except LockedError:
+        pass  # its builder is alive and will finish it
+
+
+def _map_files(
+    root: Path, manifest: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, tuple[int, int, int]]]:
+    """Memory-map every file the manifest lists (read-only; the descriptors are closed at
+    once, the mappings keep the files readable even after the directory is replaced)."""
+    maps: dict[str, Any] = {}
+    stats: dict[str, tuple[int, int, int]] = {}
+    for rel in manifest["files"]:
+        try:
+            with open(root / rel, "rb") as f:
+                st = os.fstat(f.fileno())
+                stats[rel] = (st.st_dev, st.st_ino, st.st_size)
+                maps[rel] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if st.st_size else b""
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            continue  # reported as missing by verify_files
+        except OSError as err:
+            raise CorruptBankError(f"{root}: cannot read {rel}: {err}") from err
+    return maps, stats

@@ -9,10 +9,17 @@ staged directory is renamed into place.
 Work happens in ``<out>.partial/`` next to ``out``: its ``state.json`` (replaced atomically)
 records the build's key (model, hooks, options, corpus fingerprint) and progress, so rerunning
 an interrupted build with the same arguments continues where it stopped.
+
+One build at a time per ``out``: a lock file ``.<name>.lock`` next to it (owner pid and host)
+refuses a second builder while the first runs; the kernel releases it when its owner dies, and
+the next build then cleans what the dead one left (spool folders, temp files, a half-done
+replace). The finished bank replaces ``out`` crash-safely
+(:func:`tl_latentlens._io.replace_dir`).
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -26,15 +33,17 @@ from typing import Any
 import numpy as np
 
 from tl_latentlens import hooks as hk
-from tl_latentlens.bank import index as ix
+from tl_latentlens._io import FileLock, LockedError, recover_replace
+from tl_latentlens.bank import codec
 from tl_latentlens.bank import manifest as mf
 from tl_latentlens.bank.bank import Bank
 from tl_latentlens.bank.config import FORMAT_VERSION, BankConfig
 from tl_latentlens.bank.encode import allocate_vectors, encode_batches
-from tl_latentlens.bank.errors import BankExistsError, CorruptBankError
+from tl_latentlens.bank.errors import BankExistsError, BankLockedError, CorruptBankError
+from tl_latentlens.bank.finalize import finalize_hook, remove_raw
 from tl_latentlens.bank.plan import make_plan
 from tl_latentlens.bank.select import Selection, select_entries
-from tl_latentlens.bank.sources import iter_corpus
+from tl_latentlens.bank.sources import CorpusStats, iter_corpus
 from tl_latentlens.bank.store import (
     atomic_save_npy,
     atomic_write_json,
@@ -86,6 +95,7 @@ def build_bank(
 
     Raises:
         BankExistsError: ``out_dir`` holds something else and ``overwrite`` is False.
+        BankLockedError: Another process is building into ``out_dir`` right now.
         CorpusError: The corpus cannot be read.
 
     Example:
@@ -108,14 +118,52 @@ def build_bank(
         "hooks": list(hooks),
         "options": cfg.content_options,
     }
-    existing = _existing(out, want, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(lock_path(out))
+    try:
+        lock.acquire()
+    except LockedError as err:
+        raise BankLockedError(
+            f"another build into {str(out)!r} is running ({err}); wait for it to finish or "
+            "choose another out_dir"
+        ) from None
+    try:
+        if lock.stale_owner:
+            logger.warning(
+                "a build into %s by pid %s on %s ended without finishing; cleaning up after it",
+                out,
+                lock.stale_owner.get("pid"),
+                lock.stale_owner.get("host"),
+            )
+        _clean_leftovers(out)
+        return _build_locked(vlm, corpus, out, hooks, cfg, want, resume, overwrite)
+    finally:
+        lock.release()
+
+
+def lock_path(out: Path) -> Path:
+    """The lock file guarding builds into ``out``."""
+    return out.with_name(f".{out.name}.lock")
+
+
+def _build_locked(
+    vlm: VLM,
+    corpus: Any,
+    out: Path,
+    hooks: list[str],
+    cfg: BankConfig,
+    want: dict[str, Any],
+    resume: bool,
+    overwrite: bool,
+) -> Bank:
+    existing = _existing(out, want, overwrite)
     spool = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.spool-"))
     try:
-        sentences = iter_corpus(corpus, cfg.text_column, cfg.split)
-        selection = select_entries(vlm, sentences, cfg, spool)
+        stats = CorpusStats()
+        sentences = iter_corpus(corpus, cfg.text_column, cfg.split, stats)
+        selection = select_entries(vlm, sentences, cfg, spool, stats=stats)
         want["corpus_fingerprint"] = selection.corpus_fingerprint
-        if existing is not None and mf.identity(existing) == want:
+        if existing is not None and not mf.identity_differences(mf.identity(existing), want):
             try:
                 logger.info("an identical bank exists at %s; opening it", out)
                 return Bank.open(out, vlm)
@@ -128,10 +176,44 @@ def build_bank(
         stage = _build_stage(vlm, hooks, cfg, selection, spool, out, resume, want, corpus)
     finally:
         shutil.rmtree(spool, ignore_errors=True)
+    # the work folder is spent once publishing starts: after an atomic exchange it holds the
+    # *old* bank, which a later resume must never mistake for finished work
+    (stage.parent / "state.json").unlink()
     publish_dir(stage, out)
-    logger.info("bank written to %s", out)
+    skipped = ", ".join(f"{v} {k}" for k, v in sorted(selection.skipped.items())) or "none"
+    logger.info(
+        "bank written to %s: %d sentences read, %d cut to max_tokens=%s, skipped: %s",
+        out,
+        selection.n_corpus_sentences,
+        selection.n_truncated,
+        cfg.max_tokens,
+        skipped,
+    )
     shutil.rmtree(stage.parent, ignore_errors=True)
     return Bank.open(out, vlm, verify="size")
+
+
+def _clean_leftovers(out: Path) -> None:
+    """Remove what builds killed before finishing left next to ``out`` (call with the lock).
+
+    Finishes an interrupted replace, deletes spool folders, renamed-aside old banks and
+    orphaned temp files of atomic writes in ``<out>.partial`` (whose progress is kept)."""
+    if recover_replace(out):
+        logger.warning("finished an interrupted replace of %s", out)
+    name = glob.escape(out.name)
+    for pattern in (f".{name}.spool-*", f".{name}.old-*"):
+        for path in out.parent.glob(pattern):
+            logger.info("removing %s, left by an interrupted build", path)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+    work = out.with_name(f"{out.name}.partial")
+    if work.is_dir() and not (work / "state.json").is_file():
+        shutil.rmtree(work, ignore_errors=True)  # nothing to resume (or already published)
+    elif work.is_dir():
+        for path in work.rglob(".*.tmp"):
+            path.unlink(missing_ok=True)
 
 
 def _unique_layers(hooks: list[str]) -> list[str]:
@@ -172,13 +254,13 @@ def _existing(out: Path, want: dict[str, Any], overwrite: bool) -> dict[str, Any
             f"{str(out)!r} exists and is not a bank; refusing to replace it (pass overwrite=True)"
         )
     have = mf.identity(manifest)
-    if any(have[key] != want[key] for key in want):
+    if mf.identity_differences(have, want):
         raise BankExistsError(_exists_message(out, have, want))
     return manifest
 
 
 def _exists_message(out: Path, have: dict[str, Any], want: dict[str, Any]) -> str:
-    diffs = mf.describe_differences(have, want, keys=list(want))
+    diffs = mf.identity_differences(have, want)
     return (
         f"a different bank exists at {str(out)!r} (existing != requested: {'; '.join(diffs)}); "
         "pass overwrite=True to replace it or choose another out_dir"
@@ -216,7 +298,7 @@ def _build_stage(
         plan = make_plan(selection, cfg.batch_size)
         vocab = write_tables(stage, plan, spool, vlm.tokenizer)
         atomic_save_npy(work / "batch_offsets.npy", plan.batch_offsets)
-        allocate_vectors(stage, hooks, plan.n_entries, vlm.d_model, cfg.dtype)
+        allocate_vectors(stage, hooks, plan.n_entries, vlm.d_model, codec.raw_codec(cfg.dtype))
         state = {
             "key": key,
             "batches_done": 0,
@@ -239,24 +321,34 @@ def _build_stage(
     offsets = np.load(work / "batch_offsets.npy")
     if state["batches_done"] < state["n_batches"]:
         encode_batches(vlm, hooks, stage, offsets, cfg, state["batches_done"], record)
-    for i, hook in enumerate(hooks):
-        if hook in state["indexed"]:
-            continue
+    # Per hook: identical rows stored once, the bank's codec applied (resumable per hook).
+    finals = state.setdefault("finalized", {})
+    for hook in hooks:
         folder = stage / mf.hook_dir(hook)
-        scales = (
-            np.load(folder / "scales.npy", mmap_mode="r")
-            if (folder / "scales.npy").is_file()
-            else None
-        )
-        ix.build_hnsw(
-            np.load(folder / "vectors.npy", mmap_mode="r"), scales, cfg.dtype, folder / "index.hnsw",
-            M=cfg.hnsw_M, ef_construction=cfg.ef_construction, seed=cfg.seed,
-            threads=cfg.threads, progress=cfg.progress, desc=f"bank: index {i + 1}/{len(hooks)} {hook}",
-        )  # fmt: skip
-        state["indexed"].append(hook)
-        atomic_write_json(state_path, state)
+        if hook not in finals:
+            finals[hook] = finalize_hook(folder, cfg.dtype)
+            atomic_write_json(state_path, state)
+        remove_raw(folder)
     manifest = mf.build_manifest(vlm, hooks, cfg, selection, state["counts"], corpus)
+    for entry in manifest["hooks"]:
+        entry.update(finals[entry["name"]])
+    # the forward passes' dtype (bfloat16 builds are faster; the model fingerprint is
+    # dtype-independent, so such a bank opens with the float32 model and vice versa)
+    manifest["build"]["forward_dtype"] = str(next(vlm.bridge.parameters()).dtype).replace(
+        "torch.", ""
+    )
     rels = mf.shared_files() + [f for h in hooks for f in mf.hook_files(h, cfg.dtype)]
+    _remove_unlisted(stage, set(rels))
     manifest["files"] = {rel: file_record(stage / rel) for rel in rels}
     atomic_write_json(stage / mf.MANIFEST, manifest)
     return stage
+
+
+def _remove_unlisted(stage: Path, rels: set[str]) -> None:
+    """Delete files in the staged bank that the manifest will not list (temp files of writes
+    killed before a resume), so nothing unchecked is published."""
+    for path in sorted(stage.rglob("*")):
+        rel = path.relative_to(stage).as_posix()
+        if path.is_file() and rel not in rels and rel != mf.MANIFEST:
+            logger.info("removing %s from the staged bank (not a bank file)", rel)
+            path.unlink()

@@ -83,6 +83,14 @@ def add_build_bank_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--no-resume", dest="resume", action="store_false", help="discard an interrupted build"
     )
+    p.add_argument("--device", default=None, help="torch device for the forward passes (e.g. cuda)")
+    p.add_argument(
+        "--model-dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default="float32",
+        help="dtype of the model's forward passes (bfloat16: 1.3-1.6x faster on CPU, cosine "
+        ">= 0.9999 to float32; recorded in the manifest)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a different existing bank")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=run_build_bank)
@@ -91,10 +99,12 @@ def add_build_bank_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_build_bank(args: argparse.Namespace) -> int:
     """Execute ``build-bank``; returns the process exit code (0)."""
+    import torch
+
     from tl_latentlens.bank.build import build_bank
     from tl_latentlens.models.load import load_vlm
 
-    vlm = load_vlm(args.model)
+    vlm = load_vlm(args.model, device=args.device, dtype=getattr(torch, args.model_dtype))
     hooks = args.hooks
     if args.layers:
         hooks = [hk.hook_for_layer(layer, vlm.n_layers) for layer in args.layers]

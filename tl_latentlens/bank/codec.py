@@ -1,55 +1,70 @@
-"""Vector storage codecs: float32, float16, and float8 (e4m3) with a per-vector scale.
+"""Vector storage codecs: ``float32``, ``float16`` and ``int8`` (centred, per-dimension scale).
 
-Every codec decodes to float32. ``float8_e4m3`` is implemented (and measured by the benchmarks)
-but :class:`~tl_latentlens.bank.BankConfig` does not offer it: it loses too much recall. The norm of each *stored* (decoded) vector is kept beside it, so
-cosine similarities computed from the stored values are exact for what is stored.
+Every codec decodes to float32. A build always encodes the model's residuals as *raw* rows
+(float32 or float16, :func:`encode`); ``int8`` is applied afterwards per hook
+(:func:`fit_int8` over all rows of the hook, then :func:`encode_int8`), because its offset and
+scales are statistics of the whole hook. The norm of each *stored* (decoded) vector is kept
+beside it, so cosine similarities computed from the stored values are exact for what is stored.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from jaxtyping import Float
 
 from tl_latentlens.bank.errors import BankError
 from tl_latentlens.types import Residuals
 
-__all__ = ["decode", "encode", "numpy_dtype", "has_scales"]
+__all__ = [
+    "CODECS",
+    "decode",
+    "encode",
+    "encode_int8",
+    "fit_int8",
+    "numpy_dtype",
+    "raw_codec",
+]
 
-_FP8_MAX = 448.0  # largest finite float8_e4m3fn
+#: Storage codecs: name -> bytes per component.
+CODECS = {"float32": 4, "float16": 2, "int8": 1}
+
+Params = Float[np.ndarray, "2 d"]  # int8: row 0 = offset (per-dimension centre), row 1 = scale
 
 
-def numpy_dtype(dtype: str) -> np.dtype:
-    """On-disk numpy dtype of a storage dtype name."""
-    return np.dtype({"float32": "<f4", "float16": "<f2", "float8_e4m3": "u1"}[dtype])
+def numpy_dtype(codec: str) -> np.dtype:
+    """On-disk numpy dtype of a codec."""
+    try:
+        return np.dtype({"float32": "<f4", "float16": "<f2", "int8": "i1"}[codec])
+    except KeyError:
+        raise ValueError(f"unknown codec {codec!r}; known: {sorted(CODECS)}") from None
 
 
-def has_scales(dtype: str) -> bool:
-    """Whether the codec stores a float32 scale per vector."""
-    return dtype == "float8_e4m3"
+def raw_codec(codec: str) -> str:
+    """The codec the build's encoding pass writes for a bank stored as ``codec``."""
+    return "float32" if codec == "float32" else "float16"
 
 
-def encode(x: Residuals, dtype: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Encode float32 vectors ``[n, d]`` for storage.
+def encode(x: Residuals, codec: str) -> tuple[np.ndarray, None, np.ndarray]:
+    """Encode float32 vectors ``[n, d]`` as raw rows (``float32`` or ``float16``).
 
     Returns:
-        ``(stored, scales or None, norms)``; ``norms`` (float32 ``[n]``) are those of the decoded
-        vectors.
+        ``(stored, None, norms)``; ``norms`` (float32 ``[n]``) are those of the decoded rows.
 
     Raises:
-        BankError: A value overflows the storage dtype (float16) or is not finite.
+        BankError: A value overflows float16 or is not finite.
 
     Example:
-        >>> stored, scales, norms = encode(torch.randn(4, 8), "float8_e4m3")
-        >>> stored.dtype, scales.shape
-        (dtype('uint8'), (4,))
+        >>> stored, _, norms = encode(torch.randn(4, 8), "float16")
+        >>> stored.dtype
+        dtype('float16')
     """
     x = x.detach().to(torch.float32).cpu()
     if not torch.isfinite(x).all():
         raise BankError("the model produced non-finite residuals; cannot store them")
-    scales = None
-    if dtype == "float32":
+    if codec == "float32":
         stored = x.numpy().astype("<f4", copy=False)
-    elif dtype == "float16":
+    elif codec == "float16":
         half = x.to(torch.float16)
         if not torch.isfinite(half).all():
             raise BankError(
@@ -57,22 +72,59 @@ def encode(x: Residuals, dtype: str) -> tuple[np.ndarray, np.ndarray | None, np.
                 "(max 65504); build the bank with dtype='float32'"
             )
         stored = half.numpy()
-    elif dtype == "float8_e4m3":
-        amax = x.abs().amax(dim=1)
-        scale = torch.where(amax > 0, amax / _FP8_MAX, torch.ones_like(amax))
-        q = (x / scale[:, None]).clamp(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn)
-        stored = q.view(torch.uint8).numpy()
-        scales = scale.numpy().astype("<f4")
     else:
-        raise ValueError(f"unknown storage dtype {dtype!r}")
-    norms = np.linalg.norm(decode(stored, scales, dtype), axis=1).astype("<f4")
-    return np.ascontiguousarray(stored), scales, norms
+        raise ValueError(f"encode() writes raw rows (float32/float16), not {codec!r}")
+    stored = np.ascontiguousarray(stored)
+    norms = np.linalg.norm(decode(stored, codec), axis=1).astype("<f4")
+    return stored, None, norms
 
 
-def decode(stored: np.ndarray, scales: np.ndarray | None, dtype: str) -> np.ndarray:
-    """Stored rows -> float32 ``[n, d]`` (a new array)."""
-    if dtype == "float8_e4m3":
-        u8 = torch.from_numpy(np.array(stored, dtype=np.uint8))
-        out = u8.view(torch.float8_e4m3fn).to(torch.float32).numpy()
-        return out * np.asarray(scales, dtype=np.float32)[:, None]
-    return np.array(stored, dtype=np.float32)
+def fit_int8(chunks: object) -> Params:
+    """Per-dimension offset (midrange) and scale of float32 chunks ``[n_i, d]`` for ``int8``.
+
+    The offset is the midpoint of each dimension's range and the scale maps the range onto
+    [-127, 127], so nothing is clipped.
+    """
+    lo = hi = None
+    for block in chunks:  # type: ignore[attr-defined]
+        b_lo, b_hi = block.min(axis=0), block.max(axis=0)
+        lo = b_lo if lo is None else np.minimum(lo, b_lo)
+        hi = b_hi if hi is None else np.maximum(hi, b_hi)
+    if lo is None:
+        raise BankError("cannot fit an int8 codec to zero vectors")
+    offset = ((lo.astype(np.float64) + hi) / 2).astype(np.float32)
+    scale = ((hi.astype(np.float64) - lo) / 254).astype(np.float32)
+    scale[scale == 0] = 1.0
+    return np.stack([offset, scale]).astype("<f4")
+
+
+def encode_int8(x: np.ndarray, params: Params) -> np.ndarray:
+    """float32 ``[n, d]`` -> int8 with :func:`fit_int8` parameters (rounded, clipped)."""
+    q = np.rint((x - params[0]) / params[1])
+    return np.clip(q, -127, 127).astype(np.int8)
+
+
+def decode(
+    stored: np.ndarray, codec: str, params: Params | None = None, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Stored rows -> float32 ``[n, d]`` (a new array unless ``out`` is given).
+
+    Example:
+        >>> decode(np.ones((1, 4), np.float16), "float16")
+        array([[1., 1., 1., 1.]], dtype=float32)
+    """
+    if codec == "float16":
+        # torch widens float16 with SIMD (numpy's conversion is ~4x slower on our CPUs).
+        res = torch.from_numpy(np.array(stored, dtype=np.float16)).to(torch.float32).numpy()
+    elif codec == "float32":
+        res = np.array(stored, dtype=np.float32)  # a copy: callers scale it in place
+    elif codec == "int8":
+        if params is None:
+            raise ValueError("the int8 codec needs its offset/scale parameters")
+        res = np.asarray(stored, dtype=np.float32) * params[1] + params[0]
+    else:
+        raise ValueError(f"unknown codec {codec!r}; known: {sorted(CODECS)}")
+    if out is not None:
+        out[...] = res
+        return out
+    return res

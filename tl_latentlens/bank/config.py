@@ -9,22 +9,15 @@ from typing import Any
 __all__ = ["BankConfig", "STORAGE_DTYPES", "FORMAT_VERSION"]
 
 #: On-disk format version written to and required in ``manifest.json``.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: Vector storage dtypes offered by :class:`BankConfig`: name -> bytes per component.
-STORAGE_DTYPES = {"float32": 4, "float16": 2}
-
-# The codec also implements float8 (e4m3, one byte + a float32 scale per vector), but it is not
-# offered: benchmarks/bench_bank_search.py measures exact-search recall@10 of only 0.918 against
-# float16 on 500k clustered vectors (float16 vs float32: 0.998).
-_REFUSED = {
-    "float8_e4m3": "float8_e4m3 storage is not offered: it keeps only ~0.92 recall@10 of float16 "
-    "exact search (benchmarks/bench_bank_search.py); use 'float16'"
-}
+#: ``int8`` is centred with a per-dimension scale (see :mod:`tl_latentlens.bank.codec`).
+STORAGE_DTYPES = {"float32": 4, "float16": 2, "int8": 1}
 
 # Fields that decide what a bank contains (compared to decide whether an existing bank "is" the
 # one asked for); the others only decide how the build runs.
-_CONTENT_FIELDS = ("max_tokens", "max_per_token", "seed", "dtype", "hnsw_M", "ef_construction")
+_CONTENT_FIELDS = ("max_tokens", "max_per_token", "seed", "dtype")
 
 
 @dataclass(frozen=True)
@@ -38,16 +31,16 @@ class BankConfig:
         max_per_token: At most this many stored occurrences (distinct prefixes) per token id,
             chosen by seeded reservoir sampling; ``None`` stores every distinct prefix.
         seed: Seed of the reservoir sampling and of the HNSW graph.
-        dtype: Vector storage: ``"float16"`` (default) or ``"float32"``.
-        hnsw_M: HNSW graph degree (hnswlib ``M``).
-        ef_construction: HNSW build-time candidate list size.
-        ef_search: HNSW query-time candidate list size (raised to ``k`` when smaller); 256
-            gives recall@10 0.96 on 500k clustered 576-d vectors (64: 0.85, 128: 0.92) at ~3 ms
-            per query and hook on 2 CPU cores.
+        dtype: Vector storage: ``"float16"`` (default), ``"float32"`` or ``"int8"`` (centred,
+            per-dimension scale: 1 byte per component; see benchmarks/bench_bank_search.py
+            for its recall against float32).
+        hnsw_M: hnswlib graph degree of the routes' sample index (:func:`calibrate_bank`).
+        ef_construction: Its build-time candidate list size.
+        ef_search: Its query-time candidate list size.
         text_column: Column holding the sentences in ``.jsonl``/``.csv`` files and datasets.
         split: Split to load when the corpus is a Hugging Face hub dataset name.
         shard_batches: Batches per shard; progress is recorded (resumable) after each shard.
-        num_threads: Threads for HNSW building/search; ``None`` uses every CPU core.
+        num_threads: Threads for hnswlib search; ``None`` uses every CPU core.
         progress: Show ``tqdm`` progress bars.
 
     Example:
@@ -62,8 +55,8 @@ class BankConfig:
     seed: int = 42
     dtype: str = "float16"
     hnsw_M: int = 16
-    ef_construction: int = 200
-    ef_search: int = 256
+    ef_construction: int = 100
+    ef_search: int = 64
     text_column: str = "text"
     split: str = "train"
     shard_batches: int = 16
@@ -84,8 +77,6 @@ class BankConfig:
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"BankConfig.{name} must be a positive int, got {value!r}")
-        if self.dtype in _REFUSED:
-            raise ValueError(_REFUSED[self.dtype])
         if self.dtype not in STORAGE_DTYPES:
             raise ValueError(
                 f"BankConfig.dtype must be one of {sorted(STORAGE_DTYPES)}, got {self.dtype!r}"

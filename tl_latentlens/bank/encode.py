@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 
 
 def allocate_vectors(stage: Path, hooks: Sequence[str], n: int, d: int, dtype: str) -> None:
-    """Create every hook's zero-filled ``vectors.npy``/``norms.npy``(/``scales.npy``)."""
+    """Create every hook's zero-filled raw ``vectors.npy``/``norms.npy`` (``dtype``: the raw
+    codec, :func:`~tl_latentlens.bank.codec.raw_codec`)."""
     for hook in hooks:
         folder = stage / mf.hook_dir(hook)
         folder.mkdir(parents=True, exist_ok=True)
@@ -39,10 +40,6 @@ def allocate_vectors(stage: Path, hooks: Sequence[str], n: int, d: int, dtype: s
             folder / "vectors.npy", mode="w+", dtype=codec.numpy_dtype(dtype), shape=(n, d)
         ).flush()
         np.lib.format.open_memmap(folder / "norms.npy", mode="w+", dtype="<f4", shape=(n,)).flush()
-        if codec.has_scales(dtype):
-            np.lib.format.open_memmap(
-                folder / "scales.npy", mode="w+", dtype="<f4", shape=(n,)
-            ).flush()
 
 
 def text_batch(entries: np.ndarray, sentence_ids: RaggedReader, pad_id: int) -> TextBatch:
@@ -89,8 +86,6 @@ def encode_batches(
             np.load(folder / "vectors.npy", mmap_mode="r+"),
             np.load(folder / "norms.npy", mmap_mode="r+"),
         ]
-        if codec.has_scales(cfg.dtype):
-            files[hook].append(np.load(folder / "scales.npy", mmap_mode="r+"))
     n_batches = batch_offsets.shape[0] - 1
     tokens_run, t0 = 0, time.perf_counter()
     bar = tqdm(
@@ -110,11 +105,11 @@ def encode_batches(
                 acts = capture_text_batch(vlm, batch, hooks)
                 _check_capture(acts, ent)
                 for hook in hooks:
-                    stored, scales, norms = codec.encode(acts.residuals[hook], cfg.dtype)
+                    stored, _, norms = codec.encode(
+                        acts.residuals[hook], codec.raw_codec(cfg.dtype)
+                    )
                     files[hook][0][lo:hi] = stored
                     files[hook][1][lo:hi] = norms
-                    if scales is not None:
-                        files[hook][2][lo:hi] = scales
                 tokens_run += int(batch.attention_mask.sum())
                 bar.update(1)
                 bar.set_postfix_str(

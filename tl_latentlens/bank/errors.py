@@ -6,6 +6,7 @@ __all__ = [
     "BankError",
     "BankExistsError",
     "BankFormatError",
+    "BankLockedError",
     "BankModelMismatchError",
     "BankQueryError",
     "CorpusError",
@@ -24,6 +25,10 @@ class BankFormatError(BankError):
 
 class CorruptBankError(BankError):
     """A bank file is missing, truncated or its checksum does not match the manifest."""
+
+
+class BankLockedError(BankError):
+    """Another process is building a bank into the same directory (the message names it)."""
 
 
 class BankModelMismatchError(BankError):

@@ -18,6 +18,7 @@ from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
 from tl_latentlens.bank import codec
+from tl_latentlens.bank.hnsw_file import validate_hnsw_file
 
 __all__ = ["build_hnsw", "exact_search", "hnsw_search", "load_hnsw"]
 
@@ -69,6 +70,7 @@ def build_hnsw(
 
 def load_hnsw(path: str | os.PathLike, dim: int, n: int, threads: int) -> hnswlib.Index:
     """Load an index written by :func:`build_hnsw` (check its checksum first: hnswlib does not)."""
+    validate_hnsw_file(path, dim=dim, n=n)  # hnswlib has no bounds checks: never crash on a file
     index = hnswlib.Index(space="cosine", dim=dim)
     index.load_index(str(path), max_elements=max(n, 1))
     index.set_num_threads(threads)

@@ -1,4 +1,4 @@
-"""Bank directory layout, the manifest, identity comparison and file verification.
+r"""Bank directory layout, the manifest, identity comparison and file verification.
 
 A bank directory::
 
@@ -11,27 +11,36 @@ A bank directory::
     sentences/corpus_index.npy         corpus index of each stored sentence
     tokens/strings.bin|.offsets.npy    tokenizer.decode([id]) for every token id (ragged)
     tokens/special.npy                 bool, special token ids
-    hooks/<hook>/vectors.npy           [n_entries, d_model] float16 | float32 | uint8 (float8)
-    hooks/<hook>/norms.npy             float32 norms of the stored vectors
-    hooks/<hook>/scales.npy            float32 per-vector scales (float8 only)
-    hooks/<hook>/index.hnsw            hnswlib index, space='cosine', labels = entry rows
+    hooks/<hook>/vectors.npy           [n_vectors, d_model] float16 | float32 | int8: the hook's
+                                       distinct vectors (identical rows stored once)
+    hooks/<hook>/norms.npy             float32 norms of the stored (decoded) vectors
+    hooks/<hook>/occ_offsets.npy       int64 [n_vectors + 1] \ vector v stands for the entry rows
+    hooks/<hook>/occ_entries.npy       int32 [n_entries]     / occ_entries[off[v]:off[v+1]]
+    hooks/<hook>/codec.npy             float32 [2, d_model] int8 offset/scale (int8 only)
+    hooks/<hook>/routes/               optional query-sample routes (bank.routes, calibrate_bank):
+                                       samples.npy, lists.npy, samples.hnsw (hnswlib, space='ip')
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
-from collections.abc import Iterable
+import re
+import uuid
+from collections.abc import Callable, Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tl_latentlens import hooks as hk
+from tl_latentlens._io import sha256_bytes
 from tl_latentlens.bank import codec
 from tl_latentlens.bank.config import FORMAT_VERSION, BankConfig
 from tl_latentlens.bank.errors import BankError, BankFormatError, CorruptBankError
 from tl_latentlens.bank.sources import describe_corpus
 from tl_latentlens.bank.store import read_json, sha256_file
+from tl_latentlens.models.digest import VARIANTS
 
 if TYPE_CHECKING:
     from tl_latentlens.bank.select import Selection
@@ -41,9 +50,11 @@ __all__ = [
     "MANIFEST",
     "build_manifest",
     "describe_differences",
+    "model_differences",
     "hook_dir",
     "hook_files",
     "identity",
+    "identity_differences",
     "read_manifest",
     "shared_files",
     "validate_manifest",
@@ -63,11 +74,13 @@ def hook_dir(hook: str) -> str:
     return f"hooks/{hook}"
 
 
-def hook_files(hook: str, dtype: str) -> list[str]:
-    """Relative paths of a hook's files."""
-    names = ["vectors.npy", "norms.npy", "index.hnsw"]
-    if codec.has_scales(dtype):
-        names.insert(2, "scales.npy")
+def hook_files(hook: str, dtype: str, routes: bool = False) -> list[str]:
+    """Relative paths of a hook's files (with its routes' files when ``routes``)."""
+    names = ["vectors.npy", "norms.npy", "occ_offsets.npy", "occ_entries.npy"]
+    if dtype == "int8":
+        names.append("codec.npy")
+    if routes:
+        names += ["routes/samples.npy", "routes/lists.npy", "routes/samples.hnsw"]
     return [f"{hook_dir(hook)}/{name}" for name in names]
 
 
@@ -129,13 +142,18 @@ def read_manifest(root: Path) -> dict[str, Any]:
 
 
 def validate_manifest(manifest: Any, path: Path) -> None:
-    """Check the manifest's format version and required fields.
+    """Check the manifest's format version, required fields and their types and values.
+
+    Nothing in a manifest is trusted: hook names must be residual hooks whose recorded layer is
+    the layer of the name, file paths must stay inside the bank, counts and options must be
+    numbers of the right kind.
 
     Raises:
-        BankFormatError: Wrong version or missing fields.
+        BankFormatError: Wrong version, missing or malformed fields (the message names them).
     """
+    where = path / MANIFEST
     if not isinstance(manifest, dict):
-        raise BankFormatError(f"{path / MANIFEST} is not a JSON object")
+        raise BankFormatError(f"{where} is not a JSON object")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise BankFormatError(
@@ -144,11 +162,150 @@ def validate_manifest(manifest: Any, path: Path) -> None:
         )
     missing = [key for key in _REQUIRED if key not in manifest]
     if missing:
-        raise BankFormatError(f"{path / MANIFEST} lacks the fields {missing}")
+        raise BankFormatError(f"{where} lacks the fields {missing}")
+    problems = _problems(manifest)
+    if problems:
+        raise BankFormatError(
+            f"{where} is malformed ({'; '.join(problems)}); rebuild the bank with "
+            "build_bank(..., overwrite=True)"
+        )
 
 
-def verify_files(root: Path, manifest: dict[str, Any], paths: Iterable[str], full: bool) -> None:
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _count(value: Any, positive: bool = False) -> bool:
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    return ok and (value > 0 if positive else value >= 0)
+
+
+def _safe_rel(rel: Any) -> bool:
+    if not isinstance(rel, str) or not rel or "\\" in rel or rel.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in rel.split("/"))
+
+
+def _problems(m: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    hooks = m["hooks"]
+    if not isinstance(hooks, list) or not hooks:
+        out.append(f"'hooks' must be a non-empty list, got {hooks!r:.60}")
+    else:
+        names, layers = set(), set()
+        for h in hooks:
+            if not isinstance(h, dict) or not isinstance(h.get("name"), str):
+                out.append(f"hook entry {h!r:.60} has no name")
+                continue
+            name = h["name"]
+            try:
+                layer = hk.layer_of(name)
+            except ValueError:
+                out.append(f"hook {name!r:.60} is not a residual-stream hook")
+                continue
+            have = h.get("layer")
+            if isinstance(have, bool) or not isinstance(have, (int, float)) or have != layer:
+                out.append(f"hook {name} is recorded at layer {have!r}, but it is layer {layer}")
+            if h.get("dir", hook_dir(name)) != hook_dir(name):
+                out.append(f"hook {name} has dir {h.get('dir')!r}, expected {hook_dir(name)!r}")
+            if name in names or layer in layers:
+                out.append(f"hook {name} (layer {layer}) is listed twice")
+            names.add(name)
+            layers.add(layer)
+    if not _count(m["d_model"], positive=True):
+        out.append(f"'d_model' must be a positive int, got {m['d_model']!r:.40}")
+    try:
+        codec.numpy_dtype(m["dtype"])
+    except Exception:  # noqa: BLE001 - any failure means an unknown codec
+        out.append(f"unknown storage dtype {m['dtype']!r:.40}")
+    counts = m["counts"]
+    if not isinstance(counts, dict):
+        out.append("'counts' must be an object")
+    else:
+        for key in ("n_entries", "n_sentences"):
+            if not _count(counts.get(key)):
+                out.append(f"counts.{key} must be a non-negative int, got {counts.get(key)!r:.40}")
+    hnsw = m["hnsw"]
+    if not isinstance(hnsw, dict):
+        out.append("'hnsw' must be an object")
+    else:
+        for key in ("ef_search", "M"):
+            if key in hnsw and not _count(hnsw[key], positive=True):
+                out.append(f"hnsw.{key} must be a positive int, got {hnsw[key]!r:.40}")
+    files = m["files"]
+    if not isinstance(files, dict):
+        out.append("'files' must be an object")
+    else:
+        for rel, rec in files.items():
+            if not _safe_rel(rel):
+                out.append(f"file path {rel!r:.80} leaves the bank directory")
+            elif (
+                not isinstance(rec, dict)
+                or not _count(rec.get("size"))
+                or not isinstance(rec.get("sha256"), str)
+                or not _SHA256.match(rec["sha256"])
+            ):
+                out.append(f"file {rel} has no valid size/sha256 record")
+    model = m["model"]
+    parts = model.get("weights", {}).get("parts") if isinstance(model, dict) else None
+    if not isinstance(parts, dict) or not all(isinstance(v, dict) for v in parts.values()):
+        out.append("'model.weights.parts' (the per-part weight digests) is missing")
+    return out
+
+
+def identity_differences(have: dict[str, Any], want: dict[str, Any]) -> list[str]:
+    """How bank identity ``have`` (see :func:`identity`) differs from ``want`` on ``want``'s
+    keys; models are compared by :func:`model_differences` (weights, not names or dtypes)."""
+    diffs = []
+    for key in want:
+        if key == "model" and isinstance(have.get(key), dict):
+            hooks = want.get("hooks") or have.get("hooks") or []
+            diffs += [f"model.{d}" for d in model_differences(have[key], want[key], hooks)]
+        else:
+            diffs += describe_differences(have, want, keys=[key])
+    return diffs
+
+
+def model_differences(
+    have: dict[str, Any], want: dict[str, Any], hooks: Iterable[str]
+) -> list[str]:
+    """What differs between the bank's model fingerprint ``have`` and a model's ``want``, for
+    what shapes the residuals of ``hooks``: geometry, weight processing, and the weight
+    digests of the embedding and of every block up to the last hook. The name is not compared
+    (a hub id and a local copy of it are the same model).
+    """
+    diffs = [
+        f"{key}: {have.get(key)!r} != {want.get(key)!r}"
+        for key in ("n_layers", "d_model", "weight_processing")
+        if have.get(key) != want.get(key)
+    ]
+    n_blocks = max((math.ceil(hk.layer_of(h)) for h in hooks), default=0)
+    have_parts = have.get("weights", {}).get("parts", {})
+    want_parts = want.get("weights", {}).get("parts", {})
+    changed = []
+    for part in ["embed"] + [f"blocks.{b}" for b in range(n_blocks)]:
+        a, b = have_parts.get(part) or {}, want_parts.get(part) or {}
+        if not any(a.get(v) is not None and a.get(v) == b.get(v) for v in VARIANTS):
+            changed.append(part)
+    if changed:
+        diffs.append(
+            f"weights of {', '.join(changed)} differ (digests of the embedding and blocks "
+            f"0-{n_blocks - 1} are compared, dtype-independently)"
+        )
+    return diffs
+
+
+def verify_files(
+    root: Path,
+    manifest: dict[str, Any],
+    paths: Iterable[str],
+    full: bool,
+    opened: Callable[[str], Any] | None = None,
+) -> None:
     """Check that files exist with the recorded size (and, when ``full``, SHA-256).
+
+    Args:
+        opened: ``rel -> bytes-like`` of files already opened (an open bank's snapshot); the
+            check then reads those bytes instead of the paths.
 
     Raises:
         CorruptBankError: A file is missing, has the wrong size or the wrong checksum.
@@ -157,21 +314,27 @@ def verify_files(root: Path, manifest: dict[str, Any], paths: Iterable[str], ful
     for rel in paths:
         if rel not in records:
             raise CorruptBankError(f"{root}: manifest has no checksum for {rel}")
-        file = root / rel
-        if not file.is_file():
-            raise CorruptBankError(f"{root}: file {rel} is missing")
-        size = os.path.getsize(file)
         want = records[rel]
+        if opened is not None:
+            data = opened(rel)
+            size = len(memoryview(data).cast("B"))
+        else:
+            file = root / rel
+            if not file.is_file():
+                raise CorruptBankError(f"{root}: file {rel} is missing")
+            size = os.path.getsize(file)
         if size != want["size"]:
             raise CorruptBankError(
                 f"{root}: file {rel} is {size} bytes, the manifest says {want['size']} "
                 "(truncated or replaced); rebuild the bank"
             )
-        if full and sha256_file(file) != want["sha256"]:
-            raise CorruptBankError(
-                f"{root}: file {rel} does not match its SHA-256 checksum (corrupted); "
-                "rebuild the bank"
-            )
+        if full:
+            digest = sha256_bytes(opened(rel)) if opened is not None else sha256_file(root / rel)
+            if digest != want["sha256"]:
+                raise CorruptBankError(
+                    f"{root}: file {rel} does not match its SHA-256 checksum (corrupted); "
+                    "rebuild the bank"
+                )
 
 
 def build_manifest(
@@ -186,6 +349,8 @@ def build_manifest(
     tok = vlm.tokenizer
     return {
         "format_version": FORMAT_VERSION,
+        # a fresh id per published bank: an open Bank detects that its directory was replaced
+        "generation": uuid.uuid4().hex,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "library": {
             name: _version(name)
@@ -206,6 +371,8 @@ def build_manifest(
             "fingerprint": selection.corpus_fingerprint,
             "n_sentences": selection.n_corpus_sentences,
             "n_tokens": selection.n_corpus_tokens,
+            "n_truncated": selection.n_truncated,
+            "skipped": dict(selection.skipped),
         },
         "counts": {k: v for k, v in counts.items() if k != "vocab_size"},
         "build": {
@@ -222,6 +389,9 @@ def build_manifest(
             "M": cfg.hnsw_M,
             "ef_construction": cfg.ef_construction,
             "ef_search": cfg.ef_search,
+            # one insertion thread: hnswlib graphs built by several threads differ run to run
+            "build_threads": 1,
+            "deterministic": True,
         },
     }
 

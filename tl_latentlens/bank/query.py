@@ -15,6 +15,10 @@ __all__ = ["merge_top_k", "prepare_queries"]
 def prepare_queries(vectors: Any, d_model: int) -> np.ndarray:
     """Torch/numpy ``[n, d]`` or ``[d]`` -> L2-normalised float32 ``[n, d]``.
 
+    Each row is divided by its largest absolute component before its norm is taken (in
+    float64), so very large (``1e19``, ``1e300``) or tiny components neither overflow nor
+    underflow: only the direction matters for cosine similarity.
+
     Raises:
         BankQueryError: Wrong rank or dimension, non-finite values or an all-zero row.
 
@@ -23,11 +27,11 @@ def prepare_queries(vectors: Any, d_model: int) -> np.ndarray:
         array([[0.5, 0.5, 0.5, 0.5]], dtype=float32)
     """
     if isinstance(vectors, torch.Tensor):
-        q = vectors.detach().to("cpu", torch.float32).numpy()
+        q = vectors.detach().to("cpu", torch.float64).numpy()
     else:
         try:
-            q = np.asarray(vectors, dtype=np.float32)
-        except (TypeError, ValueError) as err:
+            q = np.asarray(vectors, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError) as err:
             raise BankQueryError(f"queries must be a tensor or array of numbers: {err}") from err
     if q.ndim == 1:
         q = q[None, :]
@@ -39,10 +43,13 @@ def prepare_queries(vectors: Any, d_model: int) -> np.ndarray:
         )
     if not np.isfinite(q).all():
         raise BankQueryError("queries contain NaN or infinite values")
-    norms = np.linalg.norm(q, axis=1, keepdims=True)
-    if (norms == 0).any():
+    if q.shape[0] == 0:
+        return np.zeros((0, d_model), dtype=np.float32)
+    peak = np.abs(q).max(axis=1, keepdims=True)
+    if (peak == 0).any():
         raise BankQueryError("a query vector is all zeros (no direction to compare)")
-    return np.ascontiguousarray(q / norms, dtype=np.float32)
+    q = q / peak  # every component now in [-1, 1]: the norm below cannot overflow
+    return np.ascontiguousarray(q / np.linalg.norm(q, axis=1, keepdims=True), dtype=np.float32)
 
 
 def merge_top_k(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Neighbour"]
+__all__ = ["Neighbour", "SearchReport"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,9 @@ class Neighbour:
         hook: Hook name of the residual it was stored from.
         layer: That hook's layer in the tl_latentlens convention (``hooks.layer_of``; ``l + 0.5``
             for a ``resid_mid`` hook).
+        n_occurrences: Corpus occurrences that share this exact vector (at the input layer,
+            every occurrence of the token); the neighbour is shown once, at its first one.
+        other_contexts: ``(sentence_id, position)`` of (some of) the other occurrences.
 
     Example:
         >>> n = bank.search(vec, k=1)[0][0]
@@ -40,6 +43,8 @@ class Neighbour:
     similarity: float
     hook: str
     layer: int | float
+    n_occurrences: int = 1
+    other_contexts: tuple[tuple[int, int], ...] = ()
 
     def highlighted(self, left: str = "[", right: str = "]", skip: tuple[str, ...] = ()) -> str:
         """The sentence's tokens joined, the matched one wrapped in ``left``/``right``.
@@ -72,3 +77,20 @@ class Neighbour:
             toks[self.position],
             toks[self.position + 1 : self.position + 1 + after],
         )
+
+
+@dataclass(frozen=True)
+class SearchReport:
+    """Neighbours of a :meth:`~tl_latentlens.bank.Bank.query` and how they were found.
+
+    Attributes:
+        neighbours: Per query row, its neighbours, most similar first.
+        methods: Searched hook -> ``"exact"`` or ``"routes"``.
+        exact_fallback: Searched hook -> queries routes sent to exact search.
+        seconds: Searched hook -> search wall time.
+    """
+
+    neighbours: list[list[Neighbour]]
+    methods: dict[str, str]
+    exact_fallback: dict[str, int]
+    seconds: dict[str, float]

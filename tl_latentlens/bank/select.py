@@ -24,7 +24,7 @@ import heapq
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +32,9 @@ from tqdm.auto import tqdm
 
 from tl_latentlens.bank.config import BankConfig
 from tl_latentlens.bank.errors import BankError, CorpusError
+from tl_latentlens.bank.sources import CorpusStats
 from tl_latentlens.bank.store import RaggedWriter
-from tl_latentlens.models.base import VLM
+from tl_latentlens.models.base import VLM, TextBatch
 
 __all__ = ["PrefixReservoir", "Selection", "prefix_hashes", "select_entries", "splitmix64"]
 
@@ -149,6 +150,9 @@ class Selection:
         n_corpus_tokens: Storable (non-special) tokens read, duplicates included.
         n_full_types: Token ids whose sample hit ``max_per_token``.
         corpus_fingerprint: SHA-256 of the sentences (each length-prefixed UTF-8).
+        n_truncated: Sentences longer than ``max_tokens`` (cut to it).
+        skipped: Items the corpus reader skipped, by reason (see
+            :class:`~tl_latentlens.bank.sources.CorpusStats`).
     """
 
     sentence: np.ndarray
@@ -158,6 +162,8 @@ class Selection:
     n_corpus_tokens: int
     n_full_types: int
     corpus_fingerprint: str
+    n_truncated: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
 
     @property
     def n_entries(self) -> int:
@@ -177,7 +183,12 @@ def _chunks(sentences: Iterable[str], size: int) -> Iterator[list[str]]:
 
 
 def select_entries(
-    vlm: VLM, sentences: Iterable[str], cfg: BankConfig, spool_dir: str | Path, chunk: int = 512
+    vlm: VLM,
+    sentences: Iterable[str],
+    cfg: BankConfig,
+    spool_dir: str | Path,
+    chunk: int = 512,
+    stats: CorpusStats | None = None,
 ) -> Selection:
     """Run pass 1: tokenise, spool, deduplicate and sample.
 
@@ -187,6 +198,7 @@ def select_entries(
         cfg: Build options (``max_tokens``, ``max_per_token``, ``seed``).
         spool_dir: Existing directory receiving ragged stores ``texts`` and ``ids``.
         chunk: Sentences tokenised at once.
+        stats: The corpus reader's skip counts (copied into the selection once read).
 
     Raises:
         CorpusError: The corpus has no non-empty sentence.
@@ -197,7 +209,7 @@ def select_entries(
     ids_out = RaggedWriter(spool_dir, "ids", np.int32)
     corpus_hash = hashlib.sha256()
     reservoir = PrefixReservoir(cfg.max_per_token, cfg.seed)
-    n_sent = n_tok = 0
+    n_sent = n_tok = n_cut = 0
     start = time.perf_counter()
     bar = tqdm(desc="bank: select tokens (pass 1)", unit="sent", disable=not cfg.progress)
     try:
@@ -207,7 +219,12 @@ def select_entries(
                 corpus_hash.update(len(data).to_bytes(8, "little"))
                 corpus_hash.update(data)
                 texts.append(data)
-            tb = vlm.tokenize_sentences(batch_texts, cfg.max_tokens, padding_side="right")
+            # one token more than kept tells which sentences were cut (counted, not silent)
+            limit = None if cfg.max_tokens is None else cfg.max_tokens + 1
+            tb = vlm.tokenize_sentences(batch_texts, limit, padding_side="right")
+            if cfg.max_tokens is not None:
+                n_cut += int((tb.attention_mask.sum(dim=1) > cfg.max_tokens).sum())
+                tb = _cut(tb, cfg.max_tokens)
             ids = tb.input_ids.numpy()
             lengths = tb.attention_mask.sum(dim=1).numpy()
             for row, length in zip(ids, lengths):
@@ -229,12 +246,17 @@ def select_entries(
         raise BankError(
             f"none of the {n_sent} sentences has a storable token (all are special tokens)"
         )
+    skipped = dict(stats.skipped) if stats is not None else {}
     logger.info(
-        "pass 1: %d sentences, %d storable tokens -> %d entries (%d token ids at the cap)",
+        "pass 1: %d sentences, %d storable tokens -> %d entries (%d token ids at the cap); "
+        "%d sentences cut to max_tokens=%s; skipped: %s",
         n_sent,
         n_tok,
         sentence.shape[0],
         reservoir.n_full,
+        n_cut,
+        cfg.max_tokens,
+        ", ".join(f"{v} {k}" for k, v in sorted(skipped.items())) or "none",
     )
     return Selection(
         sentence=sentence,
@@ -244,4 +266,16 @@ def select_entries(
         n_corpus_tokens=n_tok,
         n_full_types=reservoir.n_full,
         corpus_fingerprint=corpus_hash.hexdigest(),
+        n_truncated=n_cut,
+        skipped=skipped,
+    )
+
+
+def _cut(tb: TextBatch, max_tokens: int) -> TextBatch:
+    """The first ``max_tokens`` positions of a right-padded batch."""
+    return TextBatch(
+        input_ids=tb.input_ids[:, :max_tokens],
+        attention_mask=tb.attention_mask[:, :max_tokens],
+        keep=tb.keep[:, :max_tokens],
+        positions=tb.positions[:, :max_tokens],
     )

@@ -2,23 +2,30 @@
 
 Every source is read lazily, one sentence at a time, and empty or whitespace-only sentences are
 skipped (sentence ``i`` of a corpus is the ``i``-th non-empty one).
+
+Files are read as UTF-8 (a leading byte-order mark is dropped) and split into lines at ``\n``
+only (``\r\n`` ends a line too); a lone ``\r`` inside a line is whitespace, not a line break.
+What is skipped (empty sentences, ``null`` texts, CSV rows without the text column) is counted
+in a :class:`CorpusStats`; undecodable bytes and truncated ``.gz`` files are errors naming the
+file and line.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
 import logging
 import os
+import zlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tl_latentlens.bank.errors import CorpusError
 
-__all__ = ["iter_corpus", "describe_corpus", "CorpusSource"]
+__all__ = ["CorpusSource", "CorpusStats", "describe_corpus", "iter_corpus"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +78,64 @@ def _suffix(path: Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix.lower() == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+@dataclass
+class CorpusStats:
+    """What :func:`iter_corpus` skipped, by reason (filled in while it is iterated).
+
+    Reasons: ``"empty"`` (empty or whitespace-only), ``"null"`` (a ``null``/``None`` text),
+    ``"short_row"`` (a CSV row with fewer fields than the header, so no text).
+
+    Example:
+        >>> stats = CorpusStats()
+        >>> list(iter_corpus(["a", "", None], stats=stats)), stats.skipped
+        (['a'], {'empty': 1, 'null': 1})
+    """
+
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str, where: str) -> None:
+        """Count one skipped item (the first of each reason is logged with its location)."""
+        if reason not in self.skipped:
+            logger.warning("corpus: skipping %s (%s); further ones are counted", where, reason)
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    @property
+    def n_skipped(self) -> int:
+        """All skipped items."""
+        return sum(self.skipped.values())
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a UTF-8 text file (``.gz`` decompressed), split at ``\n``,
+    without the line end, a first-line BOM removed and a lone ``\r`` turned into a space."""
+    gz = path.suffix.lower() == ".gz"
+    lineno = 0
+    try:
+        with gzip.open(path, "rb") if gz else open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                if lineno == 1 and raw.startswith(_BOM):
+                    raw = raw[len(_BOM) :]
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    bad = raw[max(0, err.start - 12) : err.end + 12]
+                    raise CorpusError(
+                        f"{path}:{lineno}: invalid UTF-8 at byte {err.start} of the line "
+                        f"(near {bad!r}); convert the file to UTF-8 (e.g. iconv -t UTF-8)"
+                    ) from None
+                if line.endswith("\n"):
+                    line = line[:-1]
+                if line.endswith("\r"):
+                    line = line[:-1]
+                yield lineno, line.replace("\r", " ")
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise CorpusError(
+            f"{path}: the gzip data is truncated or corrupt after line {lineno} ({err}); "
+            "re-create or re-download the file"
+        ) from None
 
 
 def describe_corpus(corpus: Any, text_column: str = "text", split: str = "train") -> dict[str, Any]:
@@ -97,13 +158,18 @@ def describe_corpus(corpus: Any, text_column: str = "text", split: str = "train"
     return desc
 
 
-def iter_corpus(corpus: Any, text_column: str = "text", split: str = "train") -> Iterator[str]:
+def iter_corpus(
+    corpus: Any,
+    text_column: str = "text",
+    split: str = "train",
+    stats: CorpusStats | None = None,
+) -> Iterator[str]:
     """Yield the non-empty sentences of a corpus, in order.
 
     Args:
         corpus: One of
 
-            * a ``.txt`` path: one sentence per line (line ends stripped);
+            * a ``.txt`` path: one sentence per line (see the module docstring for line ends);
             * a ``.jsonl`` path: one JSON object per line, text under ``text_column``;
             * a ``.csv``/``.tsv`` path with a header row naming ``text_column``;
               each of these may be ``.gz``-compressed;
@@ -113,68 +179,86 @@ def iter_corpus(corpus: Any, text_column: str = "text", split: str = "train") ->
             * any other iterable of strings (a list, a generator …).
         text_column: Column or key holding the text.
         split: Split used for hub names and ``DatasetDict`` objects.
+        stats: Receives the counts of skipped items.
 
     Raises:
-        CorpusError: Unknown source kind, missing column, or a non-string item.
+        CorpusError: Unknown source kind, missing column, a non-string item, invalid UTF-8 or
+            a truncated ``.gz`` (file errors name the path and line).
 
     Example:
         >>> list(iter_corpus(["a cat", "", "a dog"]))
         ['a cat', 'a dog']
     """
+    stats = stats if stats is not None else CorpusStats()
     kind = _kind_of(corpus)
     if kind == "txt":
-        items: Iterable[Any] = _iter_txt(Path(corpus))
+        items: Iterable[tuple[Any, str]] = _iter_txt(Path(corpus))
     elif kind == "jsonl":
         items = _iter_jsonl(Path(corpus), text_column)
     elif kind == "csv":
-        items = _iter_csv(Path(corpus), text_column)
+        items = _iter_csv(Path(corpus), text_column, stats)
     elif kind in ("hf_disk", "hf_hub", "hf_dataset"):
-        items = _iter_dataset(_load_dataset(corpus, kind, split), text_column, split)
+        items = _numbered(_iter_dataset(_load_dataset(corpus, kind, split), text_column, split))
     else:
-        items = corpus
-    for i, item in enumerate(items):
+        items = _numbered(corpus)
+    for item, where in items:
         if item is None:
+            stats.skip("null", where)
             continue
         if not isinstance(item, str):
-            raise CorpusError(
-                f"corpus item {i} is a {type(item).__name__}, not a string: {item!r:.80}"
-            )
+            raise CorpusError(f"{where} is a {type(item).__name__}, not a string: {item!r:.80}")
         if item.strip():
             yield item
+        else:
+            stats.skip("empty", where)
 
 
-def _iter_txt(path: Path) -> Iterator[str]:
-    with _open_text(path) as f:
-        for line in f:
-            yield line.rstrip("\r\n")
+def _numbered(items: Iterable[Any]) -> Iterator[tuple[Any, str]]:
+    for i, item in enumerate(items):
+        yield item, f"corpus item {i}"
 
 
-def _iter_jsonl(path: Path, column: str) -> Iterator[Any]:
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise CorpusError(f"{path}:{lineno}: invalid JSON ({err.msg})") from err
-            if not isinstance(record, dict) or column not in record:
-                keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-                raise CorpusError(f"{path}:{lineno}: no {column!r} field (has {keys})")
-            yield record[column]
+def _iter_txt(path: Path) -> Iterator[tuple[str, str]]:
+    for lineno, line in _lines(path):
+        yield line, f"{path}:{lineno}"
 
 
-def _iter_csv(path: Path, column: str) -> Iterator[Any]:
+def _iter_jsonl(path: Path, column: str) -> Iterator[tuple[Any, str]]:
+    for lineno, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CorpusError(f"{path}:{lineno}: invalid JSON ({err.msg})") from err
+        if not isinstance(record, dict) or column not in record:
+            keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise CorpusError(f"{path}:{lineno}: no {column!r} field (has {keys})")
+        yield record[column], f"{path}:{lineno}"
+
+
+def _iter_csv(path: Path, column: str, stats: CorpusStats) -> Iterator[tuple[Any, str]]:
     delimiter = "\t" if _suffix(path) == ".tsv" else ","
-    with _open_text(path) as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        if reader.fieldnames is None or column not in reader.fieldnames:
+    # csv gets the lines with "\n" back so quoted fields may span lines
+    reader = csv.reader((line + "\n" for _, line in _lines(path)), delimiter=delimiter)
+    try:
+        header = next(reader, None)
+        if header is None or column not in header:
             raise CorpusError(
-                f"{path}: no {column!r} column in the header (columns: {reader.fieldnames}); "
-                "pass text_column="
+                f"{path}: no {column!r} column in the header (columns: {header}); pass text_column="
             )
+        col = header.index(column)
         for row in reader:
-            yield row[column]
+            where = f"{path}:{reader.line_num}"
+            if not row:
+                stats.skip("empty", where)
+                continue
+            if col >= len(row):
+                stats.skip("short_row", where)
+                continue
+            yield row[col], where
+    except csv.Error as err:
+        raise CorpusError(f"{path}:{reader.line_num}: malformed CSV ({err})") from err
 
 
 def _load_dataset(corpus: Any, kind: str, split: str) -> Any:

@@ -6,83 +6,84 @@ A *ragged* store ``name`` is two files: ``name.bin`` (the items' bytes back to b
 
 from __future__ import annotations
 
-import hashlib
-import json
+import io
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tl_latentlens._io import (
+    atomic_save_npy,
+    atomic_write_json,
+    fsync_dir,
+    fsync_tree,
+    read_json,
+    replace_dir,
+    sha256_file,
+)
+
 __all__ = [
+    "NpyFormatError",
     "RaggedReader",
     "RaggedWriter",
     "atomic_save_npy",
     "atomic_write_json",
     "file_record",
     "fsync_dir",
+    "npy_from_buffer",
     "publish_dir",
     "read_json",
     "sha256_file",
 ]
 
-_CHUNK = 1 << 23
-
-
-def fsync_dir(path: str | os.PathLike) -> None:
-    """Make a directory's entries (renames, new files) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (temp file + fsync + ``os.replace``)."""
-    data = json.dumps(obj, indent=2, sort_keys=True).encode("utf-8")
-    _atomic_write(Path(path), lambda f: f.write(data))
-
-
-def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
-    """``np.save`` to ``path`` atomically."""
-    _atomic_write(Path(path), lambda f: np.save(f, array, allow_pickle=False))
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file."""
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """SHA-256 hex digest of a file, read in 8 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def file_record(path: str | os.PathLike) -> dict[str, Any]:
     """``{"size": bytes, "sha256": hex}`` of a file, as kept in the manifest."""
     return {"size": os.path.getsize(path), "sha256": sha256_file(path)}
+
+
+class NpyFormatError(ValueError):
+    """Bytes that are not a plain (non-object) ``.npy`` array of the size they claim."""
+
+
+def npy_from_buffer(buf: Any) -> np.ndarray:
+    """A read-only array viewing the ``.npy`` bytes ``buf`` (e.g. an ``mmap``) without copying.
+
+    Unlike ``np.load`` it never reads past the buffer and never unpickles: object dtypes and
+    headers whose shape does not fit the data are refused.
+
+    Raises:
+        NpyFormatError: Not a ``.npy`` header, an object dtype, or a size mismatch.
+    """
+    view = memoryview(buf).cast("B")
+    head = io.BytesIO(bytes(view[: min(len(view), 1 << 16)]))
+    try:
+        version = np.lib.format.read_magic(head)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(head)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(head)
+        else:
+            raise NpyFormatError(f"unsupported .npy version {version}")
+    except NpyFormatError:
+        raise
+    except Exception as err:  # noqa: BLE001 - numpy raises ValueError/EOFError/SyntaxError …
+        raise NpyFormatError(f"not a valid .npy header ({err})") from err
+    if dtype.hasobject:
+        raise NpyFormatError("object arrays are refused (they would need unpickling)")
+    offset = head.tell()
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if count < 0 or offset + count * dtype.itemsize != len(view):
+        raise NpyFormatError(
+            f"header says {shape} {dtype} ({count * dtype.itemsize} bytes) but "
+            f"{len(view) - offset} data bytes follow"
+        )
+    if count == 0:
+        return np.zeros(shape, dtype=dtype)
+    arr = np.ndarray(shape, dtype=dtype, buffer=buf, offset=offset, order="F" if fortran else "C")
+    arr.flags.writeable = False
+    return arr
 
 
 class RaggedWriter:
@@ -152,6 +153,33 @@ class RaggedReader:
         else:
             self.data = np.memmap(path, dtype=self.dtype, mode="r")
 
+    @classmethod
+    def from_arrays(cls, offsets: np.ndarray, data: Any, dtype: Any = np.uint8) -> RaggedReader:
+        """A reader over already opened offsets and raw data bytes (e.g. ``mmap`` views)."""
+        self = cls.__new__(cls)
+        self.dtype = np.dtype(dtype)
+        self.offsets = offsets
+        raw = memoryview(data).cast("B") if data is not None else memoryview(b"")
+        usable = len(raw) - len(raw) % self.dtype.itemsize
+        self.data = np.frombuffer(raw[:usable], dtype=self.dtype)
+        self._nbytes = len(raw)
+        return self
+
+    def check(self) -> str | None:
+        """Why the store is malformed (offsets not int64 ``[n+1]``, not starting at 0, decreasing
+        or not ending at the data length), or ``None`` when it is well-formed."""
+        off = self.offsets
+        if off.dtype != np.dtype("<i8") or off.ndim != 1 or off.shape[0] < 1:
+            return f"offsets must be int64 [n + 1], got {off.dtype} {off.shape}"
+        nbytes = getattr(self, "_nbytes", self.data.shape[0] * self.dtype.itemsize)
+        if nbytes % self.dtype.itemsize:
+            return f"data is {nbytes} bytes, not a multiple of {self.dtype.itemsize}"
+        if int(off[0]) != 0 or int(off[-1]) != self.data.shape[0]:
+            return f"offsets run {int(off[0])}..{int(off[-1])}, data has {self.data.shape[0]} items"
+        if off.shape[0] > 1 and bool((np.diff(off) < 0).any()):
+            return "offsets decrease"
+        return None
+
     def __len__(self) -> int:
         return int(self.offsets.shape[0]) - 1
 
@@ -159,8 +187,8 @@ class RaggedReader:
         return self.data[int(self.offsets[i]) : int(self.offsets[i + 1])]
 
     def text(self, i: int) -> str:
-        """Item ``i`` decoded as UTF-8 (for byte stores)."""
-        return self[i].tobytes().decode("utf-8")
+        """Item ``i`` decoded as UTF-8 (for byte stores; invalid bytes become U+FFFD)."""
+        return self[i].tobytes().decode("utf-8", errors="replace")
 
     def lengths(self) -> np.ndarray:
         """Length of every item (loads the offsets)."""
@@ -168,23 +196,10 @@ class RaggedReader:
 
 
 def publish_dir(stage: Path, out: Path) -> None:
-    """fsync everything under ``stage`` and rename it to ``out`` (replacing what is there).
+    """fsync everything under ``stage`` and move it to ``out``, replacing what is there.
 
-    The rename is atomic: readers see the old ``out`` or the complete new one. A replaced
-    ``out`` is first renamed aside, then deleted."""
-    for root, _dirs, files in os.walk(stage):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as f:
-                os.fsync(f.fileno())
-        fsync_dir(root)
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.rename(out, old)
-    os.rename(stage, out)
-    fsync_dir(out.parent)
-    if old is not None:
-        if old.is_dir():
-            shutil.rmtree(old)
-        else:
-            old.unlink()
+    Crash-safe: readers see the old ``out`` or the complete new one, and an interrupted
+    replace is finished by :func:`tl_latentlens._io.recover_replace` (see
+    :func:`tl_latentlens._io.replace_dir`)."""
+    fsync_tree(stage)
+    replace_dir(stage, out)

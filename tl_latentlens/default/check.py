@@ -25,6 +25,7 @@ import torch
 from tl_latentlens.default.captioning import CaptionSet, CaptionTemplate, grounding_eval
 from tl_latentlens.default.data import load_stamps, split_stamps
 from tl_latentlens.default.features import SampleSpec, sample_set
+from tl_latentlens.default.objects import load_objects, split_objects
 
 __all__ = ["check_grounding"]
 
@@ -57,8 +58,12 @@ def check_grounding(
     pipe = manifest.get("training", {}).get("pipeline", {}).get("config", {})
     if not pipe:
         raise ValueError(f"{path} has no pipeline configuration in its training manifest")
-    stamps = load_stamps()
-    _, held = split_stamps(stamps, pipe["held_out_frac"], pipe["split_seed"])
+    if "sources" in pipe:  # split by object identity (issue 12): the validation objects
+        objs = load_objects(tuple(pipe["sources"]), per_identity=pipe.get("per_identity", 4))
+        frac = pipe["held_out_frac"]
+        held = list(split_objects(objs, frac, frac).validation)
+    else:  # connectors trained before the object split: its per-stamp split
+        _, held = split_stamps(load_stamps(), pipe["held_out_frac"], pipe["split_seed"])
     hs = pipe["held_samples"]
     spec = SampleSpec(
         hs["views_per_stamp"], hs["n_composites"], hs["image_size"], tuple(hs["grid"])

@@ -14,7 +14,9 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -28,7 +30,8 @@ import torch
 
 from tl_latentlens.default import assets
 
-__all__ = ["LM_SPECS", "LMSpec", "file_sha256", "load_hf_lm", "load_lm", "lm_spec"]
+__all__ = ["LM_SPECS", "LMSpec", "file_sha256", "gguf_sha256", "load_hf_lm", "load_lm", "lm_spec",
+           "weights_cache_dir"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -82,14 +85,38 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def gguf_sha256(path: str | Path) -> str:
+    """:func:`file_sha256` of a file, memoised per (path, size, mtime) in this process."""
+    st = os.stat(path)
+    return _sha256_memo(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_memo(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(path)
+
+
+def weights_cache_dir(spec: LMSpec, sha256: str) -> Path:
+    """Where the dequantised weights of the GGUF with this SHA-256 are cached."""
+    return assets.cache_dir() / "lm" / f"{spec.name}-weights" / sha256[:32]
+
+
 def load_hf_lm(
-    name: str = "smollm2-135m", dtype: torch.dtype = torch.float32
+    name: str = "smollm2-135m", dtype: torch.dtype = torch.float32, cache: bool = True
 ) -> tuple[Any, Any, Path]:
     """Load the Hugging Face model and tokenizer from the packaged GGUF file.
+
+    Dequantising the GGUF takes ~40 s on 2 CPU cores (most of it parsing the file's metadata),
+    so the first load stores the float32 weights as ``model.safetensors`` in
+    :func:`weights_cache_dir`, a directory keyed by the GGUF's SHA-256 and holding a
+    ``source.json`` that records it; later loads read that directory (~2 s) after checking the
+    record against the packaged file. A missing, partial or mismatched cache is rebuilt from
+    the GGUF (writes are atomic: a staging directory renamed into place).
 
     Args:
         name: Key of :data:`LM_SPECS`.
         dtype: Parameter dtype after dequantisation.
+        cache: Use (and fill) the weights cache.
 
     Returns:
         ``(model, tokenizer, local_dir)``: the eval-mode ``*ForCausalLM`` (eager attention, so
@@ -101,16 +128,70 @@ def load_hf_lm(
     spec = lm_spec(name)
     gguf = spec.gguf_path()
     t0 = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, attn_implementation="eager"
-    )
+    sha = gguf_sha256(gguf) if cache else ""
+    cached = weights_cache_dir(spec, sha) if cache else None
+    model = _load_cached(cached, sha) if cached is not None else None
+    fresh = model is None
+    if fresh:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, attn_implementation="eager"
+        )
+    local = _local_dir(spec, gguf, model)  # also drops the GGUF quantisation_config
+    if fresh and cached is not None:
+        _store_cached(model, cached, sha, gguf)
     model = model.to(dtype).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    local = _local_dir(spec, gguf, model)
     tok = AutoTokenizer.from_pretrained(str(local))
-    logger.info("loaded %s from %s in %.1fs", spec.name, gguf.name, time.perf_counter() - t0)
+    logger.info("loaded %s (%s) in %.1fs", spec.name, gguf.name, time.perf_counter() - t0)
     return model, tok, local
+
+
+_SOURCE = "source.json"
+
+
+def _load_cached(path: Path, sha: str) -> Any | None:
+    """The cached float32 model, or ``None`` when absent or recorded for another GGUF."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
+    record = path / _SOURCE
+    if not (record.is_file() and (path / "model.safetensors").is_file()):
+        return None
+    try:
+        if json.loads(record.read_text()).get("gguf_sha256") != sha:
+            logger.warning("weights cache %s records another GGUF; rebuilding it", path)
+            return None
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=torch.float32, attn_implementation="eager"
+        )
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # torn or foreign files
+        logger.warning("weights cache %s unreadable (%s); rebuilding it", path, e)
+        return None
+    logger.info("dequantised weights read from the cache %s", path)
+    return model
+
+
+def _store_cached(model: Any, path: Path, sha: str, gguf: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=".staging-"))
+    try:
+        from safetensors.torch import save_model
+
+        # not save_pretrained: transformers refuses to serialise a model loaded from a GGUF
+        save_model(model, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        model.config.save_pretrained(str(staging))
+        (staging / _SOURCE).write_text(
+            json.dumps({"gguf_file": gguf.name, "gguf_sha256": sha, "dtype": "float32"}, indent=1)
+        )
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(staging, path)
+        logger.info("cached the dequantised weights in %s", path)
+    except (OSError, ValueError, RuntimeError) as e:  # the cache is only an optimisation
+        logger.warning("could not cache the dequantised weights in %s: %s", path, e)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _local_dir(spec: LMSpec, gguf: Path, model: Any) -> Path:

@@ -122,14 +122,14 @@ def load_connector_vlm(
     from safetensors.torch import load_file
 
     from tl_latentlens.default.encoder import EfficientNetLite0Encoder
-    from tl_latentlens.default.lm import file_sha256, lm_spec, load_lm
+    from tl_latentlens.default.lm import gguf_sha256, lm_spec, load_lm
 
     path = Path(path)
     manifest = _read_manifest(path)
     lm_info, enc_info = manifest["lm"], manifest["encoder"]
     spec = lm_spec(lm_info["name"])
     if check_sha256 and lm_info.get("gguf_sha256"):
-        got = file_sha256(spec.gguf_path())
+        got = gguf_sha256(spec.gguf_path())
         if got != lm_info["gguf_sha256"]:
             raise ValueError(
                 f"the packaged GGUF {spec.gguf_file} has SHA-256 {got}, but {path} was trained "
@@ -171,6 +171,6 @@ def load_default_vlm(
     if not (WEIGHTS_DIR / MANIFEST_NAME).is_file() or not (WEIGHTS_DIR / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(
             f"the default VLM's connector weights are missing from {WEIGHTS_DIR}; train them "
-            "with `tl-latentlens train-connector --export` (about 40 minutes on 2 CPU cores)"
+            "with `tl-latentlens train-connector --export package` (about 40 minutes on 2 CPU cores)"
         )
     return load_connector_vlm(WEIGHTS_DIR, device=device, dtype=dtype)

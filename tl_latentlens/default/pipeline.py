@@ -5,8 +5,9 @@ Steps of :func:`train_default_connector`:
 1. Tux Paint stamps and their fixed seeded split; captioning samples (single stamps, random
    views, composites) for both halves.
 2. EfficientNet-Lite0 features of every image, computed once and cached.
-3. SmolLM2-135M-Instruct (``lm_dtype``, bfloat16 by default: about 1.6x faster for the
-   backward pass on CPU) and a seeded MLP connector; :func:`train_connector`.
+3. SmolLM2-135M-Instruct (``lm_dtype``, float32 by default: bfloat16 is ~1.6x faster for the
+   backward pass on CPUs with AVX512-BF16, but ~50x slower than float32 on AVX2-only CPUs, where
+   PyTorch emulates it) and a seeded MLP connector; :func:`train_connector`.
 4. The "does it see" check on the held-out set: caption loss with the right
    image, with zero visual tokens and with another image's visual tokens.
 5. Optional export of ``connector.safetensors`` + ``connector_vlm.json``.
@@ -35,8 +36,8 @@ from tl_latentlens.default.captioning import (
     grounding_eval,
     mean_caption_loss,
 )
-from tl_latentlens.default.data import load_stamps, split_stamps
 from tl_latentlens.default.features import SampleSpec, sample_set
+from tl_latentlens.default.objects import load_objects, split_objects
 from tl_latentlens.default.train import TrainConfig, train_connector
 from tl_latentlens.models.connector import Connector, ConnectorVLM
 
@@ -56,8 +57,10 @@ class PipelineConfig:
         train: Optimisation settings.
         train_samples: Samples made from the train stamps.
         held_samples: Samples made from the held-out stamps.
-        held_out_frac: Fraction of stamps held out.
-        split_seed: Seed of the stamp split.
+        held_out_frac: Fraction of object identities held out for validation (and as many
+            again for the test set, never used here: see :func:`~.objects.split_objects`).
+        split_seed: Unused (the split is by object identity, a salted hash; kept for old
+            manifests).
         data_seed: Seed of the random views and composites.
         lm: Packaged language model name.
         lm_dtype: ``"bfloat16"`` or ``"float32"`` for training and the final check.
@@ -66,6 +69,8 @@ class PipelineConfig:
         connector_kind: ``"mlp"`` or ``"linear"``.
         init_from: A connector VLM directory whose connector weights start the run (to continue
             training with a fresh schedule); ``None`` starts from a seeded random init.
+        sources: Object sources (``"tuxpaint"``, ``"openclipart"``).
+        per_identity: Clip-art files kept per object identity.
     """
 
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -75,11 +80,13 @@ class PipelineConfig:
     split_seed: int = 0
     data_seed: int = 0
     lm: str = "smollm2-135m"
-    lm_dtype: str = "bfloat16"
+    lm_dtype: str = "float32"
     prompt: str = DEFAULT_PROMPT
     max_caption_tokens: int = 48
     connector_kind: str = "mlp"
     init_from: str | None = None
+    sources: tuple[str, ...] = ("tuxpaint",)
+    per_identity: int | None = 4
 
     def __post_init__(self) -> None:
         if self.lm_dtype not in _DTYPES:
@@ -133,8 +140,9 @@ def train_default_connector(
     work.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    stamps = load_stamps()
-    train_st, held_st = split_stamps(stamps, config.held_out_frac, config.split_seed)
+    objects = load_objects(config.sources, per_identity=config.per_identity)
+    parts = split_objects(objects, config.held_out_frac, config.held_out_frac)
+    train_st, held_st = list(parts.train), list(parts.validation)
     encoder = EfficientNetLite0Encoder()
     sets = {
         "train": sample_set(encoder, train_st, config.train_samples, config.data_seed, "train"),
@@ -155,7 +163,10 @@ def train_default_connector(
     train_set = _caption_set(vlm, template, *sets["train"][:2], config.max_caption_tokens)
     held_set = _caption_set(vlm, template, *sets["held_out"][:2], config.max_caption_tokens)
     data_info = {
-        "stamps": len(stamps), "train_stamps": len(train_st), "held_out_stamps": len(held_st),
+        "objects": len(objects), "train_objects": len(train_st), "held_out_objects": len(held_st),
+        "split": "by object identity (objects.split_objects): train / validation / test",
+        "test_objects": len(parts.test), "sources": list(config.sources),
+        "train_identities": sorted({o.identity for o in train_st}),
         "train_fingerprint": sets["train"][2], "held_out_fingerprint": sets["held_out"][2],
         "train_samples": asdict(config.train_samples), "held_samples": asdict(config.held_samples),
         "split_seed": config.split_seed, "data_seed": config.data_seed, "lm_dtype": config.lm_dtype,
@@ -211,20 +222,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``train-connector``."""
     d, s = TrainConfig(), SampleSpec()
     parser.add_argument("--work-dir", default=None, help="checkpoints/manifests (default: cache)")
-    parser.add_argument("--export", nargs="?", const="package", default=None, metavar="DIR",
-                        help="write connector_vlm.json + weights to DIR (no DIR: the package)")  # fmt: skip
+    parser.add_argument("--export", default=None, metavar="DIR",
+                        help="write connector_vlm.json + weights to DIR ('package': the "
+                        "installed package's own weights, overwriting them)")  # fmt: skip
     parser.add_argument("--steps", type=int, default=d.steps)
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
     parser.add_argument("--eval-every", type=int, default=d.eval_every)
     parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--lm-dtype", choices=sorted(_DTYPES), default="bfloat16")
+    parser.add_argument(
+        "--lm-dtype",
+        choices=sorted(_DTYPES),
+        default="float32",
+        help="bfloat16 only on CPUs with AVX512-BF16/AMX (else ~50x slower)",
+    )
     parser.add_argument("--composites", type=int, default=s.n_composites)
     parser.add_argument("--views-per-stamp", type=int, default=s.views_per_stamp)
     parser.add_argument("--held-composites", type=int, default=100)
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--sources",
+        nargs="+",
+        default=["tuxpaint"],
+        choices=["tuxpaint", "openclipart"],
+        help="object sources",
+    )
+    parser.add_argument(
+        "--per-identity", type=int, default=4, help="clip-art files kept per object identity"
+    )
     parser.add_argument("--init-from", default=None, metavar="DIR",
                         help="start from the connector of a connector VLM directory")  # fmt: skip
 
@@ -252,6 +279,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         ),
         lm_dtype=args.lm_dtype,
         init_from=args.init_from,
+        sources=tuple(args.sources),
+        per_identity=args.per_identity,
     )
     work = Path(args.work_dir) if args.work_dir else assets.cache_dir() / "train_connector"
     export = (

@@ -180,7 +180,8 @@ def train_connector(
     state: dict[str, Any] = {"step": 0, "loss_curve": [], "evals": [], "best": None, "train_s": 0.0}
     ckpt = out / LAST_CKPT
     if resume and ckpt.is_file():
-        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        # weights_only: a checkpoint from someone else must not be able to run code
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
         if saved.get("config") != asdict(config):
             raise ValueError(f"{ckpt} was made with another TrainConfig; use a new out_dir")
         conn.load_state_dict(saved["connector"])

@@ -16,6 +16,7 @@ Example:
 """
 
 from tl_latentlens.evaluate.config import EvalConfig
+from tl_latentlens.evaluate.hubness import hubness
 from tl_latentlens.evaluate.images import EvalImage, load_images
 from tl_latentlens.evaluate.judges import KINDS, Judge, JudgeCase, MaskJudge, Verdict
 from tl_latentlens.evaluate.llm_judge import LLMJudge, LLMJudgeConfig
@@ -44,6 +45,7 @@ __all__ = [
     "WordNet",
     "aggregate",
     "format_table",
+    "hubness",
     "load_images",
     "run_study",
     "sample_plan",

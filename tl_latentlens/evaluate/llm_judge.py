@@ -7,11 +7,15 @@ is known, the block's position on the grid, and the annotated labels if known. I
 one JSON object (see :mod:`tl_latentlens.evaluate.answers`); an unreadable answer is asked
 again (``answer_attempts``), then recorded as an ``error`` verdict.
 
+The requests go through the ``openai`` client (the optional extra ``llm``:
+``pip install "tl_latentlens[llm]"``; see :mod:`tl_latentlens.evaluate.chat_client`).
 Configuration comes from arguments or the environment:
 
-* ``TL_LATENTLENS_JUDGE_BASE_URL``: endpoint root, e.g. ``http://127.0.0.1:8000/v1``;
-* ``TL_LATENTLENS_JUDGE_MODEL``: model name;
-* ``TL_LATENTLENS_JUDGE_API_KEY``: bearer token (optional; never written to reports);
+* ``TL_LATENTLENS_JUDGE_BASE_URL``, else ``OPENAI_BASE_URL``: endpoint root, e.g.
+  ``http://127.0.0.1:8000/v1`` (neither: OpenAI's own endpoint);
+* ``TL_LATENTLENS_JUDGE_MODEL``: model name (required);
+* ``TL_LATENTLENS_JUDGE_API_KEY``, else ``OPENAI_API_KEY``: bearer token (optional; never
+  written to reports);
 * ``TL_LATENTLENS_JUDGE_VISION``: ``0`` for a text-only endpoint (default ``1``).
 
 Example:
@@ -71,7 +75,7 @@ class LLMJudgeConfig:
     """Settings of :class:`LLMJudge`.
 
     Attributes:
-        base_url: Endpoint root (``.../v1``).
+        base_url: Endpoint root (``.../v1``; ``None``: ``OPENAI_BASE_URL``, else OpenAI's).
         model: Model name.
         api_key: Bearer token (not recorded in reports).
         vision: Send images (``image_url`` parts); ``False``: a textual description.
@@ -86,7 +90,7 @@ class LLMJudgeConfig:
         crop_px: Longest side of the crop sent.
     """
 
-    base_url: str
+    base_url: str | None
     model: str
     api_key: str | None = field(default=None, repr=False)
     vision: bool = True
@@ -108,24 +112,25 @@ class LLMJudgeConfig:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> LLMJudgeConfig:
-        """Read ``TL_LATENTLENS_JUDGE_*`` (see the module docstring); ``overrides`` win.
+        """Read ``TL_LATENTLENS_JUDGE_*`` and ``OPENAI_*`` (module docstring); ``overrides`` win.
 
         Raises:
-            ValueError: Base URL or model missing.
+            ValueError: No model name.
         """
         env = os.environ if env is None else env
         kw: dict[str, Any] = {
-            "base_url": env.get(ENV_PREFIX + "BASE_URL"),
+            "base_url": env.get(ENV_PREFIX + "BASE_URL") or env.get("OPENAI_BASE_URL") or None,
             "model": env.get(ENV_PREFIX + "MODEL"),
-            "api_key": env.get(ENV_PREFIX + "API_KEY") or None,
+            "api_key": env.get(ENV_PREFIX + "API_KEY") or env.get("OPENAI_API_KEY") or None,
         }
         if ENV_PREFIX + "VISION" in env:
             kw["vision"] = env[ENV_PREFIX + "VISION"].strip().lower() not in ("0", "false", "no")
         kw.update({k: v for k, v in overrides.items() if v is not None})
-        missing = [k for k in ("base_url", "model") if not kw.get(k)]
-        if missing:
-            names = ", ".join(ENV_PREFIX + k.upper() for k in missing)
-            raise ValueError(f"LLM judge: set {names} (or pass {', '.join(missing)})")
+        if not kw.get("model"):
+            raise ValueError(
+                f"LLM judge: set {ENV_PREFIX}MODEL (or pass model / --judge-model); the "
+                f"endpoint is {ENV_PREFIX}BASE_URL or OPENAI_BASE_URL (default: OpenAI's)"
+            )
         return cls(**kw)
 
     def describe(self) -> dict[str, Any]:
@@ -185,6 +190,9 @@ class LLMJudge:
     Args:
         config: The settings.
         client: A :class:`ChatClient` to use instead of one built from ``config``.
+
+    Raises:
+        MissingExtraError: ``openai`` (the extra ``llm``) is not installed.
     """
 
     name = "llm"

@@ -40,7 +40,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from tl_latentlens.evaluate.wordnet import Synset, WordNet
+from tl_latentlens.wordnet import Synset, WordNet, closure
 
 __all__ = ["LabelMatcher", "MatchRule", "normalise_word"]
 
@@ -63,6 +63,11 @@ class MatchRule:
             ``None``: all).
         part_meronyms: Accept direct part meronyms (and their synonyms).
         min_chars: Candidates shorter than this (after normalisation) never match.
+        co_hyponyms: Accept siblings: the other direct hyponyms of the label's direct
+            hypernyms (``wolf``, ``fox`` for ``dog`` under ``canine``).
+        co_hyponym_min_depth: ... only under a hypernym at least this deep (a sibling under a
+            shallow class such as ``whole`` says nothing).
+        holonyms: Accept direct part holonyms (the whole the label is a part of).
     """
 
     senses: int = 1
@@ -72,6 +77,9 @@ class MatchRule:
     hyponym_levels: int | None = 0
     part_meronyms: bool = False
     min_chars: int = 2
+    co_hyponyms: bool = False
+    co_hyponym_min_depth: int = 6
+    holonyms: bool = False
 
     def __post_init__(self) -> None:
         if self.senses < 1:
@@ -83,6 +91,22 @@ class MatchRule:
     def strict(cls) -> MatchRule:
         """The default: synonyms, hypernyms down to depth 6, derived forms."""
         return cls()
+
+    @classmethod
+    def related(cls) -> MatchRule:
+        """The graded judge's *related* level (the paper's "abstract"), applied only to words
+        the strict rule rejects: hyponyms down to two levels (``puppy`` for ``dog``), siblings
+        under a hypernym at least 6 deep (``wolf``), direct part meronyms (``wing`` for
+        ``bird``) and part holonyms (``bird`` for ``wing``). Hypernyms and derived forms are
+        left to the strict rule."""
+        return cls(
+            hypernym_min_depth=None,
+            derivations=False,
+            hyponym_levels=2,
+            part_meronyms=True,
+            co_hyponyms=True,
+            holonyms=True,
+        )
 
     @classmethod
     def lenient(cls) -> MatchRule:
@@ -182,6 +206,19 @@ class LabelMatcher:
             for s in synsets:
                 for pos, off in s.related("%p"):
                     add(wn.synset(pos, off).lemmas, "part")
+        if rule.co_hyponyms:
+            for s in synsets:
+                for pos, off in s.related("@"):
+                    parent = wn.synset(pos, off)
+                    if wn.min_depth(parent) < rule.co_hyponym_min_depth:
+                        continue
+                    for cpos, coff in parent.related("~"):
+                        if coff != s.offset:
+                            add(wn.synset(cpos, coff).lemmas, "sibling")
+        if rule.holonyms:
+            for s in synsets:
+                for pos, off in s.related("#p"):
+                    add(wn.synset(pos, off).lemmas, "whole")
         if rule.hypernym_min_depth is not None:
             for s in _closure(wn, synsets, ("@", "@i"), rule.hypernym_max_levels):
                 if wn.min_depth(s) >= rule.hypernym_min_depth:
@@ -212,19 +249,4 @@ class LabelMatcher:
         return None
 
 
-def _closure(
-    wn: WordNet, start: list[Synset], symbols: tuple[str, ...], max_levels: int | None
-) -> list[Synset]:
-    """Synsets reachable from ``start`` over ``symbols`` (breadth first, ``start`` excluded)."""
-    seen = {(s.pos, s.offset) for s in start}
-    frontier, out, level = list(seen), [], 0
-    while frontier and (max_levels is None or level < max_levels):
-        nxt = []
-        for key in frontier:
-            for rel in wn.synset(*key).related(*symbols):
-                if rel not in seen:
-                    seen.add(rel)
-                    nxt.append(rel)
-                    out.append(wn.synset(*rel))
-        frontier, level = nxt, level + 1
-    return out
+_closure = closure  # kept for callers of the old private name

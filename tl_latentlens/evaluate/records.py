@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 from collections.abc import Iterable
@@ -27,7 +28,7 @@ from typing import Any
 
 from tl_latentlens.evaluate.judges import KINDS, Verdict
 
-__all__ = ["LENSES", "JudgementLog", "aggregate", "record_key"]
+__all__ = ["LENSES", "JudgementLog", "aggregate", "record_key", "wilson_interval"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,21 @@ def _ends_with_newline(path: Path) -> bool:
         return fh.read(1) == b"\n"
 
 
+def wilson_interval(hits: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95 % by default); ``(nan, nan)`` for ``n == 0``.
+
+    Example:
+        >>> [round(x, 3) for x in wilson_interval(20, 100)]
+        [0.133, 0.289]
+    """
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def aggregate(
     records: str | os.PathLike | Iterable[dict[str, Any]],
     kinds: tuple[str, ...] = KINDS,
@@ -119,7 +135,9 @@ def aggregate(
     Returns:
         pandas DataFrame, one row per layer: ``layer``, ``n_patches`` (distinct image/patch
         pairs), then per lens ``<lens>_top<k>`` and ``<lens>_pass1`` (percent, over verdicts that
-        are not errors), ``<lens>_n`` and ``<lens>_errors``.
+        are not errors), ``<lens>_n`` and ``<lens>_errors``; after those, per lens, the 95 %
+        Wilson interval of the top-k rate (``<lens>_top<k>_lo`` / ``_hi``) and the top-k rate
+        of each verdict kind alone (``<lens>_concrete``, ``_abstract``, ``_global``).
 
     Raises:
         ValueError: Unknown kinds, or records judged with different numbers of candidates.
@@ -139,7 +157,10 @@ def aggregate(
             f"records were judged with different numbers of candidates: {sorted(judged_k)}"
         )
     top = k if k is not None else (judged_k.pop() if judged_k else 0)
-    cols = [f"{lens}_{s}" for lens in LENSES for s in (f"top{top}", "pass1", "n", "errors")]
+    stats = (f"top{top}", "pass1", "n", "errors")
+    cols = [f"{lens}_{s}" for lens in LENSES for s in stats]
+    extra = (f"top{top}_lo", f"top{top}_hi", *KINDS)
+    cols += [f"{lens}_{s}" for lens in LENSES for s in extra]
     acc: dict[float, dict[str, Any]] = {}
     for (image, patch, layer, lens), rec in sorted(latest.items()):
         row = acc.setdefault(
@@ -152,7 +173,13 @@ def aggregate(
             continue
         if k is not None and k < len(rec["words"]) and not v.candidate_kinds:
             raise ValueError("k below the judged number of candidates needs per-candidate verdicts")
-        row.setdefault(lens, []).append((v.counts(kinds, top=k), v.counts(kinds, top=1)))
+        row.setdefault(lens, []).append(
+            (
+                v.counts(kinds, top=k),
+                v.counts(kinds, top=1),
+                *(v.counts((kind,), top=k) for kind in KINDS),
+            )
+        )
     rows = []
     for layer in sorted(acc):
         row = acc[layer]
@@ -161,9 +188,15 @@ def aggregate(
         for lens in LENSES:
             vals = row.get(lens, [])
             n = len(vals)
-            out[f"{lens}_top{top}"] = 100.0 * sum(a for a, _ in vals) / n if n else float("nan")
-            out[f"{lens}_pass1"] = 100.0 * sum(b for _, b in vals) / n if n else float("nan")
+            hits = sum(x[0] for x in vals)
+            out[f"{lens}_top{top}"] = 100.0 * hits / n if n else float("nan")
+            out[f"{lens}_pass1"] = 100.0 * sum(x[1] for x in vals) / n if n else float("nan")
             out[f"{lens}_n"] = n
             out[f"{lens}_errors"] = row["errors"].get(lens, 0)
+            lo, hi = wilson_interval(hits, n)
+            out[f"{lens}_top{top}_lo"], out[f"{lens}_top{top}_hi"] = 100.0 * lo, 100.0 * hi
+            for j, kind in enumerate(KINDS):
+                share = sum(x[2 + j] for x in vals) / n if n else float("nan")
+                out[f"{lens}_{kind}"] = 100.0 * share
         rows.append(out)
     return pd.DataFrame(rows, columns=["layer", "n_patches", *cols])

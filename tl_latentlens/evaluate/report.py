@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tl_latentlens.evaluate.hubness import hubness
+
 __all__ = ["LENS_NAMES", "format_table", "write_outputs"]
 
 logger = logging.getLogger(__name__)
@@ -112,6 +114,9 @@ def write_outputs(
     files: dict[str, Path] = {"judgements": out / "judgements.jsonl", "plan": out / "plan.json"}
     table.to_csv(out / "table.csv", index=False, float_format="%.2f")
     files["table.csv"] = out / "table.csv"
+    hubs = {lens: hubness(files["judgements"], lens=lens) for lens in LENS_NAMES}
+    hubs["latent"].to_csv(out / "hubness.csv", index=False, float_format="%.2f")
+    files["hubness.csv"] = out / "hubness.csv"
     if config.plots:
         _plots(out, table, explanations, config, files)
     bank = lens.bank
@@ -143,6 +148,7 @@ def write_outputs(
             "per_layer": plan.stats,
         },
         "table": json.loads(table.to_json(orient="records")),
+        "hubness": {lens: json.loads(h.to_json(orient="records")) for lens, h in hubs.items()},
         "files": {name: str(path.name) for name, path in files.items()},
     }
     (out / "report.json").write_text(

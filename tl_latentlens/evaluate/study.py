@@ -38,7 +38,7 @@ from tl_latentlens.evaluate.judges import Judge, JudgeCase, MaskJudge
 from tl_latentlens.evaluate.records import LENSES, JudgementLog, aggregate, record_key
 from tl_latentlens.evaluate.sampling import SamplePlan, sample_plan
 
-__all__ = ["StudyResult", "candidates_of", "run_study", "study_identity"]
+__all__ = ["StudyResult", "candidates_of", "run_study", "study_identity", "whole_word"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ def candidates_of(patch: Any, lens: str) -> list[dict[str, Any]]:
         return [
             {
                 "token": n.token,
+                "word": whole_word(getattr(n, "sentence_tokens", ()), n.position, n.token),
                 "score": float(n.similarity),
                 "text_layer": n.layer,
                 "sentence": n.sentence[:300],
@@ -84,6 +85,32 @@ def candidates_of(patch: Any, lens: str) -> list[dict[str, Any]]:
         {"token": c.token, "token_id": int(c.token_id), "score": float(c.score)}
         for c in getattr(patch, lens)
     ]
+
+
+def _starts_word(token: str) -> bool:
+    return not token[:1].isalnum()  # a leading space, punctuation or a special token
+
+
+def whole_word(tokens: Sequence[str], position: int, token: str) -> str:
+    """The word of a sentence that contains the token at ``position`` (pieces joined).
+
+    A LatentLens neighbour is a token in context, so a sub-word piece (``"kidn"`` of
+    ``" kidney"``) stands for its word; the judge and the hubness counts see that word. Falls back
+    to ``token`` when the sentence tokens are unknown or do not hold it.
+
+    Example:
+        >>> whole_word(["<s>", "A", " kidn", "ey", " bean", "."], 2, " kidn")
+        'kidney'
+    """
+    if not tokens or not 0 <= position < len(tokens) or tokens[position] != token:
+        return token.strip()
+    start = position
+    while start > 0 and not _starts_word(tokens[start]) and tokens[start - 1][-1:].isalnum():
+        start -= 1
+    end = position + 1
+    while end < len(tokens) and not _starts_word(tokens[end]):
+        end += 1
+    return "".join(tokens[start:end]).strip()
 
 
 def study_identity(
@@ -103,7 +130,11 @@ def study_identity(
     return {
         "config": config.identity(),
         "images": [[im.id, im.fingerprint(), _digest(lab)] for im, lab in zip(images, labels)],
-        "judge": {key: desc.get(key) for key in ("name", "model", "rule")},
+        "judge": {
+            key: desc.get(key)
+            for key in ("name", "model", "rule", "related_rule")
+            if key != "related_rule" or key in desc
+        },
         "model": lens.vlm.fingerprint(),
         "bank": identity(bank.manifest) if hasattr(bank, "manifest") else None,
     }
@@ -264,7 +295,7 @@ def _cases(
         image_id, p, layer, lens_name = key
         patch = exp.patch(hook_of[int(layer)], p)
         cands = candidates_of(patch, lens_name)
-        words = [c["token"].strip() for c in cands]
+        words = [c.get("word", c["token"]).strip() for c in cands]
         row, col = info["rows"][p], info["cols"][p]
         label = labels[row][col] if labels is not None else None
         rec = {
@@ -285,7 +316,7 @@ def _cases(
             row=row,
             col=col,
             grid=info["grid"],
-            candidates=tuple(c["token"] for c in cands),
+            candidates=tuple(c.get("word", c["token"]) for c in cands),
             label=label,
             image_labels=im.labels,
             caption=im.caption,

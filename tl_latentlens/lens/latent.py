@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from tl_latentlens import hooks as hk
+from tl_latentlens.bank.errors import MissingHookError
+from tl_latentlens.bank.search import Method
 from tl_latentlens.capture import capture_inputs
 from tl_latentlens.lens.baselines import EmbeddingLens, LogitLens
 from tl_latentlens.lens.results import Explanation, PatchExplanation
@@ -45,29 +50,30 @@ class LatentLens:
     # ---- hooks --------------------------------------------------------------------------------
     def default_hooks(self) -> list[str]:
         """Visual hooks at the layers the bank has (canonical names for this model)."""
-        layers = sorted({int(hk.layer_of(h)) for h in self.bank.hooks})
+        layers = sorted({hk.layer_of(h) for h in self.bank.hooks})
         return [hk.hook_for_layer(layer, self.vlm.n_layers) for layer in layers]
 
     def _targets(
         self, hook: str | None, per_layer: bool, bank_hooks: Sequence[str] | None
     ) -> list[str]:
+        """Bank hooks to search for vectors from ``hook`` (equivalent names resolved: e.g.
+        ``blocks.3.hook_resid_pre`` finds a bank's ``blocks.2.hook_resid_post``)."""
         if not per_layer:
             if bank_hooks is None:
                 return list(self.bank.hooks)
-            missing = [h for h in bank_hooks if h not in self.bank.hooks]
-            if missing:
-                raise ValueError(f"bank has no hook(s) {missing}; bank hooks: {self.bank.hooks}")
-            return list(bank_hooks)
+            try:
+                return list(dict.fromkeys(self.bank.resolve_hook(h) for h in bank_hooks))
+            except MissingHookError as err:
+                raise ValueError(f"{err}") from None
         if hook is None:
             raise ValueError("per_layer search needs the hook the vectors come from")
-        layer = hk.layer_of(hook)
-        same = [h for h in self.bank.hooks if hk.layer_of(h) == layer]
-        if not same:
+        try:
+            return [self.bank.resolve_hook(hk.layer_of(hook))]
+        except MissingHookError:
             raise ValueError(
-                f"per-layer search: the bank has no hook at layer {layer} (for {hook!r}); "
-                f"bank hooks: {self.bank.hooks}"
-            )
-        return same[:1]
+                f"per-layer search: the bank has no hook at layer {hk.layer_of(hook)} (for "
+                f"{hook!r}); bank hooks: {self.bank.hooks}"
+            ) from None
 
     # ---- public API -----------------------------------------------------------------------------
     def explain(
@@ -82,6 +88,7 @@ class LatentLens:
         baselines: bool = True,
         exact: bool = False,
         patches: Sequence[int] | None = None,
+        method: Method = "auto",
     ) -> Explanation:
         """Run the model once on ``images`` + ``prompt`` and explain its visual tokens.
 
@@ -94,8 +101,11 @@ class LatentLens:
                 (default: against all bank hooks, each neighbour tagged with its text layer).
             bank_hooks: Restrict the cross-layer search to these bank hooks.
             baselines: Also compute LogitLens and EmbeddingLens.
-            exact: Exact (matmul) search instead of hnswlib.
+            exact: Shorthand for ``method="exact"``.
             patches: Only these visual-token indices (default: all).
+            method: Bank search: ``"auto"`` (exact unless the bank's routes are proven for
+                the hook; the choice per hook is recorded in ``result.search``), ``"exact"``,
+                ``"routes"``. On a CUDA model exact search runs on the GPU.
 
         Returns:
             An :class:`Explanation` (plain data).
@@ -122,13 +132,128 @@ class LatentLens:
             per_layer=per_layer,
             bank_hooks=bank_hooks,
             baselines=baselines,
-            exact=exact,
+            method="exact" if exact else method,
             patches=patches,
             prompt=prompt if prompt is not None else self.vlm.default_prompt,
         )
         result.timings["forward"] = forward_s
         result.image = images if not isinstance(images, (list, tuple)) else images[0]
         return result
+
+    def explain_many(
+        self,
+        images: Sequence[Any],
+        prompt: str | None = None,
+        hooks: Sequence[str] | None = None,
+        k: int = 5,
+        *,
+        batch_size: int = 8,
+        per_layer: bool = False,
+        bank_hooks: Sequence[str] | None = None,
+        baselines: bool = True,
+        method: Method = "auto",
+        progress: bool = True,
+    ) -> list[Explanation]:
+        """:meth:`explain` for many images: one forward pass per image, then the bank search
+        and the baselines of ``batch_size`` images at once (one product per bank chunk for all
+        their visual tokens, which is where the time goes).
+
+        Args:
+            images: PIL images (or lists of images, one per placeholder of ``prompt``).
+            batch_size: Images whose visual tokens are searched together.
+            progress: Show a progress bar.
+
+        Returns:
+            One :class:`Explanation` per image, in order; ``timings`` hold each image's own
+            forward time and its share of the batch's search and baselines.
+
+        Example:
+            >>> results = lens.explain_many(images, batch_size=16)
+        """
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        hooks = self.vlm.validate_hooks(list(hooks) if hooks is not None else self.default_hooks())
+        for hook in hooks:
+            self._targets(hook, per_layer, bank_hooks)
+        out: list[Explanation] = []
+        bar = tqdm(
+            total=len(images), desc="latentlens: explain", unit="image", disable=not progress
+        )
+        try:
+            for start in range(0, len(images), batch_size):
+                batch = list(images[start : start + batch_size])
+                runs = []
+                for image in batch:
+                    t0 = time.perf_counter()
+                    inputs = self.vlm.prepare(image, prompt)
+                    if inputs.layout.n_visual == 0:
+                        raise ImageTokenMismatchError(
+                            "the prompt has no visual tokens: nothing to explain"
+                        )
+                    acts = capture_inputs(self.vlm, inputs, hooks)
+                    runs.append((inputs.layout, acts, time.perf_counter() - t0))
+                out.extend(
+                    self._explain_batch(
+                        batch, runs, prompt, k, per_layer, bank_hooks, baselines, method
+                    )
+                )
+                bar.update(len(batch))
+        finally:
+            bar.close()
+        return out
+
+    def _explain_batch(
+        self, batch, runs, prompt, k, per_layer, bank_hooks, baselines, method
+    ) -> list[Explanation]:
+        """Explain several runs with one search: their visual tokens are concatenated, then
+        the result is split back per image."""
+        sizes = [layout.n_visual for layout, _, _ in runs]
+        starts = np.cumsum([0] + sizes)
+        layout = VisualLayout(
+            positions=torch.cat([lay.positions for lay, _, _ in runs]),
+            rows=torch.cat([lay.rows for lay, _, _ in runs]),
+            cols=torch.cat([lay.cols for lay, _, _ in runs]),
+            grid=tuple(runs[0][0].grid),
+            image_index=torch.cat(
+                [
+                    lay.image_index
+                    if lay.image_index is not None
+                    else torch.zeros(lay.n_visual, dtype=torch.long)
+                    for lay, _, _ in runs
+                ]
+            ),
+        )
+        hook_names = list(runs[0][1].residuals)
+        residuals = {h: torch.cat([acts.residuals[h] for _, acts, _ in runs]) for h in hook_names}
+        joint = self._explain(
+            residuals, layout, k=k, per_layer=per_layer, bank_hooks=bank_hooks,
+            baselines=baselines, method=method, patches=None,
+            prompt=prompt if prompt is not None else self.vlm.default_prompt,
+        )  # fmt: skip
+        results = []
+        share = {key: v / len(runs) for key, v in joint.timings.items()}
+        for b, (lay, _, forward_s) in enumerate(runs):
+            lo, hi = int(starts[b]), int(starts[b + 1])
+            patches = [
+                dataclasses.replace(p, index=p.index - lo)
+                for p in joint.patches
+                if lo <= p.index < hi
+            ]
+            image = batch[b]
+            results.append(
+                dataclasses.replace(
+                    joint,
+                    grid=tuple(lay.grid),
+                    patches=patches,
+                    timings={**share, "forward": forward_s},
+                    search=dict(joint.search),
+                    exact_fallback=dict(joint.exact_fallback),
+                    image=image if not isinstance(image, (list, tuple)) else image[0],
+                )
+            )
+        return results
 
     def explain_vectors(
         self,
@@ -142,6 +267,7 @@ class LatentLens:
         bank_hooks: Sequence[str] | None = None,
         baselines: bool = True,
         exact: bool = False,
+        method: Method = "auto",
     ) -> Explanation:
         """Explain vectors you already have: a tensor ``[n, d_model]`` / ``[d_model]`` or an
         ``ActivationCache`` (then ``hook`` selects the activation and ``positions`` the rows).
@@ -191,7 +317,7 @@ class LatentLens:
             per_layer=per_layer,
             bank_hooks=bank_hooks,
             baselines=baselines,
-            exact=exact,
+            method="exact" if exact else method,
             patches=None,
             prompt=None,
         )
@@ -206,7 +332,7 @@ class LatentLens:
         per_layer: bool,
         bank_hooks: Sequence[str] | None,
         baselines: bool,
-        exact: bool,
+        method: str,
         patches: Sequence[int] | None,
         prompt: str | None,
     ) -> Explanation:
@@ -215,23 +341,43 @@ class LatentLens:
         if bad:
             raise ValueError(f"patch indices {bad} out of range 0..{layout.n_visual - 1}")
         timings = {"search": 0.0, "baselines": 0.0}
-        out: list[PatchExplanation] = []
-        searched: set[str] = set()
         sel = torch.tensor(idx, dtype=torch.long)
-        for hook, vecs in residuals.items():
-            vecs = vecs[sel]
+        device = self._search_device()
+        # Every visual hook with the same bank targets is searched in one call (one product
+        # per bank chunk for all of them), and the baselines run once over all vectors.
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for hook in residuals:
             real_hook = hook if hook != "vectors" else None
-            targets = self._targets(real_hook, per_layer, bank_hooks)
-            searched.update(targets)
+            groups.setdefault(tuple(self._targets(real_hook, per_layer, bank_hooks)), []).append(
+                hook
+            )
+        latent: dict[str, list] = {}
+        methods: dict[str, str] = {}
+        fallback: dict[str, int] = {}
+        for targets, members in groups.items():
+            stacked = torch.cat([residuals[h][sel] for h in members])
             t0 = time.perf_counter()
-            latent = self.bank.search(vecs, hook=targets, k=k, exact=exact)
+            report = self.bank.query(stacked, hook=list(targets), k=k, method=method, device=device)
             timings["search"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            logit = self.logit_lens(vecs, k) if baselines else [()] * len(idx)
-            emb = self.embedding_lens(vecs, k) if baselines else [()] * len(idx)
-            timings["baselines"] += time.perf_counter() - t0
+            methods.update(report.methods)
+            for name, n in report.exact_fallback.items():
+                fallback[name] = fallback.get(name, 0) + n
+            for j, hook in enumerate(members):
+                latent[hook] = report.neighbours[j * len(idx) : (j + 1) * len(idx)]
+        t0 = time.perf_counter()
+        if baselines:
+            every = torch.cat([residuals[h][sel] for h in residuals])
+            logit_all = self.logit_lens(every, k)
+            emb_all = self.embedding_lens(every, k)
+        timings["baselines"] += time.perf_counter() - t0
+        out: list[PatchExplanation] = []
+        img_idx = layout.image_index
+        for h_i, hook in enumerate(residuals):
+            real_hook = hook if hook != "vectors" else None
             layer = hk.layer_of(real_hook) if real_hook is not None else -1
-            img_idx = layout.image_index
+            span = slice(h_i * len(idx), (h_i + 1) * len(idx))
+            logit = logit_all[span] if baselines else [()] * len(idx)
+            emb = emb_all[span] if baselines else [()] * len(idx)
             for j, i in enumerate(idx):
                 out.append(
                     PatchExplanation(
@@ -242,11 +388,12 @@ class LatentLens:
                         row=int(layout.rows[i]),
                         col=int(layout.cols[i]),
                         image_index=int(img_idx[i]) if img_idx is not None else 0,
-                        latent=tuple(latent[j]),
+                        latent=tuple(latent[hook][j]),
                         logit=tuple(logit[j]),
                         embedding=tuple(emb[j]),
                     )
                 )
+        searched = set(methods)
         return Explanation(
             model=self.vlm.name,
             bank=str(self.bank.root) if getattr(self.bank, "root", None) else None,
@@ -258,4 +405,11 @@ class LatentLens:
             k=k,
             patches=out,
             timings=timings,
+            search=methods,
+            exact_fallback=fallback,
         )
+
+    def _search_device(self) -> str | None:
+        """Search on the model's device when it is not the CPU (exact search runs there)."""
+        dev = torch.device(getattr(self.vlm, "device", "cpu"))
+        return None if dev.type == "cpu" else str(dev)

@@ -77,7 +77,14 @@ class PatchExplanation:
         """Inverse of :meth:`to_dict`."""
         d = dict(d)
         d["latent"] = tuple(
-            Neighbour(**{**n, "sentence_tokens": tuple(n["sentence_tokens"])}) for n in d["latent"]
+            Neighbour(
+                **{
+                    **n,
+                    "sentence_tokens": tuple(n["sentence_tokens"]),
+                    "other_contexts": tuple(tuple(c) for c in n.get("other_contexts", ())),
+                }
+            )
+            for n in d["latent"]
         )
         d["logit"] = tuple(TokenCandidate(**c) for c in d["logit"])
         d["embedding"] = tuple(TokenCandidate(**c) for c in d["embedding"])
@@ -99,6 +106,9 @@ class Explanation:
         k: Neighbours per lens.
         patches: One entry per (hook, visual token).
         timings: Seconds spent per stage (``forward``, ``search``, ``baselines``).
+        search: How each bank hook was searched: ``{bank hook: "exact" | "routes"}``
+            (``auto`` decides per hook; see :meth:`tl_latentlens.bank.Bank.search`).
+        exact_fallback: Per bank hook, visual tokens that routes sent to exact search.
         image: The image explained (kept in memory for pictures, not saved).
     """
 
@@ -112,6 +122,8 @@ class Explanation:
     k: int
     patches: list[PatchExplanation]
     timings: dict[str, float] = field(default_factory=dict)
+    search: dict[str, str] = field(default_factory=dict)
+    exact_fallback: dict[str, int] = field(default_factory=dict)
     image: Any = field(default=None, repr=False, compare=False)
 
     # ---- access -----------------------------------------------------------------------------
@@ -201,6 +213,8 @@ class Explanation:
             "per_layer": self.per_layer,
             "k": self.k,
             "timings": self.timings,
+            "search": self.search,
+            "exact_fallback": self.exact_fallback,
             "patches": [p.to_dict() for p in self.patches],
         }
 
@@ -244,6 +258,8 @@ class Explanation:
             k=int(d["k"]),
             patches=[PatchExplanation.from_dict(p) for p in d["patches"]],
             timings=dict(d.get("timings", {})),
+            search=dict(d.get("search", {})),
+            exact_fallback={k: int(v) for k, v in d.get("exact_fallback", {}).items()},
         )
 
     # ---- rendering (delegated) ----------------------------------------------------------------

@@ -14,7 +14,6 @@ Everything downstream (capture, lens, bank) only talks to this interface.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -26,6 +25,8 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tl_latentlens import hooks as hk
+from tl_latentlens.models.digest import SCHEME as DIGEST_SCHEME
+from tl_latentlens.models.digest import digest_parts, parts_key
 
 __all__ = ["VLM", "VLMInputs", "VisualLayout", "TextBatch", "ImageTokenMismatchError"]
 
@@ -163,17 +164,60 @@ class VLM(ABC):
         """Validate hook names against this model (error lists the valid names)."""
         return hk.validate_hooks(hooks, self.n_layers, self.bridge.hook_dict.keys())
 
-    def fingerprint(self) -> dict[str, Any]:
-        """Identity of the model as it produces residuals: name, embedding hash, processing."""
-        emb = self.embedding_matrix().detach().float().cpu().contiguous()
-        digest = hashlib.sha256(emb.numpy().tobytes()).hexdigest()[:16]
+    def fingerprint(self, refresh: bool = False) -> dict[str, Any]:
+        """Identity of the model as it produces text residuals, independent of dtype and of
+        where it was loaded from.
+
+        ``weights.parts`` holds, for the embedding (``"embed"``) and each block
+        (``"blocks.<i>"``), digests of its parameters rounded to canonical grids (see
+        :mod:`tl_latentlens.models.digest`), so a bank can check exactly the parts that shape
+        its hooks and name the one that differs. Computed once and cached on this handle; the
+        cache is keyed by the parameters' identity, dtype and version counter (pass
+        ``refresh=True`` after writing weights through ``.data``).
+
+        Example:
+            >>> fp = vlm.fingerprint()
+            >>> sorted(fp["weights"]["parts"])[:2]
+            ['blocks.0', 'blocks.1']
+        """
+        parts = self.fingerprint_parts()
+        key = (parts_key(parts), self.weight_processing)
+        cached = getattr(self, "_fingerprint_cache", None)
+        if refresh or cached is None or cached[0] != key:
+            logger.debug("hashing the weights of %s", self.name)
+            cached = (key, digest_parts(parts))
+            self._fingerprint_cache = cached
+        digests = cached[1]
         return {
             "name": self.name,
-            "embedding_sha256": digest,
+            "embedding_sha256": digests["embed"]["bf16"],
             "n_layers": self.n_layers,
             "d_model": self.d_model,
             "weight_processing": self.weight_processing,
+            "weights": {
+                "scheme": DIGEST_SCHEME,
+                "parts": {part: dict(d) for part, d in digests.items()},
+            },
         }
+
+    def fingerprint_parts(self) -> dict[str, list[tuple[str, torch.Tensor]]]:
+        """Parameters that shape the text residuals, by part: ``"embed"`` (token and, where the
+        model has them, positional embeddings) and ``"blocks.<i>"`` for each block.
+
+        Subclasses whose bridge lays the language model out differently override this.
+        """
+        bridge = self.bridge
+        embed: list[tuple[str, torch.Tensor]] = []
+        for attr in ("embed", "pos_embed"):
+            module = getattr(bridge, attr, None)
+            if isinstance(module, torch.nn.Module):
+                embed += [(f"{attr}.{n}", t) for n, t in module.named_parameters()]
+        if not embed:
+            embed = [("embed.weight", self.embedding_matrix())]
+        parts = {"embed": embed}
+        for i, block in enumerate(bridge.blocks):
+            parts[f"blocks.{i}"] = list(block.named_parameters())
+        return parts
 
     def embedding_matrix(self) -> torch.Tensor:
         """The input embedding matrix ``[d_vocab, d_model]`` (as the LM's embed layer holds it)."""

@@ -1,5 +1,5 @@
-"""A Hugging Face VLM (LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Idefics3,
-Gemma3) as a :class:`VLM`.
+"""A Hugging Face VLM (LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
+Idefics3, Gemma3) as a :class:`VLM`.
 
 The whole HF model is wrapped by one ``TransformerBridge``; its processor
 (``bridge.processor``) expands the image placeholders of the prompt, and the HF forward puts
@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from tl_latentlens.models.base import VLM, ImageTokenMismatchError, VLMInputs
-from tl_latentlens.models.hf_families import VLMFamily, family_for_config, image_token_id
+from tl_latentlens.models.families import VLMFamily, family_for_config, image_token_id
 
 __all__ = ["HFVLM"]
 

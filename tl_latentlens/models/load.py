@@ -1,26 +1,39 @@
-"""The one entry point that turns a model name or directory into a :class:`VLM`."""
+"""The one entry point that turns a model name or directory into a :class:`VLM`.
+
+Hugging Face VLMs are loaded here (their family from :mod:`tl_latentlens.models.families`).
+Other kinds of VLM come from *loaders* registered under the entry-point group
+:data:`LOADER_GROUP` in a package's metadata, so this module never imports the packages above
+it: tl_latentlens itself registers ``default`` (the embedded default VLM,
+``load_vlm("default")``) and ``connector`` (a directory holding :data:`CONNECTOR_VLM_FILE`),
+both in :mod:`tl_latentlens.default`.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable
+from importlib.metadata import distributions
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tl_latentlens.models.base import VLM
+from tl_latentlens.models.families import family_for_config
+from tl_latentlens.models.hf_vlm import HFVLM
 
-__all__ = ["CONNECTOR_VLM_FILE", "DEFAULT_NAME", "load_vlm"]
+__all__ = ["CONNECTOR_VLM_FILE", "DEFAULT_NAME", "LOADER_GROUP", "load_vlm"]
 
 logger = logging.getLogger(__name__)
 
-#: A directory holding this file is a connector VLM (loaded by ``tl_latentlens.default``).
+#: A directory holding this file is a connector VLM (the ``connector`` loader).
 CONNECTOR_VLM_FILE = "connector_vlm.json"
 
-#: ``load_vlm("default")`` is the embedded default VLM (SmolLM2-135M + EfficientNet-Lite0).
+#: ``load_vlm("default")`` is the embedded default VLM (the ``default`` loader).
 DEFAULT_NAME = "default"
+
+#: Entry-point group of named VLM loaders (``name = "package.module:function"``).
+LOADER_GROUP = "tl_latentlens.vlm_loaders"
 
 # boot_transformers kwargs that also apply to loading the config / processor files.
 _FILE_KWARGS = ("revision", "trust_remote_code")
@@ -42,12 +55,11 @@ def load_vlm(
     cache); local directories never touch the network. The family is read off the HF
     config (``model_type``, then ``architectures``). torchvision is never installed: where
     TransformerLens would ``pip install`` it to build a processor, a warning is logged and
-    the PIL image processor is used instead.
+    the PIL image processor is used instead (:mod:`tl_latentlens.models.tl_compat`).
 
     Args:
         name_or_path: HF hub name, ``"default"`` (the embedded default VLM) or a local
-            directory. A directory containing
-            ``connector_vlm.json`` is loaded by ``tl_latentlens.default.load_connector_vlm``.
+            directory. A directory containing ``connector_vlm.json`` is a connector VLM.
         device: Device for the model (default: TransformerLens's choice, CUDA if present).
         dtype: Model dtype.
         processor: An HF processor to use instead of loading one.
@@ -69,30 +81,21 @@ def load_vlm(
         >>> acts = capture_image(vlm, image, hooks=["blocks.0.hook_resid_pre"])
     """
     if str(name_or_path) == DEFAULT_NAME:
-        from tl_latentlens.default import load_default_vlm
-
-        return load_default_vlm(device=device, dtype=dtype)
+        return _loader(DEFAULT_NAME)(device=device, dtype=dtype)
     path = Path(name_or_path)
     if path.is_dir() and (path / CONNECTOR_VLM_FILE).is_file():
-        from tl_latentlens.default import load_connector_vlm
-
-        return load_connector_vlm(path, device=device, dtype=dtype)
+        return _loader("connector")(path, device=device, dtype=dtype)
 
     from transformer_lens.model_bridge import TransformerBridge
 
-    from tl_latentlens.models.hf_families import family_for_config
-    from tl_latentlens.models.hf_vlm import HFVLM
-    from tl_latentlens.models.qwen2_vl import (
-        qwen_vl_adapters_without_torchvision,
-        register_qwen2_vl,
-    )
+    # lazy: the patches import TransformerLens internals; only a load needs them
+    from tl_latentlens.models.tl_compat import transformer_lens_patches
 
     name = str(name_or_path)
     file_kw = {k: kw[k] for k in _FILE_KWARGS if k in kw}
     hf_config = hf_model.config if hf_model is not None else _hf_config(name, file_kw)
     family = family_for_config(hf_config)
-    register_qwen2_vl()
-    with _never_install_torchvision(), qwen_vl_adapters_without_torchvision():
+    with transformer_lens_patches():
         bridge = TransformerBridge.boot_transformers(
             name, device=device, dtype=dtype, tokenizer=tokenizer, hf_model=hf_model, **kw
         )
@@ -104,36 +107,27 @@ def load_vlm(
     return HFVLM(bridge, family=family, name=name, processor=processor)
 
 
+def _loader(name: str) -> Callable[..., VLM]:
+    """The loader registered as ``name`` in :data:`LOADER_GROUP`.
+
+    Raises:
+        ValueError: None is registered (the package metadata is missing or stale).
+    """
+    # Every distribution is asked, not just the first of each name as entry_points() does:
+    # a stale tl_latentlens.egg-info in the working directory would otherwise hide the
+    # installed metadata.
+    for dist in distributions():
+        for ep in dist.entry_points:
+            if ep.group == LOADER_GROUP and ep.name == name:
+                return ep.load()
+    raise ValueError(
+        f"no VLM loader {name!r} is registered (entry-point group {LOADER_GROUP!r}); "
+        "tl_latentlens's package metadata is missing or stale: reinstall it with "
+        "`pip install -e .` in the repository (or `pip install tl_latentlens`)"
+    )
+
+
 def _hf_config(name: str, file_kw: dict[str, Any]) -> Any:
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(name, **file_kw)
-
-
-def _refuse_torchvision_install() -> bool:
-    """Stand-in for TransformerLens's ``_ensure_torchvision``: import, never install."""
-    try:
-        import torchvision  # noqa: F401
-
-        return True
-    except Exception:  # missing or broken: either way not usable
-        pass
-    logger.warning(
-        "TransformerLens tried to pip-install torchvision to build this model's processor; "
-        "tl_latentlens never installs packages (torchvision's wheel would not match this "
-        "torch). Using the PIL image processor instead."
-    )
-    return False
-
-
-@contextlib.contextmanager
-def _never_install_torchvision() -> Iterator[None]:
-    """Within the block, TransformerLens's on-the-fly ``pip install torchvision`` is refused."""
-    from transformer_lens.model_bridge.sources.transformers import helpers
-
-    original = helpers._ensure_torchvision
-    helpers._ensure_torchvision = _refuse_torchvision_install
-    try:
-        yield
-    finally:
-        helpers._ensure_torchvision = original

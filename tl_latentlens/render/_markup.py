@@ -58,6 +58,22 @@ def _thumbnail(image: Any, max_side: int = 600) -> str | None:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def search_methods_html(exp: Any) -> str:
+    """How the bank was searched: exact, or routes (approximate, proven recall) per hook."""
+    methods = getattr(exp, "search", None) or {}
+    if not methods:
+        return "<i>not recorded</i>"
+    kinds = sorted(set(methods.values()))
+    if kinds == ["exact"]:
+        return "exact (every hook)"
+    parts = []
+    fallback = getattr(exp, "exact_fallback", {}) or {}
+    for hook, how in methods.items():
+        extra = f", {fallback[hook]} exact fallbacks" if fallback.get(hook) else ""
+        parts.append(f"<code>{esc(hook)}</code>: {esc(how)}{extra}")
+    return "; ".join(parts) + " (routes: approximate, recall@10 ≥ 0.98 proven by calibration)"
+
+
 def header_html(
     exp: Any,
     title: str,
@@ -87,6 +103,7 @@ def header_html(
         ("Grid", f"{rows} × {cols} patches · {exp.n_visual} visual tokens"),
         ("Visual hooks", hook_list),
         ("Text hooks", f"{bank_desc} · {search} · k = {exp.k}"),
+        ("Search", search_methods_html(exp)),
         ("Timings", timing or "<i>not recorded</i>"),
     ]
     meta = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)

@@ -1,8 +1,11 @@
 """The LLaVA families: LLaVA-1.5, and LLaVA-NeXT / LLaVA-OneVision ("anyres").
 
-LLaVA-1.5 (:class:`LlavaFamily`) has one square grid per image (see
-:mod:`tl_latentlens.models.hf_families`). LLaVA-NeXT and LLaVA-OneVision encode an image as one low-resolution *base* view (the whole image resized to
-the tower's input size) plus high-resolution tiles picked from ``image_grid_pinpoints``. The
+LLaVA-1.5 (:class:`LlavaFamily`) has one square grid per image, row-major
+(``image_size // patch_size`` per side); a leading CLS token (with
+``vision_feature_select_strategy="full"``) gets ``-1``.
+
+LLaVA-NeXT and LLaVA-OneVision encode an image as one low-resolution *base* view (the whole
+image resized to the tower's input size) plus high-resolution tiles picked from ``image_grid_pinpoints``. The
 HF model packs each image's features as::
 
     base view patches (side x side, row-major)
@@ -29,12 +32,13 @@ import torch
 from transformers import LlavaOnevisionProcessor
 
 from tl_latentlens.models.base import ImageTokenMismatchError, VisualLayout
-from tl_latentlens.models.hf_families import (
+from tl_latentlens.models.families.base import (
+    ImageOnlyProcessorMixin,
     VLMFamily,
-    _positions,
-    _runs,
-    _square_blocks,
     image_token_id,
+    square_blocks,
+    token_positions,
+    token_runs,
 )
 
 __all__ = [
@@ -47,17 +51,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class ImageOnlyLlavaOnevisionProcessor(LlavaOnevisionProcessor):
-    """``LlavaOnevisionProcessor`` with an empty video slot (images only).
-
-    Its ``video_processor`` must otherwise be a ``VideoProcessorMixin``, which transformers
-    only defines when torchvision is importable.
-    """
-
-    def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
-        if argument_name == "video_processor" and argument is None:
-            return None
-        return super().check_argument_for_proper_class(argument_name, argument)
+class ImageOnlyLlavaOnevisionProcessor(ImageOnlyProcessorMixin, LlavaOnevisionProcessor):
+    """``LlavaOnevisionProcessor`` with an empty video slot (images only, no torchvision)."""
 
 
 def image_only_onevision_processor(
@@ -101,8 +96,8 @@ class LlavaFamily(VLMFamily):
 
     def layout(self, input_ids, inputs, hf_config, n_images, tokenizer):
         side, offset = _base_view(hf_config)
-        positions = _positions(input_ids, image_token_id(hf_config))
-        return _square_blocks(positions, n_images, side * side - offset, side, offset)
+        positions = token_positions(input_ids, image_token_id(hf_config))
+        return square_blocks(positions, n_images, side * side - offset, side, offset)
 
 
 class AnyresLlavaFamily(VLMFamily):
@@ -146,8 +141,8 @@ class AnyresLlavaFamily(VLMFamily):
     def layout(self, input_ids, inputs, hf_config, n_images, tokenizer):
         side, offset = _base_view(hf_config)
         n_base = side * side - offset
-        positions = _positions(input_ids, image_token_id(hf_config))
-        runs = _runs(positions)
+        positions = token_positions(input_ids, image_token_id(hf_config))
+        runs = token_runs(positions)
         if len(runs) != n_images or any(run.shape[0] <= n_base for run in runs):
             raise ImageTokenMismatchError(
                 f"{len(runs)} image-token block(s) of sizes {[int(r.shape[0]) for r in runs]} "

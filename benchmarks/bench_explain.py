@@ -1,0 +1,63 @@
+"""What one ``explain`` costs on the demo bank: forward pass, bank search, baselines.
+
+One image, every bank layer, cross-layer search, k=5, baselines on (the demo's setting), on the
+embedded default VLM and its default bank (built and cached on first use, as the demo does).
+Each configuration runs 3 times after a warm-up; the best run is printed per part. Also printed:
+the same with ``explain_many`` over 8 images (per image), and exact search streamed from disk
+instead of resident in RAM.
+
+Usage::
+
+    python benchmarks/bench_explain.py
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from bench_bank_common import machine
+
+
+def main() -> None:
+    torch.set_grad_enabled(False)
+    from tl_latentlens.default.demo import default_bank
+    from tl_latentlens.default.loader import load_default_vlm
+    from tl_latentlens.evaluate.default_set import heldout_composites
+    from tl_latentlens.lens import LatentLens
+
+    print(machine())
+    t0 = time.perf_counter()
+    vlm = load_default_vlm()
+    print(f"load the default VLM: {time.perf_counter() - t0:.1f} s")
+    bank = default_bank(vlm)
+    print(bank, {h: bank.n_vectors(h) for h in bank.hooks})
+    lens = LatentLens(vlm, bank)
+    images = [im.image for im in heldout_composites(9)]
+    lens.explain(images[0], k=5)  # warm-up: decodes the hooks into RAM once
+
+    def best(fn, n=3):
+        runs = []
+        for _ in range(n):
+            t = time.perf_counter()
+            r = fn()
+            runs.append((time.perf_counter() - t, r))
+        return min(runs, key=lambda x: x[0])
+
+    wall, res = best(lambda: lens.explain(images[1], k=5))
+    parts = " · ".join(f"{k} {v * 1e3:.0f} ms" for k, v in res.timings.items())
+    print(f"explain, 1 image x {len(res.hooks)} hooks, cross-layer, k=5, baselines: "
+          f"{wall * 1e3:.0f} ms total ({parts}); search: {set(res.search.values())}")  # fmt: skip
+    wall, res = best(lambda: lens.explain(images[1], k=5, baselines=False))
+    print(f"  without baselines: {wall * 1e3:.0f} ms")
+    wall, many = best(lambda: lens.explain_many(images[1:9], k=5, batch_size=8, progress=False), 2)
+    print(f"explain_many, 8 images, batch 8: {wall / 8 * 1e3:.0f} ms per image")
+    bank.close()
+    bank.resident_bytes = 0
+    wall, res = best(lambda: lens.explain(images[1], k=5), 2)
+    print(f"exact search streamed from storage (nothing resident): {wall * 1e3:.0f} ms total, "
+          f"search {res.timings['search'] * 1e3:.0f} ms")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

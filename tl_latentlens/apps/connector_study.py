@@ -1,0 +1,162 @@
+"""Judge a trained connector on held-out objects: the numbers of ``docs/default_connector.md``.
+
+:func:`evaluate_connector` loads a connector VLM directory, opens the default bank (the demo's,
+built once), draws composites of *validation* or *test* objects (identities never trained on,
+:func:`~tl_latentlens.evaluate.default_set.heldout_composites`) and runs the per-layer study
+with the graded mask judge and **exact** search. It returns a summary: per layer and lens the
+strict (concrete) top-5 rate with its 95 % interval, the related and global levels, and the
+LatentLens hubness; ``mean_strict`` (LatentLens, mean over the layers) is what the selection
+rule of the docs compares on the validation part.
+
+Example (a shell, in the background on a shared machine)::
+
+    nice -n 10 python -m tl_latentlens.apps.connector_study --connector runs/c1/export \\
+        --part validation --images 40 --layers 0 2 8 16 24 --patches 150 --out runs/c1/val
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tl_latentlens.bank import Bank
+from tl_latentlens.default.demo import default_bank
+from tl_latentlens.default.loader import load_connector_vlm
+from tl_latentlens.evaluate import EvalConfig, MaskJudge, run_study
+from tl_latentlens.evaluate.default_set import heldout_composites
+from tl_latentlens.evaluate.hubness import hubness
+from tl_latentlens.evaluate.records import JudgementLog
+from tl_latentlens.lens import LatentLens
+
+__all__ = ["evaluate_connector", "leap_shares", "summarise"]
+
+logger = logging.getLogger(__name__)
+
+
+def summarise(table: Any, hub: Any, k: int = 5) -> dict[str, Any]:
+    """The JSON summary of a study table (strict counting) and its LatentLens hubness."""
+    layers = []
+    for _, r in table.iterrows():
+        row: dict[str, Any] = {"layer": int(r["layer"]), "n": int(r["n_patches"])}
+        for lens in ("latent", "logit", "embedding"):
+            row[lens] = {
+                "strict": round(float(r[f"{lens}_top{k}"]), 2),
+                "ci95": [
+                    round(float(r[f"{lens}_top{k}_lo"]), 2),
+                    round(float(r[f"{lens}_top{k}_hi"]), 2),
+                ],  # fmt: skip
+                "related": round(float(r[f"{lens}_abstract"]), 2),
+                "global": round(float(r[f"{lens}_global"]), 2),
+            }
+        h = hub[hub["layer"] == r["layer"]]
+        if len(h):
+            row["hub_top5_share"] = round(float(h.iloc[0]["top5_share"]), 2)
+            row["hubs"] = str(h.iloc[0]["hubs"])
+        layers.append(row)
+    strict = [x["latent"]["strict"] for x in layers if not math.isnan(x["latent"]["strict"])]
+    return {
+        "layers": layers,
+        "mean_strict": round(sum(strict) / len(strict), 2) if strict else float("nan"),
+        "best_strict": max(strict) if strict else float("nan"),
+        "max_hub_share": max((x.get("hub_top5_share", 0.0) for x in layers), default=0.0),
+    }
+
+
+def leap_shares(judgements: str | Path) -> dict[str, dict[str, float]]:
+    """The mid-layer leap from study records: per visual layer, the share of LatentLens top-1
+    neighbours found at each text layer of the bank (cross-layer search)."""
+    per: dict[int, Counter] = {}
+    for rec in JudgementLog(judgements).latest().values():
+        if rec["lens"] == "latent" and rec.get("candidates"):
+            per.setdefault(int(rec["layer"]), Counter())[rec["candidates"][0]["text_layer"]] += 1
+    return {
+        str(v): {str(t): round(c / sum(cnt.values()), 3) for t, c in sorted(cnt.items())}
+        for v, cnt in sorted(per.items())
+    }
+
+
+def evaluate_connector(
+    connector_dir: str | Path,
+    out: str | Path,
+    part: str = "validation",
+    n_images: int = 40,
+    layers: tuple[int, ...] | None = (0, 2, 8, 16, 24),
+    patches_per_layer: int = 150,
+    bank_sentences: int = 12000,
+    bank_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Run the held-out study of one connector; writes ``summary.json`` into ``out``.
+
+    ``bank_dir``: a bank of the same language model to use instead of the demo's default bank
+    (a bank holds text residuals only, so one bank serves every connector of that LM)."""
+    t0 = time.perf_counter()
+    vlm = load_connector_vlm(connector_dir)
+    if bank_dir is not None:
+        bank = Bank.open(bank_dir, vlm)
+    else:
+        bank = default_bank(vlm, bank_sentences)
+    images = heldout_composites(n_images, part=part)
+    config = EvalConfig(
+        layers=layers,
+        k=5,
+        patches_per_layer=patches_per_layer,
+        exact=True,
+        count_kinds=("concrete",),
+        plots=False,
+        save_explanations=False,
+    )
+    result = run_study(LatentLens(vlm, bank), images, MaskJudge(), config, out, resume=True)
+    hub = hubness(Path(out) / "judgements.jsonl")
+    summary = summarise(result.table, hub)
+    summary.update(
+        connector=str(connector_dir),
+        part=part,
+        images=n_images,
+        bank=str(bank.root),
+        seconds=round(time.perf_counter() - t0, 1),
+    )
+    summary["leap_shares"] = leap_shares(Path(out) / "judgements.jsonl")
+    (Path(out) / "summary.json").write_text(json.dumps(summary, indent=1))
+    hub.to_csv(Path(out) / "hubness.csv", index=False)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tl_latentlens.apps.connector_study``."""
+    p = argparse.ArgumentParser(prog="python -m tl_latentlens.apps.connector_study")
+    p.add_argument("--connector", required=True, help="connector VLM directory")
+    p.add_argument("--out", required=True)
+    p.add_argument("--part", choices=("validation", "test"), default="validation")
+    p.add_argument("--images", type=int, default=40)
+    p.add_argument("--layers", type=int, nargs="*", default=[0, 2, 8, 16, 24])
+    p.add_argument("--all-layers", action="store_true", help="the study's default layers")
+    p.add_argument("--patches", type=int, default=150)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--bank", default=None, help="bank directory (default: the demo's bank)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    summary = evaluate_connector(
+        args.connector,
+        args.out,
+        args.part,
+        args.images,
+        None if args.all_layers else tuple(args.layers),
+        args.patches,
+        bank_dir=args.bank,
+    )
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

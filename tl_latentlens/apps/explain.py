@@ -1,0 +1,98 @@
+"""``tl-latentlens explain``: LatentLens explanations of the visual tokens of image files.
+
+Writes, per image, ``<stem>.json`` (the explanation), ``<stem>.html`` (interactive report)
+and ``<stem>_patches.png`` into ``--out``.
+
+Example::
+
+    tl-latentlens explain --model default --bank banks/default --images cat.png --out out
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from tl_latentlens import hooks as hk
+from tl_latentlens.apps._args import (
+    UsageError,
+    check_bank,
+    check_files,
+    check_model,
+    check_positive,
+    check_writable_dir,
+)
+from tl_latentlens.bank import Bank
+from tl_latentlens.lens import LatentLens
+from tl_latentlens.models.load import load_vlm
+
+__all__ = ["add_parser", "run", "validate"]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``explain`` on an ``argparse`` sub-parser group (sets ``func`` and ``validate``)."""
+    p = subparsers.add_parser(
+        "explain",
+        help="explain the visual tokens of image(s) with LatentLens",
+        description=__doc__,
+    )
+    p.add_argument("--model", required=True, help="hub name, local VLM directory or 'default'")
+    p.add_argument("--bank", required=True, help="bank directory (tl-latentlens build-bank)")
+    p.add_argument("--images", nargs="+", required=True, help="image files")
+    p.add_argument("--prompt", default=None, help="prompt with the image placeholder(s)")
+    p.add_argument("--hooks", nargs="*", default=None, help="visual hooks (default: bank layers)")
+    p.add_argument("-k", type=int, default=5, help="neighbours per patch")
+    p.add_argument("--per-layer", action="store_true", help="search only the same text layer")
+    p.add_argument("--exact", action="store_true", help="exact search instead of hnswlib")
+    p.add_argument("--out", default="latentlens_out", help="output directory")
+    p.add_argument("--device", default=None, help="torch device (default: CUDA if present)")
+    p.set_defaults(func=run, validate=validate)
+    return p
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Check the arguments and files before the model loads.
+
+    Raises:
+        UsageError: A missing image, model directory or bank, a bad ``-k`` or hook name.
+    """
+    check_positive(args.k, "-k")
+    check_model(args.model)
+    check_bank(args.bank)
+    check_files(args.images, "image")
+    for path in args.images:
+        if not Path(path).is_file():
+            raise UsageError(f"image {path!r} is a directory; give image files")
+    for hook in args.hooks or ():
+        try:
+            hk.layer_of(hook)
+        except ValueError as e:
+            raise UsageError(f"--hooks: {e}") from e
+    check_writable_dir(args.out, "--out")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Explain each image; returns the exit status."""
+    vlm = load_vlm(args.model, device=args.device)
+    lens = LatentLens(vlm, Bank.open(args.bank, vlm=vlm))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in args.images:
+        image = Image.open(path).convert("RGB")
+        result = lens.explain(
+            image,
+            args.prompt,
+            hooks=args.hooks,
+            k=args.k,
+            per_layer=args.per_layer,
+            exact=args.exact,
+        )
+        stem = Path(path).stem
+        result.save(out / f"{stem}.json")
+        result.to_html(out / f"{stem}.html")
+        result.save_png(out / f"{stem}_patches.png")
+        print(f"{path}: {out / (stem + '.html')}  ({sum(result.timings.values()):.2f}s)")
+    return 0

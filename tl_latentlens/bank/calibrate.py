@@ -1,0 +1,307 @@
+"""Calibrate a hook's routes on sample queries and measure their recall against exact search.
+
+:func:`calibrate_hook` takes *sample* query vectors (e.g. visual tokens of calibration images at
+every layer they may be searched from) and *held-out* query sets (other images, images unlike
+the samples, text-like queries), computes the samples' exact top-``L`` lists, writes the routes
+and measures tie-aware recall@10 of routed search (exact fallback included) on every held-out
+set for each ``probe`` in ``probes``. The smallest probe whose recall reaches the bar on every
+set is chosen; if none does, the largest is recorded and ``auto`` keeps searching exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from tl_latentlens import hooks as hk
+from tl_latentlens._io import atomic_write_json, locked, read_json
+from tl_latentlens.bank.exact import exact_top_k
+from tl_latentlens.bank.recall import tie_aware_recall
+from tl_latentlens.bank.routes import ROUTE_FILES, RouteParams, Routes, write_routes
+from tl_latentlens.bank.search import RECALL_BAR, HookSearcher
+from tl_latentlens.bank.store import file_record
+from tl_latentlens.bank.vectors import HookVectors
+from tl_latentlens.capture import capture_image
+
+__all__ = [
+    "HookCalibration",
+    "calibrate_bank",
+    "calibrate_bank_with_images",
+    "calibrate_hook",
+    "unit_rows",
+]
+
+if TYPE_CHECKING:
+    from tl_latentlens.bank.bank import Bank
+    from tl_latentlens.models.base import VLM
+
+logger = logging.getLogger(__name__)
+
+#: Queries per exact-search call while computing sample lists.
+_BATCH = 512
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """L2-normalised float32 rows (scaled by their max first, so huge values cannot overflow);
+    all-zero rows are dropped."""
+    x = np.asarray(x, dtype=np.float32)
+    x = x[np.isfinite(x).all(axis=1)]
+    peak = np.abs(x).max(axis=1, keepdims=True)
+    x = x[peak[:, 0] > 0] / peak[peak[:, 0] > 0]
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class HookCalibration:
+    """What calibration measured and chose for one hook (recorded in the manifest).
+
+    Attributes:
+        params: The chosen :class:`RouteParams`.
+        recall: Held-out set name -> recall@10 of routed search with ``params``.
+        fallback: Held-out set name -> share of queries sent to exact search.
+        frontier: Per probe tried, ``{set: recall}``.
+        n_samples: Routing samples (visual + text).
+        list_len: Stored length of each sample's list.
+        seconds: Calibration wall time.
+    """
+
+    params: RouteParams
+    recall: dict[str, float]
+    fallback: dict[str, float]
+    frontier: dict[int, dict[str, float]] = field(default_factory=dict)
+    n_samples: int = 0
+    list_len: int = 0
+    seconds: float = 0.0
+
+    @property
+    def proven(self) -> bool:
+        """Recall reaches :data:`RECALL_BAR` on every held-out set."""
+        return bool(self.recall) and min(self.recall.values()) >= RECALL_BAR
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready record."""
+        return {
+            "params": self.params.to_dict(),
+            "recall_at_10": {k: round(v, 5) for k, v in self.recall.items()},
+            "exact_fallback": {k: round(v, 5) for k, v in self.fallback.items()},
+            "frontier": {
+                str(p): {k: round(v, 5) for k, v in r.items()} for p, r in self.frontier.items()
+            },
+            "n_samples": self.n_samples,
+            "list_len": self.list_len,
+            "recall_bar": RECALL_BAR,
+            "proven": self.proven,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def _lists(hv: HookVectors, samples: np.ndarray, list_len: int, progress: bool) -> np.ndarray:
+    out = np.empty((samples.shape[0], min(list_len, hv.n)), dtype=np.int32)
+    for s in tqdm(
+        range(0, samples.shape[0], _BATCH), desc="bank: route lists", disable=not progress
+    ):
+        _, rows = exact_top_k(hv, samples[s : s + _BATCH], list_len)
+        out[s : s + rows.shape[0]] = rows
+    return out
+
+
+def _exact_sims(hv: HookVectors, q: np.ndarray, k: int) -> np.ndarray:
+    parts = [exact_top_k(hv, q[s : s + _BATCH], k)[0] for s in range(0, q.shape[0], _BATCH)]
+    return np.concatenate(parts) if parts else np.zeros((0, k), np.float32)
+
+
+def calibrate_hook(
+    folder: Path,
+    codec: str,
+    samples: np.ndarray,
+    held_out: Mapping[str, np.ndarray],
+    *,
+    text_samples: int = 2000,
+    text_noise: float = 0.05,
+    list_len: int = 200,
+    probes: Sequence[int] = (8, 16, 32),
+    sample_quantile: float = 0.01,
+    seed: int = 0,
+    progress: bool = True,
+) -> HookCalibration:
+    """Build and measure the routes of the hook stored in ``folder``.
+
+    Args:
+        folder: The hook folder (``vectors.npy`` …); routes are written to ``folder/routes``.
+        codec: The bank's codec.
+        samples: ``[s, d]`` sample queries (any scale).
+        held_out: Set name -> ``[q, d]`` held-out queries; a ``"text"`` set (stored vectors
+            plus ``text_noise`` relative Gaussian noise) is added.
+        text_samples: Stored vectors added as samples, so text-like queries route too.
+        list_len: Exact neighbours kept per sample.
+        probes: Probe values to try, ascending.
+        sample_quantile: ``min_sample_similarity`` is this quantile of the samples'
+            similarity to their nearest *other* sample: queries less similar to every
+            sample than most samples are to each other go to exact search.
+        seed: Seed of the text samples and of the routes' graph.
+        progress: Show progress bars.
+    """
+    t0 = time.perf_counter()
+    hv = HookVectors.from_folder(folder, codec)
+    rng = np.random.default_rng(seed)
+    n_text = min(text_samples, hv.n)
+    text_rows = np.sort(rng.choice(hv.n, size=n_text, replace=False)) if n_text else []
+    text = hv.decode(np.asarray(text_rows, dtype=np.int64))
+    pool = np.concatenate([unit_rows(samples), text]) if len(samples) else text
+    lists = _lists(hv, pool, list_len, progress)
+    write_routes(folder, pool, lists, seed=seed)
+    routes = Routes(folder, hv.d)
+    # Nearest *other* sample of each sample: sets the exact-fallback threshold.
+    look = pool[rng.choice(pool.shape[0], size=min(2000, pool.shape[0]), replace=False)]
+    routes.index.set_ef(64)
+    _, dist = routes.index.knn_query(look, k=min(2, pool.shape[0]))
+    other = 1.0 - dist[:, -1]
+    tau = float(np.quantile(other, sample_quantile)) if other.size else 1.0
+    sets = {name: unit_rows(q) for name, q in held_out.items() if len(q)}
+    probe_rows = rng.choice(hv.n, size=min(500, hv.n), replace=False)
+    noisy = hv.decode(np.sort(probe_rows))
+    noisy = noisy + rng.standard_normal(noisy.shape).astype(np.float32) * (
+        text_noise / np.sqrt(hv.d)
+    )
+    sets.setdefault("text", unit_rows(noisy))
+    truth = {name: _exact_sims(hv, q, 10) for name, q in sets.items()}
+    searcher = HookSearcher(hv, routes)
+    frontier: dict[int, dict[str, float]] = {}
+    fallback: dict[int, dict[str, float]] = {}
+    chosen = None
+    for probe in sorted(probes):
+        params = RouteParams(probe=probe, list_len=lists.shape[1], min_sample_similarity=tau)
+        frontier[probe], fallback[probe] = {}, {}
+        for name, q in sets.items():
+            hits = searcher.search(q, 10, "routes", route_params=params)
+            frontier[probe][name] = tie_aware_recall(hits.sims, truth[name])
+            fallback[probe][name] = hits.n_exact_fallback / max(1, q.shape[0])
+        logger.info("calibration probe %d: recall %s", probe, frontier[probe])
+        if min(frontier[probe].values()) >= RECALL_BAR:
+            chosen = probe
+            break
+    probe = chosen if chosen is not None else max(frontier)
+    return HookCalibration(
+        params=RouteParams(probe=probe, list_len=lists.shape[1], min_sample_similarity=tau),
+        recall=frontier[probe],
+        fallback=fallback[probe],
+        frontier=frontier,
+        n_samples=int(pool.shape[0]),
+        list_len=int(lists.shape[1]),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def calibrate_bank(
+    path: str | os.PathLike,
+    samples: Mapping[str, np.ndarray],
+    held_out: Mapping[str, Mapping[str, np.ndarray]],
+    **options: object,
+) -> dict[str, HookCalibration]:
+    """Give a bank's hooks routes calibrated on sample queries (in place, atomically).
+
+    Args:
+        path: The bank directory.
+        samples: Bank hook -> ``[s, d]`` sample queries to route by (for cross-layer search:
+            the visual tokens of every layer that will be searched against this hook).
+        held_out: Set name -> bank hook -> ``[q, d]`` held-out queries (other images; images
+            unlike the samples) whose recall decides whether ``auto`` may use the routes.
+        **options: :func:`calibrate_hook` options (``list_len``, ``probes``, ``text_samples``,
+            ``seed``, ``progress``).
+
+    Returns:
+        Bank hook -> its :class:`HookCalibration` (also recorded in the manifest, with the
+        route files' checksums).
+
+    Example:
+        >>> cal = calibrate_bank("banks/wordnet", samples, {"heldout": held, "photos": photos})
+        >>> cal["blocks.8.hook_resid_pre"].recall
+    """
+    root = Path(path)
+    out: dict[str, HookCalibration] = {}
+    with locked(root.with_name(f".{root.name}.lock")):
+        manifest = read_json(root / "manifest.json")
+        codec = str(manifest["dtype"])
+        names = {h["name"] for h in manifest["hooks"]}
+        unknown = sorted(set(samples) - names)
+        if unknown:
+            raise ValueError(f"the bank stores no hooks {unknown}; it stores {sorted(names)}")
+        for entry in manifest["hooks"]:
+            name = entry["name"]
+            if name not in samples:
+                continue
+            folder = root / "hooks" / name
+            sets = {s: q[name] for s, q in held_out.items() if name in q}
+            cal = calibrate_hook(folder, codec, samples[name], sets, **options)  # type: ignore[arg-type]
+            entry["routes"] = cal.to_dict()
+            for rel in ROUTE_FILES:
+                manifest["files"][f"hooks/{name}/{rel}"] = file_record(folder / rel)
+            out[name] = cal
+            logger.info("%s: routes %s", name, cal.to_dict()["recall_at_10"])
+        atomic_write_json(root / "manifest.json", manifest)
+    return out
+
+
+def calibrate_bank_with_images(
+    bank: Bank,
+    vlm: VLM,
+    images: Sequence[object],
+    *,
+    prompt: str | None = None,
+    held_out_share: float = 0.2,
+    unlike: Mapping[str, Sequence[object]] | None = None,
+    max_samples: int = 20_000,
+    seed: int = 0,
+    **options: object,
+) -> dict[str, HookCalibration]:
+    """Calibrate routes for visual-token queries of ``vlm`` from calibration images.
+
+    Every image's visual tokens are captured at every bank layer; for cross-layer search any
+    visual layer may be searched against any bank hook, so each bank hook's samples are the
+    visual tokens of *all* layers (at most ``max_samples``, drawn at random). A share of the
+    images is held out (whole images, so held-out tokens are not neighbours of their own
+    image's samples); ``unlike`` adds further held-out sets (e.g. ``{"photos": [...]}``: images
+    unlike the calibration images) that routes must also pass.
+
+    Example:
+        >>> calibrate_bank_with_images(bank, vlm, stamps, unlike={"photos": photos})
+    """
+    hooks = [hk.hook_for_layer(hk.layer_of(h), vlm.n_layers) for h in bank.hooks]
+
+    def tokens(imgs: Sequence[object]) -> np.ndarray:
+        rows = []
+        for img in tqdm(
+            imgs, desc="bank: calibration images", disable=not options.get("progress", True)
+        ):
+            acts = capture_image(vlm, img, prompt, hooks)
+            rows.extend(acts.residuals[h].numpy() for h in hooks)
+        return np.concatenate(rows) if rows else np.zeros((0, vlm.d_model), np.float32)
+
+    if not 0.0 < held_out_share < 1.0:
+        raise ValueError(f"held_out_share must be in (0, 1), got {held_out_share}")
+    if len(images) < 2:
+        raise ValueError("calibration needs at least 2 images (some are held out)")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(images))
+    n_held = max(1, round(held_out_share * len(images)))
+    train = tokens([images[i] for i in order[n_held:]])
+    if train.shape[0] > max_samples:
+        train = train[rng.choice(train.shape[0], max_samples, replace=False)]
+    sets = {"held-out images": tokens([images[i] for i in order[:n_held]])}
+    for name, imgs in (unlike or {}).items():
+        sets[name] = tokens(imgs)
+    return calibrate_bank(
+        bank.root,
+        {h: train for h in bank.hooks},
+        {name: {h: q for h in bank.hooks} for name, q in sets.items()},
+        seed=seed,
+        **options,
+    )

@@ -1,0 +1,78 @@
+"""Last build step of a hook: raw per-entry rows -> distinct stored vectors + occurrences.
+
+The encoding pass writes one raw row (float32/float16) per entry into ``vectors.npy``. This
+step (resumable: it can be rerun from any point until the build records the hook as final)
+renames that file to ``raw.npy``, groups identical rows (:mod:`~tl_latentlens.bank.dedup`),
+writes the distinct rows in the bank's codec with their norms and the occurrence table, and
+removes ``raw.npy`` once the caller has recorded the hook as final.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from tl_latentlens._io import atomic_save_npy
+from tl_latentlens.bank import codec as cd
+from tl_latentlens.bank.dedup import group_identical, occurrence_table
+from tl_latentlens.bank.vectors import CHUNK_ROWS
+
+__all__ = ["finalize_hook", "remove_raw"]
+
+logger = logging.getLogger(__name__)
+
+
+def finalize_hook(folder: Path, codec: str) -> dict[str, int]:
+    """Turn ``folder``'s raw per-entry ``vectors.npy`` into the stored layout.
+
+    Returns:
+        ``{"n_vectors": distinct vectors, "n_duplicates": entries that share a vector}``.
+    """
+    folder = Path(folder)
+    raw_path = folder / "raw.npy"
+    if not raw_path.is_file():
+        os.replace(folder / "vectors.npy", raw_path)
+    raw = np.load(raw_path, mmap_mode="r")
+    raw_codec = "float32" if raw.dtype == np.float32 else "float16"
+    first, vector_of_row = group_identical(raw)
+    n_vec = int(first.shape[0])
+    offsets, entries = occurrence_table(vector_of_row, n_vec)
+    params = None
+    if codec == "int8":
+        params = cd.fit_int8(
+            cd.decode(raw[first[s : s + CHUNK_ROWS]], raw_codec)
+            for s in range(0, n_vec, CHUNK_ROWS)
+        )
+        atomic_save_npy(folder / "codec.npy", params)
+    tmp = folder / f".vectors.npy.{os.getpid()}.tmp"
+    out = np.lib.format.open_memmap(
+        tmp, mode="w+", dtype=cd.numpy_dtype(codec), shape=(n_vec, raw.shape[1])
+    )
+    norms = np.empty(n_vec, dtype="<f4")
+    for s in range(0, n_vec, CHUNK_ROWS):
+        rows = raw[first[s : s + CHUNK_ROWS]]
+        if codec == "int8":
+            stored = cd.encode_int8(cd.decode(rows, raw_codec), params)
+        else:
+            stored = rows if codec == raw_codec else cd.decode(rows, raw_codec).astype("<f4")
+        out[s : s + stored.shape[0]] = stored
+        norms[s : s + stored.shape[0]] = np.linalg.norm(cd.decode(stored, codec, params), axis=1)
+    out.flush()
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    del out
+    atomic_save_npy(folder / "norms.npy", norms)
+    atomic_save_npy(folder / "occ_offsets.npy", offsets)
+    atomic_save_npy(folder / "occ_entries.npy", entries)
+    os.replace(tmp, folder / "vectors.npy")
+    n = int(raw.shape[0])
+    logger.info("%s: %d entries -> %d distinct vectors", folder.name, n, n_vec)
+    return {"n_vectors": n_vec, "n_duplicates": n - n_vec}
+
+
+def remove_raw(folder: Path) -> None:
+    """Delete the raw rows (after the hook is recorded as final)."""
+    (Path(folder) / "raw.npy").unlink(missing_ok=True)
