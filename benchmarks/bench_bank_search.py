@@ -165,11 +165,11 @@ def run(tmp: Path, rows: np.ndarray, train, held, args) -> None:
               f"{tie_aware_recall(r8, truth[name][0][:500]):.4f}")  # fmt: skip
     hv.drop_resident()
 
-    print("\n== routes (calibrated on training-stamp visual tokens + 2k text samples) ==")
+    print("\n== routes (calibrated on training-stamp visual tokens of every layer) ==")
     t0 = time.perf_counter()
     cal = calibrate_hook(
         tmp / "f16", "float16", train, {k: v for k, v in held.items() if k != "text-heldout"},
-        text_samples=2000, list_len=200, probes=(4, 8, 16, 32), progress=False,
+        list_len=200, probes=(4, 8, 16, 32), progress=False,
     )  # fmt: skip
     print(f"calibration {time.perf_counter() - t0:.0f} s (lists of {cal.n_samples:,} samples; "
           f"chosen probe {cal.params.probe}, exact-fallback threshold "
@@ -181,24 +181,23 @@ def run(tmp: Path, rows: np.ndarray, train, held, args) -> None:
         "frontier: probe x list_len -> tie-aware recall@10 per query set, ms per 49 queries, "
         "speed-up vs all-in-RAM float32 (batch 49 / batch 1), exact fallbacks"
     )
-    for list_len in (100, 200):
-        for probe in (4, 8, 16, 32):
-            params = RouteParams(probe, list_len, cal.params.min_sample_similarity)
-            recalls, falls = [], []
-            for name, q in queries.items():
-                hits = searcher.search(q, 10, "routes", route_params=params)
-                recalls.append(tie_aware_recall(hits.sims, truth[name][0]))
-                falls.append(hits.n_exact_fallback)
-            t49 = best_of(lambda p=params: searcher.search(q49, 10, "routes", route_params=p))
-            t1 = best_of(
-                lambda p=params: [searcher.search(q49[i : i + 1], 10, "routes", route_params=p)
-                         for i in range(10)], 1,
-            ) / 10  # fmt: skip
-            t_ref1 = best_of(lambda: [ref.search(q49[i : i + 1], 10) for i in range(10)], 1) / 10
-            print(f"  probe {probe:2d} L {list_len}: "
-                  + " ".join(f"{n.split('-')[0]} {r:.4f}" for n, r in zip(queries, recalls))
-                  + f" | {t49 * 1e3:6.1f} ms | {t_ref / t49:5.1f}x / {t_ref1 / t1:5.1f}x"
-                  + f" | fallback {sum(falls)}")  # fmt: skip
+    for list_len, probe in ((100, 16), (200, 4), (200, 8), (200, 16), (200, 32)):
+        params = RouteParams(probe, list_len, cal.params.min_sample_similarity)
+        recalls, falls = [], []
+        for name, q in queries.items():
+            hits = searcher.search(q, 10, "routes", route_params=params)
+            recalls.append(tie_aware_recall(hits.sims, truth[name][0]))
+            falls.append(hits.n_exact_fallback)
+        t49 = best_of(lambda p=params: searcher.search(q49, 10, "routes", route_params=p))
+        t1 = best_of(
+            lambda p=params: [searcher.search(q49[i : i + 1], 10, "routes", route_params=p)
+                     for i in range(10)], 1,
+        ) / 10  # fmt: skip
+        t_ref1 = best_of(lambda: [ref.search(q49[i : i + 1], 10) for i in range(10)], 1) / 10
+        print(f"  probe {probe:2d} L {list_len}: "
+              + " ".join(f"{n.split('-')[0]} {r:.4f}" for n, r in zip(queries, recalls))
+              + f" | {t49 * 1e3:6.1f} ms | {t_ref / t49:5.1f}x / {t_ref1 / t1:5.1f}x"
+              + f" | fallback {sum(falls)}")  # fmt: skip
     print(f"RSS growth for routes + searching: {rss_mb() - rss0:.0f} MiB "
           f"(routes: {cal.n_samples:,} samples)")  # fmt: skip
 
@@ -275,7 +274,7 @@ def scale_run(tmp: Path, text, train, held, args) -> None:
     cal = calibrate_hook(
         folder, "int8", train[: min(4000, len(train))],
         {"heldout-stamps": held["heldout-stamps"], "photos": held["photos"]},
-        text_samples=1000, list_len=200, probes=(16, 32), progress=False,
+        list_len=200, probes=(16, 32), progress=False,
     )  # fmt: skip
     gc.collect()
     rss0 = rss_mb()

@@ -8,11 +8,13 @@ instead of resident in RAM.
 
 Usage::
 
-    python benchmarks/bench_explain.py
+    python benchmarks/bench_explain.py                  # the demo bank (12,000 sentences)
+    python benchmarks/bench_explain.py --sentences 1500 # the --quick demo's bank
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
@@ -20,6 +22,9 @@ from bench_bank_common import machine
 
 
 def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sentences", type=int, default=12000, help="demo bank corpus size")
+    args = p.parse_args()
     torch.set_grad_enabled(False)
     from tl_latentlens.default.demo import default_bank
     from tl_latentlens.default.loader import load_default_vlm
@@ -30,7 +35,7 @@ def main() -> None:
     t0 = time.perf_counter()
     vlm = load_default_vlm()
     print(f"load the default VLM: {time.perf_counter() - t0:.1f} s")
-    bank = default_bank(vlm)
+    bank = default_bank(vlm, max_sentences=args.sentences)
     print(bank, {h: bank.n_vectors(h) for h in bank.hooks})
     lens = LatentLens(vlm, bank)
     images = [im.image for im in heldout_composites(9)]

@@ -77,6 +77,7 @@ class Bank:
         self._hook_vectors: dict[str, HookVectors] = {}
         self._searchers: dict[str, HookSearcher] = {}
         self._vector_of_entry: dict[str, np.ndarray] = {}
+        self._sentence_cache: dict[int, tuple[str, ...]] = {}
         #: RAM (bytes) exact search may use to keep hooks decoded between calls.
         self.resident_bytes = DEFAULT_RESIDENT_BYTES
         self._layers = {h["name"]: h["layer"] for h in manifest["hooks"]}
@@ -385,6 +386,13 @@ class Bank:
         idx = np.arange(hv.n)[rows] if isinstance(rows, slice) else np.asarray(rows)
         return hv.decode(np.atleast_1d(idx), unit=False).reshape(*np.shape(idx), self.d_model)
 
+    @cached_property
+    def _entry_fields(self) -> np.ndarray:
+        """``[n_entries, 3]`` int32 (sentence_id, position, token_id): plain rows are much
+        faster to index than the structured table when building neighbour lists."""
+        e = self.entries
+        return np.stack([e["sentence_id"], e["position"], e["token_id"]], axis=1)
+
     def entry_vectors(self, hook: str, entries: Any = slice(None)) -> np.ndarray:
         """The vectors of entry rows ``entries`` (corpus occurrences, rows of
         :attr:`entries`) at ``hook`` as float32: ``[len(entries), d_model]``."""
@@ -443,8 +451,16 @@ class Bank:
         return np.asarray(self._sentence_ids[int(i)])
 
     def sentence_tokens(self, i: int) -> tuple[str, ...]:
-        """Tokens of stored sentence ``i`` as strings."""
-        return tuple(self.token_string(t) for t in self.sentence_token_ids(i).tolist())
+        """Tokens of stored sentence ``i`` as strings (cached: neighbour lists repeat them)."""
+        i = int(i)
+        got = self._sentence_cache.get(i)
+        if got is None:
+            strings = self._token_strings
+            got = tuple(strings[t] for t in self.sentence_token_ids(i).tolist())
+            if len(self._sentence_cache) > 100_000:
+                self._sentence_cache.clear()
+            self._sentence_cache[i] = got
+        return got
 
     def token_string(self, token_id: int) -> str:
         """``tokenizer.decode([token_id])`` as recorded at build time."""
@@ -455,23 +471,21 @@ class Bank:
         with how many corpus occurrences share the vector and (up to ``max_contexts``) where
         the others are."""
         occ = self.hook_vectors(hook).occurrences(int(row))
-        e = self.entries[int(occ[0])]
-        sid, token_id = int(e["sentence_id"]), int(e["token_id"])
-        others = self.entries[occ[1 : 1 + max_contexts]]
+        e = self._entry_fields[int(occ[0])]
+        sid, token_id, position = int(e[0]), int(e[2]), int(e[1])
+        others = self._entry_fields[occ[1 : 1 + max_contexts]]
         return Neighbour(
             token=self.token_string(token_id),
             token_id=token_id,
             sentence=self.sentence(sid),
             sentence_id=sid,
-            position=int(e["position"]),
+            position=position,
             sentence_tokens=self.sentence_tokens(sid),
             similarity=float(similarity),
             hook=hook,
             layer=self._layers[hook],
             n_occurrences=int(occ.shape[0]),
-            other_contexts=tuple(
-                (int(o["sentence_id"]), int(o["position"])) for o in np.atleast_1d(others)
-            ),
+            other_contexts=tuple((int(o[0]), int(o[1])) for o in others),
         )
 
     # ---- search -----------------------------------------------------------------------------

@@ -62,16 +62,18 @@ def exact_top_k(
     m, k = q.shape[0], min(k, hv.n)
     best_s = torch.empty((m, 0), dtype=torch.float32, device=dev)
     best_r = torch.empty((m, 0), dtype=torch.long, device=dev)
+    # Blocks are [d, c] (stored vectors as columns) when resident, [c, d] rows when streamed.
     if device_cache is not None and dev.type != "cpu":
-        if "vectors" not in device_cache:
-            device_cache["vectors"] = torch.from_numpy(hv.resident()).to(dev)
-        whole = device_cache["vectors"]
-        blocks = ((s, whole[s : s + chunk_rows]) for s in range(0, hv.n, chunk_rows))
+        if "columns" not in device_cache:
+            device_cache["columns"] = [(s, torch.from_numpy(b).to(dev)) for s, b in hv.resident()]
+        blocks = ((s, b, True) for s, b in device_cache["columns"])
+    elif hv.is_resident and dev.type == "cpu":
+        blocks = ((s, torch.from_numpy(b), True) for s, b in hv.resident())
     else:
-        blocks = ((s, torch.from_numpy(b).to(dev)) for s, b in hv.chunks(True, chunk_rows))
-    for start, block in blocks:
-        sims = q @ block.T
-        kk = min(k, block.shape[0])
+        blocks = ((s, torch.from_numpy(b).to(dev), False) for s, b in hv.chunks(True, chunk_rows))
+    for start, block, columns in blocks:
+        sims = q @ block if columns else q @ block.T
+        kk = min(k, sims.shape[1])
         v, i = torch.topk(sims, kk, dim=1, sorted=False)
         best_s = torch.cat([best_s, v], dim=1)
         best_r = torch.cat([best_r, i + start], dim=1)
@@ -104,7 +106,11 @@ def exact_rows(
     owner = np.repeat(np.arange(m), [c.shape[0] for c in candidates])
     mask[torch.from_numpy(owner), torch.from_numpy(inverse.reshape(-1))] = True
     sims = sims.masked_fill(~mask, float("-inf"))
-    rows = torch.from_numpy(union).expand(m, -1)
-    s, r = top_k_sorted(sims, rows, k)
+    # a few spare places before the (row-ordered) sort: exact ties at the k-th place are rare
+    # with identical vectors stored once, and sorting all candidates would cost more
+    kk = min(k + 8, sims.shape[1])
+    v, i = torch.topk(sims, kk, dim=1)
+    rows = torch.from_numpy(union)[i]
+    s, r = top_k_sorted(v, rows, k)
     r = r.masked_fill(torch.isinf(s), -1)
     return s.numpy(), r.numpy().astype(np.int64)

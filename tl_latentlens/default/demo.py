@@ -178,7 +178,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     hubs = None
     if annotated:
         study = _study(lens, annotated, cfg.k, out / "study")
-        table, hubs = study.table, _hubness_table(out / "study")
+        table, hubs = study.table, _hubness_table(study.report)
     t_end = time.perf_counter()
     timings = {
         "model_load_s": t_model - t_start,
@@ -219,10 +219,11 @@ def _study(lens: Any, images: list[Any], k: int, out: Path) -> Any:
         return run_study(lens, images, MaskJudge(), config, out, resume=True)
 
 
-def _hubness_table(study_dir: Path) -> Any:
-    from tl_latentlens.evaluate import hubness
+def _hubness_table(report: dict[str, Any]) -> Any:
+    """LatentLens hubness per layer, as the study's report recorded it."""
+    import pandas as pd
 
-    return hubness(study_dir / "judgements.jsonl")
+    return pd.DataFrame(report.get("hubness", {}).get("latent", []))
 
 
 def _showcase(images: list[Any], quick: bool) -> list[Any]:
