@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from tl_latentlens import hooks as hk
 from tl_latentlens._io import atomic_write_json, locked, read_json
 from tl_latentlens.bank.exact import exact_top_k
-from tl_latentlens.bank.recall import tie_aware_recall
+from tl_latentlens.bank.recall import tie_aware_recall_per_query
 from tl_latentlens.bank.routes import ROUTE_FILES, RouteParams, Routes, write_routes
 from tl_latentlens.bank.search import RECALL_BAR, HookSearcher
 from tl_latentlens.bank.store import file_record
@@ -128,7 +128,7 @@ def calibrate_hook(
     text_noise: float = 0.05,
     list_len: int = 200,
     probes: Sequence[int] = (8, 16, 32),
-    sample_quantile: float = 0.01,
+    sample_quantile: float = 0.005,
     seed: int = 0,
     progress: bool = True,
 ) -> HookCalibration:
@@ -146,9 +146,9 @@ def calibrate_hook(
             500k SmolLM2 vectors, benchmarks/bench_bank_search.py).
         list_len: Exact neighbours kept per sample.
         probes: Probe values to try, ascending.
-        sample_quantile: ``min_sample_similarity`` is this quantile of the samples'
-            similarity to their nearest *other* sample: queries less similar to every
-            sample than most samples are to each other go to exact search.
+        sample_quantile: Safety margin over the recall bar when choosing
+            ``min_sample_similarity``: the lowest nearest-sample similarity for which routed
+            search (exact below it) keeps recall >= bar + margin on every held-out set.
         seed: Seed of the text samples and of the routes' graph.
         progress: Show progress bars.
     """
@@ -162,12 +162,6 @@ def calibrate_hook(
     lists = _lists(hv, pool, list_len, progress)
     write_routes(folder, pool, lists, seed=seed)
     routes = Routes(folder, hv.d)
-    # Nearest *other* sample of each sample: sets the exact-fallback threshold.
-    look = pool[rng.choice(pool.shape[0], size=min(2000, pool.shape[0]), replace=False)]
-    routes.index.set_ef(64)
-    _, dist = routes.index.knn_query(look, k=min(2, pool.shape[0]))
-    other = 1.0 - dist[:, -1]
-    tau = float(np.quantile(other, sample_quantile)) if other.size else 1.0
     sets = {name: unit_rows(q) for name, q in held_out.items() if len(q)}
     probe_rows = rng.choice(hv.n, size=min(500, hv.n), replace=False)
     noisy = hv.decode(np.sort(probe_rows))
@@ -177,23 +171,33 @@ def calibrate_hook(
     sets.setdefault("text", unit_rows(noisy))
     truth = {name: _exact_sims(hv, q, 10) for name, q in sets.items()}
     searcher = HookSearcher(hv, routes)
+    # Per query: routed recall with no fallback, and the similarity of its nearest sample.
+    routes.index.set_ef(64)
+    nearest = {n: 1.0 - routes.index.knn_query(q, k=1)[1][:, 0] for n, q in sets.items()}
     frontier: dict[int, dict[str, float]] = {}
     fallback: dict[int, dict[str, float]] = {}
+    taus: dict[int, float] = {}
     chosen = None
     for probe in sorted(probes):
-        params = RouteParams(probe=probe, list_len=lists.shape[1], min_sample_similarity=tau)
-        frontier[probe], fallback[probe] = {}, {}
+        params = RouteParams(probe=probe, list_len=lists.shape[1], min_sample_similarity=-1.0)
+        per_query = {}
         for name, q in sets.items():
             hits = searcher.search(q, 10, "routes", route_params=params)
-            frontier[probe][name] = tie_aware_recall(hits.sims, truth[name])
-            fallback[probe][name] = hits.n_exact_fallback / max(1, q.shape[0])
-        logger.info("calibration probe %d: recall %s", probe, frontier[probe])
+            per_query[name] = tie_aware_recall_per_query(hits.sims, truth[name])
+        tau = _fallback_threshold(per_query, nearest, sample_quantile)
+        taus[probe] = tau
+        frontier[probe] = {
+            n: float(np.where(nearest[n] >= tau, r, 1.0).mean()) for n, r in per_query.items()
+        }
+        fallback[probe] = {n: float((nearest[n] < tau).mean()) for n in per_query}
+        logger.info("calibration probe %d: recall %s, fallback %s", probe, frontier[probe],
+                    fallback[probe])  # fmt: skip
         if min(frontier[probe].values()) >= RECALL_BAR:
             chosen = probe
             break
     probe = chosen if chosen is not None else max(frontier)
     return HookCalibration(
-        params=RouteParams(probe=probe, list_len=lists.shape[1], min_sample_similarity=tau),
+        params=RouteParams(probe=probe, list_len=lists.shape[1], min_sample_similarity=taus[probe]),
         recall=frontier[probe],
         fallback=fallback[probe],
         frontier=frontier,
@@ -201,6 +205,27 @@ def calibrate_hook(
         list_len=int(lists.shape[1]),
         seconds=time.perf_counter() - t0,
     )
+
+
+def _fallback_threshold(
+    per_query: Mapping[str, np.ndarray], nearest: Mapping[str, np.ndarray], margin: float
+) -> float:
+    """The lowest nearest-sample similarity from which on routed answers are trusted.
+
+    Candidates are the held-out queries' own nearest-sample similarities; the lowest one for
+    which every set's recall (routed above it, exact below it) stays >= the bar plus
+    ``margin`` wins: the fewest queries go to exact search without losing recall.
+    """
+    cands = np.unique(np.concatenate([np.round(v, 4) for v in nearest.values()]))
+    grid = np.unique(np.concatenate([[-1.0], np.quantile(cands, np.linspace(0, 1, 201))]))
+    for tau in grid:
+        ok = all(
+            np.where(nearest[n] >= tau, r, 1.0).mean() >= RECALL_BAR + margin
+            for n, r in per_query.items()
+        )
+        if ok:
+            return float(tau)
+    return 1.0
 
 
 def calibrate_bank(

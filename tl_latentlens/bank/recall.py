@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from jaxtyping import Float
 
-__all__ = ["tie_aware_recall"]
+__all__ = ["tie_aware_recall", "tie_aware_recall_per_query"]
 
 
 def tie_aware_recall(
@@ -23,9 +23,17 @@ def tie_aware_recall(
         >>> tie_aware_recall(np.array([[0.9, 0.5]]), np.array([[0.9, 0.8]]))
         0.5
     """
-    if approx_sims.shape != exact_sims.shape:
-        raise ValueError(f"shape mismatch {approx_sims.shape} != {exact_sims.shape}")
     if approx_sims.size == 0:
         return 1.0
-    kth = exact_sims[:, -1:]
-    return float((approx_sims >= kth - tol).mean())
+    return float(tie_aware_recall_per_query(approx_sims, exact_sims, tol).mean())
+
+
+def tie_aware_recall_per_query(
+    approx_sims: Float[np.ndarray, "m k"],
+    exact_sims: Float[np.ndarray, "m k"],
+    tol: float = 1e-6,
+) -> Float[np.ndarray, " m"]:
+    """:func:`tie_aware_recall` of each query."""
+    if approx_sims.shape != exact_sims.shape:
+        raise ValueError(f"shape mismatch {approx_sims.shape} != {exact_sims.shape}")
+    return (approx_sims >= exact_sims[:, -1:] - tol).mean(axis=1)
