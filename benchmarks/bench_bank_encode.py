@@ -126,7 +126,7 @@ def instrumented_build(vlm, sentences, out, hooks, args, max_per_token):
     originals = {}
 
     def wrap(name, key):
-        fn = getattr(build_mod, name) if name != "build_hnsw" else build_mod.ix.build_hnsw
+        fn = getattr(build_mod, name)
         originals[name] = fn
 
         def inner(*a, **kw):
@@ -136,16 +136,13 @@ def instrumented_build(vlm, sentences, out, hooks, args, max_per_token):
                 captured["selection"] = result
             return result
 
-        if name == "build_hnsw":
-            build_mod.ix.build_hnsw = inner
-        else:
-            setattr(build_mod, name, inner)
+        setattr(build_mod, name, inner)
 
     for name, key in [
         ("select_entries", "pass 1 (tokenise+dedup+sample)"),
         ("write_tables", "tables"),
         ("encode_batches", "pass 2 (capture+store)"),
-        ("build_hnsw", "hnsw indexes"),
+        ("finalize_hook", "finalize (identical vectors once, codec)"),
         ("file_record", "checksums"),
     ]:
         wrap(name, key)
@@ -158,10 +155,7 @@ def instrumented_build(vlm, sentences, out, hooks, args, max_per_token):
         times["total"] = time.perf_counter() - t0
     finally:
         for name, fn in originals.items():
-            if name == "build_hnsw":
-                build_mod.ix.build_hnsw = fn
-            else:
-                setattr(build_mod, name, fn)
+            setattr(build_mod, name, fn)
     return bank, times, captured["selection"]
 
 

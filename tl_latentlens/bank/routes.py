@@ -32,7 +32,7 @@ import numpy as np
 from jaxtyping import Float, Int
 
 from tl_latentlens._io import atomic_save_npy
-from tl_latentlens.bank.hnsw_file import validate_hnsw_file
+from tl_latentlens.bank.index import load_hnsw
 
 __all__ = ["ROUTE_FILES", "RouteParams", "Routes", "route_candidates", "write_routes"]
 
@@ -128,11 +128,7 @@ class Routes:
     def _init(self, lists: np.ndarray, index_path: Path, d_model: int, threads: int) -> None:
         self.lists = lists
         n = int(lists.shape[0])
-        # hnswlib trusts its file: check the header and link lists first (never crash).
-        validate_hnsw_file(index_path, dim=d_model, n=n)
-        self.index = hnswlib.Index(space="ip", dim=d_model)
-        self.index.load_index(str(index_path), max_elements=max(1, n))
-        self.index.set_num_threads(threads)
+        self.index = load_hnsw(index_path, d_model, n, threads, space="ip")
         self.threads = threads
         self.n_samples = n
 

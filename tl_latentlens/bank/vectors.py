@@ -26,10 +26,7 @@ from jaxtyping import Float, Int
 
 from tl_latentlens.bank import codec as cd
 
-__all__ = ["HookVectors", "VECTOR_FILES"]
-
-#: Files of a hook folder (``codec.npy`` only for int8).
-VECTOR_FILES = ("vectors.npy", "norms.npy", "occ_offsets.npy", "occ_entries.npy")
+__all__ = ["HookVectors"]
 
 #: Rows decoded at once when streaming.
 CHUNK_ROWS = 32768
