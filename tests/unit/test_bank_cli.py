@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
-import types
 
 from tl_latentlens.bank import Bank
+from tl_latentlens.bank import cli as bank_cli
 from tl_latentlens.bank.cli import add_build_bank_parser, run_build_bank
 
 
@@ -14,14 +13,12 @@ def test_build_bank_cli(tiny_vlm, tmp_path, monkeypatch):
     corpus = tmp_path / "c.txt"
     corpus.write_text("the red car\na dog near the tree\n")
     loaded = []
-    fake = types.ModuleType("tl_latentlens.models.load")
 
     def load_vlm(name, device=None, dtype=None):
         loaded.append((name, device, dtype))
         return tiny_vlm
 
-    fake.load_vlm = load_vlm
-    monkeypatch.setitem(sys.modules, "tl_latentlens.models.load", fake)
+    monkeypatch.setattr(bank_cli, "load_vlm", load_vlm)
     parser = argparse.ArgumentParser(prog="tl-latentlens")
     add_build_bank_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "bank"

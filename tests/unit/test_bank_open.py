@@ -265,3 +265,23 @@ def test_k_larger_than_bank_and_highlight(tiny_vlm, tmp_path):
     n = next(h for h in hits if h.token == "red")
     assert n.highlighted(skip=("<s>",)) == "the [red] car"
     assert n.context(before=1, after=1) == (("the",), "red", ("car",))
+
+
+def test_calibrate_with_images_records_a_held_out_text_set(bank_dir, tiny_vlm, tmp_path):
+    from tiny_models import random_image
+    from tl_latentlens.bank.calibrate import calibrate_bank_with_images
+
+    path = tmp_path / "bank"
+    shutil.copytree(bank_dir, path)
+    bank = Bank.open(path, tiny_vlm)
+    images = [random_image(seed) for seed in range(6)]
+    cal = calibrate_bank_with_images(
+        bank, tiny_vlm, images, unlike={"photos": [random_image(99)]},
+        held_out_text=["the red car", "a small dog"], list_len=32, progress=False,
+    )  # fmt: skip
+    assert set(cal) == set(bank.hooks)
+    for c in cal.values():
+        assert set(c.recall) == {"held-out images", "photos", "held-out text", "text"}
+        assert 0.0 <= c.recall["held-out text"] <= 1.0
+    recorded = Bank.open(path).hook_info(HOOKS[-1])["routes"]["recall_at_10"]
+    assert "held-out text" in recorded

@@ -17,7 +17,7 @@ from tl_latentlens.bank.exact import exact_rows, exact_top_k
 from tl_latentlens.bank.finalize import finalize_hook
 from tl_latentlens.bank.recall import tie_aware_recall
 from tl_latentlens.bank.routes import RouteParams, Routes
-from tl_latentlens.bank.search import HookSearcher
+from tl_latentlens.bank.search import HookSearcher, routes_pay
 from tl_latentlens.bank.vectors import HookVectors
 
 
@@ -75,8 +75,8 @@ def test_exact_search_equals_brute_force(tmp_path, dtype):
 
 
 def test_device_path_equals_cpu_path(tmp_path):
-    """The device code path (explicit device + a device cache) returns the CPU's neighbours;
-    on a machine with CUDA the same test runs on the GPU."""
+    """The device code path (torch, explicit device + a device cache) returns the CPU path's
+    (numpy) neighbours; on a machine with CUDA the same test runs on the GPU."""
     rng = np.random.default_rng(2)
     hv = _hook(tmp_path / "h", rng.standard_normal((2500, 32)).astype(np.float32), "float16")
     q = unit_rows(rng.standard_normal((40, 32)))
@@ -150,7 +150,10 @@ def test_exact_rerank_of_candidates(tmp_path):
     rng = np.random.default_rng(5)
     hv = _hook(tmp_path / "h", rng.standard_normal((1000, 16)).astype(np.float32), "float32")
     q = unit_rows(rng.standard_normal((3, 16)))
-    cands = [np.arange(0, 1000), np.array([5, 7, 9]), np.array([4])]
+    cands = np.full((3, 1000), -1)
+    cands[0] = np.arange(1000)
+    cands[1, :4] = [5, 7, 9, 7]  # a repeat: lists of two samples can share rows
+    cands[2, 0] = 4
     sims, rows = exact_rows(hv, q, cands, 5)
     want_s, want_r = exact_top_k(hv, q[:1], 5)
     np.testing.assert_array_equal(rows[0], want_r[0])
@@ -174,6 +177,17 @@ def test_routes_equal_exact_search_on_a_small_bank(tmp_path, clusters):
     hits = HookSearcher(hv, routes, cal.params).search(q, 10, "routes")
     want_s, want_r = exact_top_k(hv, q, 10)
     np.testing.assert_array_equal(hits.rows, want_r)
+    # auto (routes proven) scans instead: every list holds the whole bank, so routes cannot pay
+    auto = HookSearcher(hv, routes, cal.params, {"visual": 1.0}).search(q, 10)
+    assert auto.method == "exact" and auto.n_exact_fallback == 0
+    np.testing.assert_array_equal(auto.rows, want_r)
+
+
+def test_routes_pay_compares_candidates_with_a_scan():
+    assert routes_pay(10_000, 49, 500_000)
+    assert not routes_pay(60_000, 49, 70_000)
+    assert not routes_pay(5_000, 1, 70_000)  # one query: gathering rows costs more than a scan
+    assert routes_pay(2_000, 1, 70_000)
 
 
 def test_routes_recall_on_shifted_and_in_distribution_queries(tmp_path, clusters):
@@ -191,8 +205,7 @@ def test_routes_recall_on_shifted_and_in_distribution_queries(tmp_path, clusters
         hits = searcher.search(q, 10, "routes")
         truth, _ = exact_top_k(hv, q, 10)
         assert tie_aware_recall(hits.sims, truth) >= 0.98
-    # auto stays exact on a bank this small, even with proven routes
-    assert searcher.choose("auto", None) == "exact"
+    assert searcher.choose("auto", None) == "routes"
 
 
 def test_far_queries_fall_back_to_exact_search(tmp_path, clusters):

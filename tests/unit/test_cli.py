@@ -51,7 +51,7 @@ def test_every_subcommand_is_listed(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     out = capsys.readouterr().out
-    for name in ("explain", "build-bank", "evaluate", "demo", "train-connector"):
+    for name in ("explain", "build-bank", "evaluate", "demo", "train-connector", "fetch-data"):
         assert name in out
 
 
@@ -63,8 +63,8 @@ def test_a_broken_subcommand_module_is_not_swallowed(monkeypatch):
 
     monkeypatch.delattr(apps, "demo")
     monkeypatch.delitem(sys.modules, "tl_latentlens.apps.demo")
-    monkeypatch.setitem(sys.modules, "tl_latentlens.default.demo", None)
-    with pytest.raises(ImportError, match="tl_latentlens.default.demo"):
+    monkeypatch.setitem(sys.modules, "tl_latentlens.default.bank_corpus", None)
+    with pytest.raises(ImportError, match="tl_latentlens.default.bank_corpus"):
         runpy.run_path(cli.__file__)
 
 
@@ -76,6 +76,11 @@ def test_a_broken_subcommand_module_is_not_swallowed(monkeypatch):
         (["--bank", "{bank}", "--images", "{image}", "-k", "0"], "-k must be at least 1"),
         (["--bank", "{bank}", "--images", "{image}", "--hooks", "blocks.x"], "--hooks"),
         (["--bank", "{tmp}", "--images", "{image}"], "no manifest.json"),
+        (
+            ["--bank", "{bank}", "--images", "{image}", "--per-prompt", "2", "--prompt", "x"],
+            "do not split into prompts",
+        ),
+        (["--bank", "{bank}", "--images", "{image}", "{image}", "--per-prompt", "2"], "--prompt"),
     ],
 )
 def test_explain_checks_before_loading(argv, message, tmp_path, bank_dir, no_model, capsys):

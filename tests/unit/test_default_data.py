@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fixtures.wordnet_files import SynsetSpec, write_wordnet
 from tl_latentlens.default import assets
-from tl_latentlens.default.corpus import parse_synset_line, wordnet_sentences
+from tl_latentlens.default.corpus import wordnet_sentences
 from tl_latentlens.default.data import (
     BACKGROUND_LABEL,
     load_stamps,
@@ -97,25 +98,28 @@ def test_composite_is_a_function_of_the_rng(tmp_path):
         make_composite(stamps, np.random.default_rng(0), (3, 2))
 
 
-def test_parse_synset_line_and_sentences(tmp_path):
-    line = (
-        "02084071 05 n 02 dog 0 domestic_dog 0 002 @ 02083346 n 0000 ~ 01322604 n 0000 | "
-        'a member of the genus Canis; "the dog barked all night"; "a good dog"  \n'
+def test_wordnet_sentences(tmp_path):
+    root = write_wordnet(
+        tmp_path,
+        [
+            SynsetSpec(
+                "dog",
+                "n",
+                ("dog", "domestic_dog"),
+                gloss='a member of the genus Canis; "the dog barked all night"; '
+                'kept as a pet; "a good dog"; ""',
+            ),
+            SynsetSpec("red", "a", ("red",), gloss="of the colour red"),
+        ],
     )
-    lemma, definition, examples = parse_synset_line(line)
-    assert lemma == "dog" and definition == "a member of the genus Canis"
-    assert examples == ["the dog barked all night", "a good dog"]
-    assert parse_synset_line("  1 This software and database is provided") is None
-    (tmp_path / "data.noun").write_text("  1 licence header\n" + line)
-    (tmp_path / "data.adj").write_text("00001740 00 s 01 red(a) 0 000 | of the colour red\n")
-    out = list(wordnet_sentences(tmp_path))
+    out = list(wordnet_sentences(root))
     assert out == [
-        "dog: a member of the genus Canis.",
+        "dog: a member of the genus Canis; kept as a pet.",
         "the dog barked all night.",
         "a good dog.",
         "red: of the colour red.",
     ]
-    assert list(wordnet_sentences(tmp_path, glosses=False))[0] == "the dog barked all night."
+    assert list(wordnet_sentences(root, glosses=False))[0] == "the dog barked all night."
 
 
 def test_to_rgb_composites_alpha():
@@ -125,22 +129,8 @@ def test_to_rgb_composites_alpha():
     assert tuple(out[0, 0]) == (0, 255, 0) and tuple(out[0, 1]) == (255, 0, 0)
 
 
-def test_cache_dir_env_and_no_pip_when_present(tmp_path, monkeypatch):
+def test_cache_dir_env(tmp_path, monkeypatch):
     monkeypatch.setenv(assets.CACHE_ENV, str(tmp_path / "c"))
     assert assets.cache_dir() == tmp_path / "c" and (tmp_path / "c").is_dir()
-
-    def boom(*a, **k):
-        raise AssertionError("pip must not run for an installed package")
-
-    monkeypatch.setattr(assets.subprocess, "run", boom)
-    assert assets.ensure_pip("numpy", "numpy") == assets.package_dir("numpy")
+    assert assets.package_dir("numpy") is not None
     assert assets.package_dir("surely_not_a_module_xyz") is None
-
-
-def test_ensure_deb_uses_the_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(assets.CACHE_ENV, str(tmp_path))
-    root = tmp_path / "debs" / "some-pkg"
-    root.mkdir(parents=True)
-    (root / ".complete").write_text("some-pkg\n")
-    monkeypatch.setattr(assets, "_run", lambda *a, **k: pytest.fail("must not download"))
-    assert assets.ensure_deb("some-pkg") == root

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tl_latentlens.default.demo import _hubness_table, _write_index
+from tl_latentlens.apps.demo import _hubness_table, _write_index
 
 
 class _Bank:

@@ -17,7 +17,7 @@ from tl_latentlens.default.objects import (
     side_of,
     split_objects,
 )
-from tl_latentlens.evaluate.wordnet import WordNet
+from tl_latentlens.wordnet import WordNet
 
 S = SynsetSpec
 EXTRA = [

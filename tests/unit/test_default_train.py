@@ -11,8 +11,10 @@ from PIL import Image
 
 from tiny_models import TinyEncoder
 from tl_latentlens.default import loader
-from tl_latentlens.default import train as train_mod
-from tl_latentlens.default.captioning import (
+from tl_latentlens.default.features import encode_images
+from tl_latentlens.models.connector import Connector, ConnectorVLM
+from tl_latentlens.training import train as train_mod
+from tl_latentlens.training.captioning import (
     CaptionSet,
     CaptionTemplate,
     caption_losses,
@@ -20,9 +22,7 @@ from tl_latentlens.default.captioning import (
     mean_caption_loss,
     other_index,
 )
-from tl_latentlens.default.features import encode_images
-from tl_latentlens.default.train import TrainConfig, batch_indices, train_connector
-from tl_latentlens.models.connector import Connector, ConnectorVLM
+from tl_latentlens.training.train import TrainConfig, batch_indices, train_connector
 
 PROMPT = "<image> image shows"
 COLOURS = {

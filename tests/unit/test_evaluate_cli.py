@@ -13,10 +13,10 @@ from test_evaluate_wordnet import TINY
 from fixtures.wordnet_files import write_wordnet
 from tiny_models import WORDS
 from tl_latentlens.apps.cli import build_parser, main
+from tl_latentlens.apps.evaluate import build_judge, parse_layers
 from tl_latentlens.evaluate import EvalConfig, EvalImage, MaskJudge, run_study
-from tl_latentlens.evaluate.cli import build_judge, parse_layers
 from tl_latentlens.evaluate.llm_judge import LLMJudge
-from tl_latentlens.evaluate.wordnet import WordNet
+from tl_latentlens.wordnet import WordNet
 
 
 def parse(*argv):

@@ -12,7 +12,7 @@ from tl_latentlens.evaluate.hubness import hubness, hubness_of_words
 from tl_latentlens.evaluate.judges import JudgeCase, MaskJudge
 from tl_latentlens.evaluate.records import aggregate, wilson_interval
 from tl_latentlens.evaluate.study import whole_word
-from tl_latentlens.evaluate.wordnet import WordNet
+from tl_latentlens.wordnet import WordNet
 
 S = SynsetSpec
 # canine (depth 8) > dog, wolf; whole (depth 3) > table, rock: siblings under a shallow class

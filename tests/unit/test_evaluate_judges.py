@@ -17,7 +17,7 @@ from tl_latentlens.evaluate.marking import (
     describe_position,
     mark_box,
 )
-from tl_latentlens.evaluate.wordnet import WordNet
+from tl_latentlens.wordnet import WordNet
 
 
 @pytest.fixture(scope="module")

@@ -28,9 +28,9 @@ from tl_latentlens.evaluate import (
 )
 from tl_latentlens.evaluate.judges import Verdict
 from tl_latentlens.evaluate.sampling import draw, sample_plan
-from tl_latentlens.evaluate.wordnet import WordNet
 from tl_latentlens.lens.results import Explanation, PatchExplanation, TokenCandidate
 from tl_latentlens.models.base import VisualLayout
+from tl_latentlens.wordnet import WordNet
 
 VOCAB = ["dog", "cat", "animal", "the", "of", "grass", "canine", "puppy", "organism", "ing"]
 N_LAYERS = 4
@@ -41,10 +41,16 @@ class FakeLens:
 
     def __init__(self):
         self.calls = 0
+        self.prepared = 0  # images put through vlm.prepare
         layout = VisualLayout.from_grid(torch.arange(16) + 1, (4, 4))
+
+        def prepare(image, prompt=None):
+            self.prepared += 1
+            return SimpleNamespace(layout=layout)
+
         self.vlm = SimpleNamespace(
             n_layers=N_LAYERS,
-            prepare=lambda image, prompt=None: SimpleNamespace(layout=layout),
+            prepare=prepare,
             fingerprint=lambda: {"name": "fake", "embedding_sha256": "0"},
         )
         hooks = [hk.hook_for_layer(x, N_LAYERS) for x in (0, 2, 4)]
@@ -59,9 +65,20 @@ class FakeLens:
         return list(self.bank.hooks)
 
     def explain(
-        self, image, prompt=None, hooks=None, k=5, *, per_layer=False, exact=False, patches=None
+        self,
+        image,
+        prompt=None,
+        hooks=None,
+        k=5,
+        *,
+        per_layer=False,
+        exact=False,
+        patches=None,
+        inputs=None,
     ):
         self.calls += 1
+        if inputs is None:  # as LatentLens.explain: prepare unless handed the inputs
+            self.vlm.prepare(image, prompt)
         seed = int(np.asarray(image).sum())
         out = []
         for hook in hooks:
@@ -181,6 +198,7 @@ def test_study_outputs_and_report(tmp_path, wordnet):
     recs = JudgementLog(tmp_path / "s" / "judgements.jsonl").read()
     assert len(recs) == 3 * 6 * 3 == res.judged  # layers x patches x lenses
     assert lens.calls == 5  # one model run per image
+    assert lens.prepared == 5  # each image prepared once (sampling and the run share it)
     assert set(res.table["layer"]) == {0, 2, 4} and (res.table["n_patches"] == 6).all()
     assert res.table.equals(aggregate(tmp_path / "s" / "judgements.jsonl"))
     for name in ("table.csv", "report.json", "plan.json", "layers.png", "leap.png"):
@@ -318,3 +336,24 @@ def test_grid_labels_from_pixel_masks():
     assert im.grid_labels((2, 2))[0][1] == "grass" and im.labels == ("dog", "cat")
     with pytest.raises(ValueError, match="grid"):
         EvalImage(id="p", image=None, source="t", patch_labels=[["a"]]).grid_labels((2, 2))
+
+
+def test_grid_labels_follow_the_crop_the_model_saw():
+    # A wide mask: dog on the left third, cat in the middle, nothing on the right. A
+    # centre-cropping processor (LLaVA-1.5) sees the middle square only: the cat.
+    lm = np.zeros((30, 90), dtype=np.int64)
+    lm[:, :30] = 1
+    lm[:, 30:60] = 2
+    im = EvalImage(
+        id="w", image=Image.new("RGB", (90, 30)), source="t", label_map=lm,
+        class_names={1: "dog", 2: "cat"},
+    )  # fmt: skip
+    assert im.grid_labels((1, 3)) == [["dog", "cat", None]]
+    assert im.grid_labels((1, 1), box=(30, 0, 60, 30)) == [["cat"]]
+    # a padding box (past the edges) leaves the padded cells unlabelled, even with a background
+    im.background = "grass"
+    assert im.grid_labels((3, 3), box=(0, -30, 90, 60)) == [
+        [None, None, None],
+        ["dog", "cat", "grass"],
+        [None, None, None],
+    ]

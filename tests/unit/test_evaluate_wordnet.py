@@ -1,4 +1,5 @@
-"""WordNet file parser, morphy, depth, and the label-matching rule on a tiny written database."""
+"""The WordNet module (nltk's reader, sense names, morphy, closure) and the label-matching
+rule, on a tiny database written in WordNet's file format."""
 
 from __future__ import annotations
 
@@ -6,7 +7,16 @@ import pytest
 
 from fixtures.wordnet_files import SynsetSpec, write_wordnet
 from tl_latentlens.evaluate.matching import LabelMatcher, MatchRule, normalise_word
-from tl_latentlens.evaluate.wordnet import WordNet, _parse_data_line
+from tl_latentlens.wordnet import (
+    SenseName,
+    WordNet,
+    closure,
+    display_label,
+    lemma_names,
+    parse_sense,
+    sense_name,
+    strip_sense,
+)
 
 S = SynsetSpec
 
@@ -52,28 +62,39 @@ def wn(tmp_path_factory):
     return WordNet(root)
 
 
-def test_parse_data_line_fields():
-    line = "00001740 03 n 02 cat 0 true_cat 0 002 @ 00002000 n 0000 + 00003000 v 0102 | feline  \n"
-    s = _parse_data_line(line, "n", 1740)
-    assert s.lemmas == ("cat", "true_cat")
-    assert [(p.symbol, p.offset, p.pos, p.source, p.target) for p in s.pointers] == [
-        ("@", 2000, "n", 0, 0),
-        ("+", 3000, "v", 1, 2),
-    ]
-    assert s.gloss == "feline"
-    assert s.related("@") == [("n", 2000)]
-    with pytest.raises(ValueError, match="no synset"):
-        _parse_data_line(line, "n", 99)
+def test_read_by_nltk(wn):
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+    assert isinstance(wn.reader, WordNetCorpusReader)
+    dog = wn.synsets("dog")[0]
+    assert dog.name() == "dog.n.01" and dog.definition() == "a synset"
+    assert [h.name() for h in dog.hypernyms()] == ["canine.n.01"]
+    verb = wn.synsets("dog", "v")[0]  # a verb line (with its empty frame list) parses
+    assert verb.pos() == "v" and lemma_names(verb) == ("dog", "chase")
+    assert len(list(wn.all_synsets("n"))) == sum(1 for spec in TINY if spec.pos == "n")
 
 
-def test_synsets_by_offset_and_sense_order(wn):
+def test_synsets_exact_and_in_sense_order(wn):
     dogs = wn.synsets("dog")
-    assert [s.lemmas for s in dogs] == [("dog", "domestic_dog"), ("frump", "dog")]
+    assert [lemma_names(s) for s in dogs] == [("dog", "domestic_dog"), ("frump", "dog")]
     assert wn.synsets("Domestic Dog")[0] == dogs[0]
-    assert wn.synsets("dog", None)[-1].pos == "v"
+    assert wn.synsets("dog", None)[-1].pos() == "v"
     assert wn.synsets("unknownword") == []
-    parent = wn.synset(*dogs[0].related("@")[0])
-    assert parent.lemmas == ("canine", "canid")
+    assert wn.synsets("dogs") == [] and wn.synsets("mice") == []  # no lemmatising
+    assert wn.has_lemma("dining table", "n") and not wn.has_lemma("dogs", "n")
+
+
+def test_sense_names_parsed_in_one_place(wn):
+    assert parse_sense("dog.n.02") == SenseName("dog", "n", 2)
+    assert parse_sense("Pot Plant.n.01") == SenseName("pot_plant", "n", 1)
+    assert parse_sense("good.s.03") == SenseName("good", "a", 3)
+    assert parse_sense("dog") is None and parse_sense("dog.x.01") is None
+    assert sense_name("dog", "n", 2) == "dog.n.02" == str(SenseName("dog", "n", 2))
+    assert strip_sense("letter.n.02") == "letter" and strip_sense("a.b") == "a.b"
+    assert display_label("pot_plant.n.01") == "pot plant"
+    assert wn.sense("dog.n.02") == wn.synsets("dog")[1]
+    assert wn.sense("dog.n.03") is None and wn.sense("zzz.n.01") is None
+    assert wn.sense("dog") is None
 
 
 def test_morphy_rules_and_exceptions(wn):
@@ -82,13 +103,20 @@ def test_morphy_rules_and_exceptions(wn):
     assert wn.morphy("ran", "v") == ["run"]
     assert wn.morphy("running", "v") == []  # "runn" is no verb: the rules only detach
     assert wn.morphy("tables", "n") == ["table"]
+    assert wn.morphy("Dining Tables", "n") == ["dining_table"]
     assert wn.base_forms("dogs") == {"n": ["dog"], "v": ["dog"]}
 
 
-def test_min_depth(wn):
-    assert wn.min_depth(wn.synsets("entity")[0]) == 0
-    assert wn.min_depth(wn.synsets("animal")[0]) == 6
-    assert wn.min_depth(wn.synsets("dog")[0]) == 9
+def test_min_depth_and_closure(wn):
+    assert wn.synsets("entity")[0].min_depth() == 0
+    assert wn.synsets("animal")[0].min_depth() == 6
+    dog = wn.synsets("dog")[0]
+    assert dog.min_depth() == 9
+    ups = closure([dog], ("hypernyms", "instance_hypernyms"))
+    assert [lemma_names(s)[0] for s in ups[:3]] == ["canine", "carnivore", "animal"]
+    assert len(ups) == 9 and dog not in ups
+    assert closure([dog], ("hypernyms",), max_levels=1) == dog.hypernyms()
+    assert [s.name() for s in closure([dog], ("hyponyms",))] == ["puppy.n.01"]
 
 
 def test_not_a_database(tmp_path):
@@ -140,14 +168,14 @@ def test_derived_forms_only_from_the_label_word(wn):
 
 def test_label_forms(wn):
     m = LabelMatcher(wn)
-    assert m.label_synsets("dog.n.02")[0].lemmas == ("frump", "dog")
+    assert lemma_names(m.label_synsets("dog.n.02")[0]) == ("frump", "dog")
     assert m.relation("frump", "dog.n.02") == "synonym"
     assert m.relation("table", "dining table") is None  # depth 4: too general by default
     assert (
         LabelMatcher(wn, MatchRule(hypernym_min_depth=4)).relation("table", "dining table")
         == "hypernym"
     )
-    assert m.label_synsets("big dining_table")[0].lemmas == ("dining_table",)
+    assert lemma_names(m.label_synsets("big dining_table")[0]) == ("dining_table",)
     assert m.relation("table", "old table") == "synonym"
     with pytest.raises(ValueError, match="not a WordNet noun"):
         m.label_synsets("zzz")

@@ -229,7 +229,7 @@ def test_next_build_removes_what_killed_builds_left(tiny_vlm, tmp_path):
 
 # ---- checkpoints never run code (item 11) ---------------------------------------------------
 def test_training_checkpoint_cannot_run_code(tmp_path, monkeypatch):
-    from tl_latentlens.default import train as train_mod
+    from tl_latentlens.training import train as train_mod
 
     marker = tmp_path / "pwned"
 

@@ -1,7 +1,12 @@
 """``tl-latentlens build-bank``: build a contextual text bank from a corpus.
 
 The arguments and the build live in :mod:`tl_latentlens.bank.cli`; this module registers
-them and checks the files before the model loads.
+them, checks the files before the model loads and, under ``torchrun``, joins the ranks::
+
+    torchrun --nproc_per_node=8 -m tl_latentlens build-bank --model M --device cuda corpus.txt out
+
+Each rank loads the model on its own device (``--device cuda`` is ``cuda:<LOCAL_RANK>``) and
+the build splits the encoding between the ranks (:mod:`tl_latentlens.bank.distributed`).
 """
 
 from __future__ import annotations
@@ -10,10 +15,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from tl_latentlens.apps._args import UsageError, check_model, check_positive, check_writable_dir
-from tl_latentlens.bank.cli import add_build_bank_parser
+import torch
+import torch.distributed as dist
 
-__all__ = ["add_parser", "validate"]
+from tl_latentlens.apps._args import UsageError, check_model, check_positive, check_writable_dir
+from tl_latentlens.bank import distributed
+from tl_latentlens.bank.cli import add_build_bank_parser, run_build_bank
+
+__all__ = ["add_parser", "run", "validate"]
 
 _FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".tsv", ".parquet", ".arrow")
 
@@ -21,8 +30,27 @@ _FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".tsv", ".parquet", ".arrow
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``build-bank`` (sets ``func`` and ``validate``)."""
     p = add_build_bank_parser(subparsers)
-    p.set_defaults(validate=validate)
+    p.set_defaults(validate=validate, func=run)
     return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the bank; under ``torchrun`` (``WORLD_SIZE`` > 1) as one rank of the build.
+
+    Returns:
+        The exit status (0).
+    """
+    ctx = distributed.init_from_env()
+    try:
+        if ctx is not None:
+            args.device = distributed.rank_device(args.device, ctx)
+            if args.device is not None and torch.device(args.device).type == "cuda":
+                torch.cuda.set_device(torch.device(args.device))
+            args.progress = args.progress and ctx.rank == 0  # one progress bar, not N
+        return run_build_bank(args)
+    finally:
+        if ctx is not None and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def validate(args: argparse.Namespace) -> None:

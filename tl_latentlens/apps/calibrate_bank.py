@@ -39,6 +39,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--model", default="default", help="the bank's model (load_vlm name or path)")
     p.add_argument("--images", nargs="+", required=True, help="calibration image files")
     p.add_argument("--unlike", nargs="*", default=[], help="held-out images unlike the others")
+    p.add_argument(
+        "--text",
+        default=None,
+        help="file of held-out sentences (one per line, not in the bank): routes must also "
+        "pass on their tokens",
+    )
     p.add_argument("--prompt", default=None, help="prompt with the image placeholder")
     p.add_argument("--held-out-share", type=float, default=0.2, help="images held out")
     p.add_argument("--max-samples", type=int, default=20_000, help="routing samples per hook")
@@ -54,6 +60,8 @@ def validate(args: argparse.Namespace) -> None:
     check_model(args.model)
     check_files(args.images, "image")
     check_files(args.unlike, "image")
+    if args.text is not None:
+        check_files([args.text], "text")
     if len(args.images) < 2:
         raise UsageError("--images needs at least 2 images (a share is held out)")
     if not 0.0 < args.held_out_share < 1.0:
@@ -71,7 +79,15 @@ def run(args: argparse.Namespace) -> int:
     cal = calibrate_bank_with_images(
         bank, vlm, load(args.images), prompt=args.prompt, held_out_share=args.held_out_share,
         unlike={"unlike": load(args.unlike)} if args.unlike else None,
-        max_samples=args.max_samples, list_len=args.list_len,
+        held_out_text=_sentences(args.text), max_samples=args.max_samples,
+        list_len=args.list_len,
     )  # fmt: skip
     print(json.dumps({h: c.to_dict() for h, c in cal.items()}, indent=2))
     return 0
+
+
+def _sentences(path: str | None) -> list[str]:
+    if path is None:
+        return []
+    lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip()]

@@ -1,4 +1,5 @@
-"""Console entry ``tl-latentlens``: explain · build-bank · evaluate · demo · train-connector.
+"""Console entry ``tl-latentlens``: explain · build-bank · evaluate · demo · train-connector ·
+fetch-data.
 
 Each sub-command is one module of :mod:`tl_latentlens.apps`; this one wires them together.
 A sub-command's ``validate`` runs before its work, so a missing file or a bad value is
@@ -19,14 +20,16 @@ from tl_latentlens.apps import (
     demo,
     evaluate,
     explain,
+    fetch_data,
     train_connector,
 )
 from tl_latentlens.apps._args import HelpFormatter
+from tl_latentlens.packaged_data import MissingDataError
 
 __all__ = ["build_parser", "main"]
 
 # In the order --help lists them.
-SUBCOMMANDS = (explain, build_bank, calibrate_bank, evaluate, demo, train_connector)
+SUBCOMMANDS = (explain, build_bank, calibrate_bank, evaluate, demo, train_connector, fetch_data)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"tl-latentlens {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except (MissingDataError, fetch_data.FetchError) as e:  # data not (or not yet) fetched
+        print(f"tl-latentlens {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

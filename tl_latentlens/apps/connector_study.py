@@ -8,10 +8,16 @@ strict (concrete) top-5 rate with its 95 % interval, the related and global leve
 LatentLens hubness; ``mean_strict`` (LatentLens, mean over the layers) is what the selection
 rule of the docs compares on the validation part.
 
+The table's bank (:func:`build_table_bank`, ``--build-bank``) is text only, so one bank serves
+every connector of the same language model: the distinct Tux Paint captions, then one visual
+phrase for each of the 1200 most used concrete nouns of WordNet, hooks of layers 0 / 2 / 8 / 16 /
+24, at most 20 contexts per token (4581 vectors per hook for SmolLM2-135M).
+
 Example (a shell, in the background on a shared machine)::
 
     nice -n 10 python -m tl_latentlens.apps.connector_study --connector runs/c1/export \\
-        --part validation --images 40 --layers 0 2 8 16 24 --patches 150 --out runs/c1/val
+        --part validation --images 40 --layers 0 2 8 16 24 --patches 150 --out runs/c1/val \\
+        --bank runs/table_bank --build-bank
 """
 
 from __future__ import annotations
@@ -27,18 +33,56 @@ from typing import Any
 
 import torch
 
+from tl_latentlens.apps.demo import default_bank
 from tl_latentlens.bank import Bank
-from tl_latentlens.default.demo import default_bank
+from tl_latentlens.bank import build_bank as bank_build
+from tl_latentlens.default.corpus import concrete_nouns, visual_phrases
+from tl_latentlens.default.data import load_stamps, stamp_captions
 from tl_latentlens.default.loader import load_connector_vlm
 from tl_latentlens.evaluate import EvalConfig, MaskJudge, run_study
 from tl_latentlens.evaluate.default_set import heldout_composites
 from tl_latentlens.evaluate.hubness import hubness
 from tl_latentlens.evaluate.records import JudgementLog
+from tl_latentlens.hooks import hook_for_layer
 from tl_latentlens.lens import LatentLens
 
-__all__ = ["evaluate_connector", "leap_shares", "summarise"]
+__all__ = [
+    "TABLE_BANK_LAYERS",
+    "TABLE_BANK_NOUNS",
+    "build_table_bank",
+    "evaluate_connector",
+    "leap_shares",
+    "summarise",
+    "table_bank_corpus",
+]
 
 logger = logging.getLogger(__name__)
+
+#: Layers stored by the table's bank (docs/default_connector.md, "Bank used for the table").
+TABLE_BANK_LAYERS = (0, 2, 8, 16, 24)
+#: Concrete nouns with one visual phrase each in the table's bank.
+TABLE_BANK_NOUNS = 1200
+
+
+def table_bank_corpus(nouns: int = TABLE_BANK_NOUNS) -> list[str]:
+    """The table bank's sentences: distinct stamp captions, then one visual phrase per noun.
+
+    Duplicates are dropped keeping the first occurrence (1874 sentences with the Debian stamps
+    and WordNet 3.0).
+    """
+    captions = stamp_captions(load_stamps())
+    phrases = visual_phrases(concrete_nouns(nouns), per_noun=1, seed=0)
+    return list(dict.fromkeys([*captions, *phrases]))
+
+
+def build_table_bank(vlm: Any, out: str | Path) -> Bank:
+    """Build (or open, when it is already there) the table's bank of ``vlm``'s LM at ``out``."""
+    if (Path(out) / "manifest.json").is_file():
+        return Bank.open(out, vlm)
+    hooks = [hook_for_layer(layer, vlm.n_layers) for layer in TABLE_BANK_LAYERS]
+    corpus = table_bank_corpus()
+    logger.info("building the table bank (%d sentences) at %s", len(corpus), out)
+    return bank_build(vlm, corpus, out, hooks=hooks, max_per_token=20, batch_size=32)
 
 
 def summarise(table: Any, hub: Any, k: int = 5) -> dict[str, Any]:
@@ -92,14 +136,19 @@ def evaluate_connector(
     patches_per_layer: int = 150,
     bank_sentences: int = 12000,
     bank_dir: str | Path | None = None,
+    build_bank: bool = False,
 ) -> dict[str, Any]:
     """Run the held-out study of one connector; writes ``summary.json`` into ``out``.
 
     ``bank_dir``: a bank of the same language model to use instead of the demo's default bank
-    (a bank holds text residuals only, so one bank serves every connector of that LM)."""
+    (a bank holds text residuals only, so one bank serves every connector of that LM);
+    ``build_bank``: build the table's bank there first when it is missing
+    (:func:`build_table_bank`)."""
     t0 = time.perf_counter()
     vlm = load_connector_vlm(connector_dir)
-    if bank_dir is not None:
+    if bank_dir is not None and build_bank:
+        bank = build_table_bank(vlm, bank_dir)
+    elif bank_dir is not None:
         bank = Bank.open(bank_dir, vlm)
     else:
         bank = default_bank(vlm, bank_sentences)
@@ -141,7 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patches", type=int, default=150)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--bank", default=None, help="bank directory (default: the demo's bank)")
+    p.add_argument(
+        "--build-bank",
+        action="store_true",
+        help="build the table's bank at --bank when it is not there (docs/default_connector.md)",
+    )
     args = p.parse_args(argv)
+    if args.build_bank and args.bank is None:
+        p.error("--build-bank needs --bank DIR")
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -153,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         None if args.all_layers else tuple(args.layers),
         args.patches,
         bank_dir=args.bank,
+        build_bank=args.build_bank,
     )
     print(json.dumps(summary, indent=1))
     return 0

@@ -1,11 +1,14 @@
 """``tl-latentlens explain``: LatentLens explanations of the visual tokens of image files.
 
 Writes, per image, ``<stem>.json`` (the explanation), ``<stem>.html`` (interactive report)
-and ``<stem>_patches.png`` into ``--out``.
+and ``<stem>_patches.png`` into ``--out``. With ``--per-prompt N`` the images go N at a time
+into one prompt with N placeholders (files named after the stems joined by ``+``).
 
 Example::
 
     tl-latentlens explain --model default --bank banks/default --images cat.png --out out
+    tl-latentlens explain --model default --bank banks/default --images a.png b.png \
+        --per-prompt 2 --prompt "<image> and <image>: what differs?"
 """
 
 from __future__ import annotations
@@ -43,6 +46,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--bank", required=True, help="bank directory (tl-latentlens build-bank)")
     p.add_argument("--images", nargs="+", required=True, help="image files")
     p.add_argument("--prompt", default=None, help="prompt with the image placeholder(s)")
+    p.add_argument(
+        "--per-prompt",
+        type=int,
+        default=1,
+        help="images per prompt (the prompt needs as many placeholders)",
+    )
     p.add_argument("--hooks", nargs="*", default=None, help="visual hooks (default: bank layers)")
     p.add_argument("-k", type=int, default=5, help="neighbours per patch")
     p.add_argument("--per-layer", action="store_true", help="search only the same text layer")
@@ -60,6 +69,14 @@ def validate(args: argparse.Namespace) -> None:
         UsageError: A missing image, model directory or bank, a bad ``-k`` or hook name.
     """
     check_positive(args.k, "-k")
+    check_positive(args.per_prompt, "--per-prompt")
+    if len(args.images) % args.per_prompt:
+        raise UsageError(
+            f"{len(args.images)} image(s) do not split into prompts of --per-prompt "
+            f"{args.per_prompt}"
+        )
+    if args.per_prompt > 1 and args.prompt is None:
+        raise UsageError("--per-prompt needs a --prompt with that many image placeholders")
     check_model(args.model)
     check_bank(args.bank)
     check_files(args.images, "image")
@@ -80,19 +97,21 @@ def run(args: argparse.Namespace) -> int:
     lens = LatentLens(vlm, Bank.open(args.bank, vlm=vlm))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for path in args.images:
-        image = Image.open(path).convert("RGB")
+    n = args.per_prompt
+    for start in range(0, len(args.images), n):
+        paths = args.images[start : start + n]
+        images = [Image.open(path).convert("RGB") for path in paths]
         result = lens.explain(
-            image,
+            images if n > 1 else images[0],
             args.prompt,
             hooks=args.hooks,
             k=args.k,
             per_layer=args.per_layer,
             exact=args.exact,
         )
-        stem = Path(path).stem
+        stem = "+".join(Path(path).stem for path in paths)
         result.save(out / f"{stem}.json")
         result.to_html(out / f"{stem}.html")
         result.save_png(out / f"{stem}_patches.png")
-        print(f"{path}: {out / (stem + '.html')}  ({sum(result.timings.values()):.2f}s)")
+        print(f"{' '.join(paths)}: {out / (stem + '.html')}  ({sum(result.timings.values()):.2f}s)")
     return 0

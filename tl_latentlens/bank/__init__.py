@@ -17,6 +17,7 @@ from tl_latentlens.bank.calibrate import (
     calibrate_bank_with_images,
 )
 from tl_latentlens.bank.config import FORMAT_VERSION, BankConfig
+from tl_latentlens.bank.distributed import DistributedBuildError
 from tl_latentlens.bank.errors import (
     BankError,
     BankExistsError,
@@ -45,6 +46,7 @@ __all__ = [
     "BankQueryError",
     "CorpusError",
     "CorruptBankError",
+    "DistributedBuildError",
     "MissingHookError",
     "HookCalibration",
     "HookHits",

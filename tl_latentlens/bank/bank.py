@@ -605,6 +605,69 @@ class Bank:
             method = "exact"
         return self.query(vectors, hook, k, method=method, device=device).neighbours
 
+    # ---- the hub and the official indices (bank/hub.py, bank/official.py) --------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id: str,
+        hooks: Sequence[str | int] | None = None,
+        *,
+        revision: str | None = None,
+        vlm: Any = None,
+        verify: Verify = "full",
+        **hub_options: Any,
+    ) -> Bank:
+        """Download a bank from the Hugging Face hub (only ``hooks``, names or layer numbers,
+        plus the shared tables) and open it, every file checked against the manifest's
+        SHA-256. Works offline from the hub cache (``HF_HUB_OFFLINE=1``). ``hub_options``:
+        ``cache_dir``, ``token``, ``endpoint``, ``local_files_only``, ``force_download``
+        (see :func:`tl_latentlens.bank.hub.download_bank`).
+
+        Example:
+            >>> bank = Bank.from_pretrained("org/smollm2-bank", hooks=[0, 16], vlm=vlm)
+        """
+        # lazy: hub imports Bank and huggingface_hub; needed only here
+        from tl_latentlens.bank import hub
+
+        return hub.from_pretrained(
+            repo_id, hooks, revision=revision, vlm=vlm, verify=verify, **hub_options
+        )
+
+    def push_to_hub(self, repo_id: str, **hub_options: Any) -> str:
+        """Upload this bank to the model repository ``repo_id`` (created if missing); returns
+        the commit id. ``hub_options``: ``revision`` (a branch), ``private``, ``token``,
+        ``endpoint``, ``commit_message`` (see :func:`tl_latentlens.bank.hub.push_bank`).
+
+        Example:
+            >>> bank.push_to_hub("me/smollm2-bank")
+        """
+        # lazy: hub imports Bank and huggingface_hub; needed only here
+        from tl_latentlens.bank import hub
+
+        return hub.push_bank(self.root, repo_id, **hub_options)
+
+    @classmethod
+    def from_latentlens(
+        cls,
+        path_or_repo: str | os.PathLike,
+        vlm: Any,
+        trust_pickle: bool = False,
+        **options: Any,
+    ) -> Bank:
+        """Convert an index saved by the official ``latentlens`` package (``metadata.json`` +
+        ``layer_N/embeddings_cache.pt``, a local folder or a hub repository) into a bank and
+        open it. Its files are torch pickles: without ``trust_pickle=True`` this refuses
+        (see :func:`tl_latentlens.bank.official.from_latentlens` for ``options``).
+
+        Example:
+            >>> bank = Bank.from_latentlens("McGill-NLP/latentlens-qwen2vl-embeddings", vlm,
+            ...                             trust_pickle=True)
+        """
+        # lazy: official imports Bank and the build's table writers; needed only here
+        from tl_latentlens.bank import official
+
+        return official.from_latentlens(path_or_repo, vlm, trust_pickle=trust_pickle, **options)
+
     def close(self) -> None:
         """Free resident decoded vectors and loaded routes; they reload on the next search.
         Memory-mapped tables need no closing."""

@@ -15,6 +15,10 @@ refuses a second builder while the first runs; the kernel releases it when its o
 the next build then cleans what the dead one left (spool folders, temp files, a half-done
 replace). The finished bank replaces ``out`` crash-safely
 (:func:`tl_latentlens._io.replace_dir`).
+
+Called on every rank of a ``torch.distributed`` job of more than one rank (e.g. under
+``torchrun``), the build splits pass 2 between the ranks and rank 0 publishes a bank
+byte-identical to a single-process one (:mod:`~tl_latentlens.bank.distributed`).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import numpy as np
 
 from tl_latentlens import hooks as hk
 from tl_latentlens._io import FileLock, LockedError, recover_replace
-from tl_latentlens.bank import codec
+from tl_latentlens.bank import codec, distributed
 from tl_latentlens.bank import manifest as mf
 from tl_latentlens.bank.bank import Bank
 from tl_latentlens.bank.config import FORMAT_VERSION, BankConfig
@@ -91,10 +95,13 @@ def build_bank(
             ``split``, ``shard_batches``, ``num_threads``, ``progress``).
 
     Returns:
-        The opened :class:`~tl_latentlens.bank.Bank`.
+        The opened :class:`~tl_latentlens.bank.Bank` (on every rank of a multi-rank job:
+        call it on all ranks, with the same arguments).
 
     Raises:
         BankExistsError: ``out_dir`` holds something else and ``overwrite`` is False.
+        DistributedBuildError: In a multi-rank job, another rank failed or died (rerun to
+            resume from the finished shards).
         BankLockedError: Another process is building into ``out_dir`` right now.
         CorpusError: The corpus cannot be read.
 
@@ -119,6 +126,9 @@ def build_bank(
         "options": cfg.content_options,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
+    ctx = distributed.current_context()
+    if ctx is not None:
+        return _build_ranks(ctx, vlm, corpus, out, hooks, cfg, want, resume, overwrite)
     lock = FileLock(lock_path(out))
     try:
         lock.acquire()
@@ -191,6 +201,104 @@ def _build_locked(
     )
     shutil.rmtree(stage.parent, ignore_errors=True)
     return Bank.open(out, vlm, verify="size")
+
+
+def _build_ranks(
+    ctx: distributed.RankContext,
+    vlm: VLM,
+    corpus: Any,
+    out: Path,
+    hooks: list[str],
+    cfg: BankConfig,
+    want: dict[str, Any],
+    resume: bool,
+    overwrite: bool,
+) -> Bank:
+    """A build over the ranks of a ``torch.distributed`` job (see
+    :mod:`~tl_latentlens.bank.distributed`); every rank returns the published bank."""
+    lock = FileLock(lock_path(out))
+    work = out.with_name(f"{out.name}.partial")
+    local: dict[str, Any] = {}  # rank 0's state between the steps
+
+    def start() -> None:
+        if not ctx.is_main:
+            return
+        try:
+            lock.acquire()
+        except LockedError as err:
+            raise BankLockedError(
+                f"another build into {str(out)!r} is running ({err}); wait for it to finish "
+                "or choose another out_dir"
+            ) from None
+        if lock.stale_owner:
+            logger.warning(
+                "a build into %s by pid %s on %s ended without finishing; cleaning up after it",
+                out,
+                lock.stale_owner.get("pid"),
+                lock.stale_owner.get("host"),
+            )
+        _clean_leftovers(out)
+        local["existing"] = _existing(out, want, overwrite)
+
+    try:
+        ctx.agree("start", start)
+        spool = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.spool-"))
+        try:
+
+            def select() -> Selection:
+                stats = CorpusStats()
+                sentences = iter_corpus(corpus, cfg.text_column, cfg.split, stats)
+                return select_entries(vlm, sentences, cfg, spool, stats=stats)
+
+            selection = ctx.agree("select (pass 1)", select)
+            distributed.check_same_selection(ctx, selection)
+            want["corpus_fingerprint"] = selection.corpus_fingerprint
+
+            def prepare() -> list[list[int]] | None:
+                if not ctx.is_main:
+                    return None
+                existing = local["existing"]
+                if existing is not None and not mf.identity_differences(
+                    mf.identity(existing), want
+                ):
+                    try:
+                        Bank.open(out, vlm)
+                        logger.info("an identical bank exists at %s; opening it", out)
+                        return None
+                    except CorruptBankError:
+                        if not overwrite:
+                            raise
+                        logger.warning("the existing bank at %s is corrupt; rebuilding it", out)
+                elif existing is not None and not overwrite:
+                    raise BankExistsError(_exists_message(out, mf.identity(existing), want))
+                _, local["state"] = _prepare_work(
+                    vlm, hooks, cfg, selection, spool, out, resume, want
+                )
+                return distributed.plan_shards(work, local["state"], cfg, ctx.world_size)
+
+            plan = ctx.agree("prepare", prepare, share=True)
+            if plan is not None:
+                ctx.agree(
+                    "encode (pass 2)",
+                    lambda: distributed.encode_shards(ctx, vlm, hooks, work, cfg, plan[ctx.rank]),
+                )
+
+                def publish() -> None:
+                    if not ctx.is_main:
+                        return
+                    distributed.merge_shards(work, hooks, cfg, local["state"])
+                    stage = _finish_stage(vlm, hooks, cfg, selection, work, local["state"], corpus)
+                    (work / "state.json").unlink()
+                    publish_dir(stage, out)
+                    logger.info("bank written to %s by %d ranks", out, ctx.world_size)
+                    shutil.rmtree(work, ignore_errors=True)
+
+                ctx.agree("merge and publish", publish)
+        finally:
+            shutil.rmtree(spool, ignore_errors=True)
+        return Bank.open(out, vlm, verify="size")
+    finally:
+        lock.release()
 
 
 def _clean_leftovers(out: Path) -> None:
@@ -283,44 +391,81 @@ def _build_stage(
     want: dict[str, Any],
     corpus: Any,
 ) -> Path:
+    work, state = _prepare_work(vlm, hooks, cfg, selection, spool, out, resume, want)
+    stage, state_path = work / "bank", work / "state.json"
+
+    def record(done: int) -> None:
+        state["batches_done"] = done
+        atomic_write_json(state_path, state)
+
+    if distributed.has_shard_progress(work, state):
+        # an interrupted multi-rank build: finish it from its shards, here on one rank
+        ctx = distributed.LOCAL
+        todo = distributed.plan_shards(work, state, cfg, ctx.world_size)
+        distributed.encode_shards(ctx, vlm, hooks, work, cfg, todo[0])
+        distributed.merge_shards(work, hooks, cfg, state)
+    elif state["batches_done"] < state["n_batches"]:
+        offsets = np.load(work / "batch_offsets.npy")
+        encode_batches(vlm, hooks, stage, offsets, cfg, state["batches_done"], record)
+    return _finish_stage(vlm, hooks, cfg, selection, work, state, corpus)
+
+
+def _prepare_work(
+    vlm: VLM,
+    hooks: list[str],
+    cfg: BankConfig,
+    selection: Selection,
+    spool: Path,
+    out: Path,
+    resume: bool,
+    want: dict[str, Any],
+) -> tuple[Path, dict[str, Any]]:
+    """The work folder ``<out>.partial`` and its state: resumed when its key matches, else
+    (re)created with the tables and zero-filled raw vector files."""
     work = out.with_name(f"{out.name}.partial")
     stage, state_path = work / "bank", work / "state.json"
     key = _resume_key(want, cfg)
     state = read_json(state_path) if state_path.is_file() else None
     if state is not None and resume and state.get("key") == key:
         logger.info("resuming the build in %s after batch %d", work, state["batches_done"])
-    else:
-        if work.exists():
-            reason = "resume=False" if not resume else "it was started with other arguments"
-            logger.warning("discarding the interrupted build in %s (%s)", work, reason)
-            shutil.rmtree(work)
-        stage.mkdir(parents=True)
-        plan = make_plan(selection, cfg.batch_size)
-        vocab = write_tables(stage, plan, spool, vlm.tokenizer)
-        atomic_save_npy(work / "batch_offsets.npy", plan.batch_offsets)
-        allocate_vectors(stage, hooks, plan.n_entries, vlm.d_model, codec.raw_codec(cfg.dtype))
-        state = {
-            "key": key,
-            "batches_done": 0,
-            "n_batches": plan.n_batches,
-            "indexed": [],
-            "counts": {
-                "n_entries": plan.n_entries,
-                "n_sentences": int(plan.corpus_index.shape[0]),
-                "n_token_types": int(np.unique(plan.entries["token_id"]).shape[0]),
-                "n_full_token_types": selection.n_full_types,
-                "vocab_size": vocab,
-            },
-        }
-        atomic_write_json(state_path, state)
+        return work, state
+    if work.exists():
+        reason = "resume=False" if not resume else "it was started with other arguments"
+        logger.warning("discarding the interrupted build in %s (%s)", work, reason)
+        shutil.rmtree(work)
+    stage.mkdir(parents=True)
+    plan = make_plan(selection, cfg.batch_size)
+    vocab = write_tables(stage, plan, spool, vlm.tokenizer)
+    atomic_save_npy(work / "batch_offsets.npy", plan.batch_offsets)
+    allocate_vectors(stage, hooks, plan.n_entries, vlm.d_model, codec.raw_codec(cfg.dtype))
+    state = {
+        "key": key,
+        "batches_done": 0,
+        "n_batches": plan.n_batches,
+        "indexed": [],
+        "counts": {
+            "n_entries": plan.n_entries,
+            "n_sentences": int(plan.corpus_index.shape[0]),
+            "n_token_types": int(np.unique(plan.entries["token_id"]).shape[0]),
+            "n_full_token_types": selection.n_full_types,
+            "vocab_size": vocab,
+        },
+    }
+    atomic_write_json(state_path, state)
+    return work, state
 
-    def record(done: int) -> None:
-        state["batches_done"] = done
-        atomic_write_json(state_path, state)
 
-    offsets = np.load(work / "batch_offsets.npy")
-    if state["batches_done"] < state["n_batches"]:
-        encode_batches(vlm, hooks, stage, offsets, cfg, state["batches_done"], record)
+def _finish_stage(
+    vlm: VLM,
+    hooks: list[str],
+    cfg: BankConfig,
+    selection: Selection,
+    work: Path,
+    state: dict[str, Any],
+    corpus: Any,
+) -> Path:
+    """Finalize every hook (resumable per hook) and write the manifest; returns the stage."""
+    stage, state_path = work / "bank", work / "state.json"
     # Per hook: identical rows stored once, the bank's codec applied (resumable per hook).
     finals = state.setdefault("finalized", {})
     for hook in hooks:

@@ -29,7 +29,7 @@ from tl_latentlens.bank.routes import ROUTE_FILES, RouteParams, Routes, write_ro
 from tl_latentlens.bank.search import RECALL_BAR, HookSearcher
 from tl_latentlens.bank.store import file_record
 from tl_latentlens.bank.vectors import HookVectors
-from tl_latentlens.capture import capture_image
+from tl_latentlens.capture import capture_image, capture_text
 
 __all__ = [
     "HookCalibration",
@@ -127,7 +127,7 @@ def calibrate_hook(
     text_samples: int = 0,
     text_noise: float = 0.05,
     list_len: int = 200,
-    probes: Sequence[int] = (8, 16, 32),
+    probes: Sequence[int] = (2, 4, 8, 16, 32),
     sample_quantile: float = 0.005,
     seed: int = 0,
     progress: bool = True,
@@ -286,6 +286,8 @@ def calibrate_bank_with_images(
     prompt: str | None = None,
     held_out_share: float = 0.2,
     unlike: Mapping[str, Sequence[object]] | None = None,
+    held_out_text: Sequence[str] = (),
+    max_text_tokens: int = 2000,
     max_samples: int = 20_000,
     seed: int = 0,
     **options: object,
@@ -297,10 +299,13 @@ def calibrate_bank_with_images(
     visual tokens of *all* layers (at most ``max_samples``, drawn at random). A share of the
     images is held out (whole images, so held-out tokens are not neighbours of their own
     image's samples); ``unlike`` adds further held-out sets (e.g. ``{"photos": [...]}``: images
-    unlike the calibration images) that routes must also pass.
+    unlike the calibration images) that routes must also pass. ``held_out_text`` (sentences
+    that are not in the bank) adds a text set: the residuals of their tokens (at most
+    ``max_text_tokens``) at each hook, searched against that hook, as a text-only user would.
 
     Example:
-        >>> calibrate_bank_with_images(bank, vlm, stamps, unlike={"photos": photos})
+        >>> calibrate_bank_with_images(bank, vlm, stamps, unlike={"photos": photos},
+        ...                            held_out_text=["a dog runs on the beach"])
     """
     hooks = [hk.hook_for_layer(hk.layer_of(h), vlm.n_layers) for h in bank.hooks]
 
@@ -326,10 +331,22 @@ def calibrate_bank_with_images(
     sets = {"held-out images": tokens([images[i] for i in order[:n_held]])}
     for name, imgs in (unlike or {}).items():
         sets[name] = tokens(imgs)
-    return calibrate_bank(
-        bank.root,
-        {h: train for h in bank.hooks},
-        {name: {h: q for h in bank.hooks} for name, q in sets.items()},
-        seed=seed,
-        **options,
-    )
+    held = {name: {h: q for h in bank.hooks} for name, q in sets.items()}
+    if held_out_text:
+        held["held-out text"] = _text_tokens(vlm, held_out_text, bank.hooks, hooks, max_text_tokens)
+    return calibrate_bank(bank.root, {h: train for h in bank.hooks}, held, seed=seed, **options)
+
+
+def _text_tokens(
+    vlm: VLM, sentences: Sequence[str], bank_hooks: Sequence[str], hooks: Sequence[str], limit: int
+) -> dict[str, np.ndarray]:
+    """Per bank hook, the residuals of up to ``limit`` tokens of ``sentences`` at that hook."""
+    got: dict[str, list[np.ndarray]] = {h: [] for h in hooks}
+    n = 0
+    for acts in capture_text(vlm, list(sentences), hooks, batch_size=16):
+        for h in hooks:
+            got[h].append(acts.residuals[h].numpy())
+        n += int(acts.token_id.shape[0])
+        if n >= limit:
+            break
+    return {b: np.concatenate(got[h])[:limit] for b, h in zip(bank_hooks, hooks)}

@@ -15,7 +15,9 @@ import logging
 from typing import Any
 
 from tl_latentlens import hooks as hk
+from tl_latentlens.bank.build import build_bank
 from tl_latentlens.bank.config import STORAGE_DTYPES, BankConfig
+from tl_latentlens.models.load import load_vlm
 
 __all__ = ["add_build_bank_parser", "run_build_bank"]
 
@@ -100,9 +102,6 @@ def add_build_bank_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_build_bank(args: argparse.Namespace) -> int:
     """Execute ``build-bank``; returns the process exit code (0)."""
     import torch
-
-    from tl_latentlens.bank.build import build_bank
-    from tl_latentlens.models.load import load_vlm
 
     vlm = load_vlm(args.model, device=args.device, dtype=getattr(torch, args.model_dtype))
     hooks = args.hooks

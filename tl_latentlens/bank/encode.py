@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from tl_latentlens.bank.store import RaggedReader
 from tl_latentlens.capture import capture_text_batch
 from tl_latentlens.models.base import VLM, TextBatch
 
-__all__ = ["allocate_vectors", "encode_batches", "text_batch"]
+__all__ = ["allocate_vectors", "encode_batch", "encode_batches", "pad_token_id", "text_batch"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +78,7 @@ def encode_batches(
     after each shard is flushed (it records progress)."""
     entries = np.load(stage / mf.ENTRIES, mmap_mode="r")
     sentence_ids = RaggedReader(stage / mf.SENTENCES, "ids", np.int32)
-    tok = vlm.tokenizer
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    pad_id = pad_token_id(vlm.tokenizer)
     files = {}
     for hook in hooks:
         folder = stage / mf.hook_dir(hook)
@@ -95,22 +95,17 @@ def encode_batches(
         unit="batch",
         disable=not cfg.progress,
     )
+    raw = codec.raw_codec(cfg.dtype)
     try:
         for shard_start in range(start_batch, n_batches, cfg.shard_batches):
             shard_end = min(shard_start + cfg.shard_batches, n_batches)
             for b in range(shard_start, shard_end):
                 lo, hi = int(batch_offsets[b]), int(batch_offsets[b + 1])
-                ent = np.asarray(entries[lo:hi])
-                batch = text_batch(ent, sentence_ids, pad_id)
-                acts = capture_text_batch(vlm, batch, hooks)
-                _check_capture(acts, ent)
-                for hook in hooks:
-                    stored, _, norms = codec.encode(
-                        acts.residuals[hook], codec.raw_codec(cfg.dtype)
-                    )
+                rows, n_tok = encode_batch(vlm, hooks, entries[lo:hi], sentence_ids, pad_id, raw)
+                for hook, (stored, norms) in rows.items():
                     files[hook][0][lo:hi] = stored
                     files[hook][1][lo:hi] = norms
-                tokens_run += int(batch.attention_mask.sum())
+                tokens_run += n_tok
                 bar.update(1)
                 bar.set_postfix_str(
                     f"{tokens_run / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s"
@@ -121,6 +116,34 @@ def encode_batches(
             on_shard(shard_end)
     finally:
         bar.close()
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The id used to pad text batches (pad, else EOS, else 0)."""
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    return int(tokenizer.eos_token_id or 0)
+
+
+def encode_batch(
+    vlm: VLM,
+    hooks: Sequence[str],
+    entries: np.ndarray,
+    sentence_ids: RaggedReader,
+    pad_id: int,
+    raw: str,
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], int]:
+    """Run one planned batch: per hook the raw rows ``[len(entries), d_model]`` (codec ``raw``)
+    and their norms, in ``entries`` order, plus the number of real tokens run."""
+    ent = np.asarray(entries)
+    batch = text_batch(ent, sentence_ids, pad_id)
+    acts = capture_text_batch(vlm, batch, hooks)
+    _check_capture(acts, ent)
+    out = {}
+    for hook in hooks:
+        stored, _, norms = codec.encode(acts.residuals[hook], raw)
+        out[hook] = (stored, norms)
+    return out, int(batch.attention_mask.sum())
 
 
 def _check_capture(acts, ent: np.ndarray) -> None:

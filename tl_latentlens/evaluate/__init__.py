@@ -7,7 +7,7 @@ judge whether each lens's top-k words describe the patch, and aggregate per laye
   offline) and :class:`LLMJudge` (a chat model behind an OpenAI-compatible endpoint).
 * :func:`run_study` runs everything and writes the outputs; :func:`aggregate` recomputes the
   table from the raw judgements.
-* ``tl-latentlens evaluate`` (:mod:`tl_latentlens.evaluate.cli`) is the command line.
+* ``tl-latentlens evaluate`` (:mod:`tl_latentlens.apps.evaluate`) is the command line.
 
 Example:
     >>> from tl_latentlens.evaluate import EvalConfig, MaskJudge, load_images, run_study
@@ -16,8 +16,9 @@ Example:
 """
 
 from tl_latentlens.evaluate.config import EvalConfig
+from tl_latentlens.evaluate.default_set import load_images
 from tl_latentlens.evaluate.hubness import hubness
-from tl_latentlens.evaluate.images import EvalImage, load_images
+from tl_latentlens.evaluate.images import EvalImage
 from tl_latentlens.evaluate.judges import KINDS, Judge, JudgeCase, MaskJudge, Verdict
 from tl_latentlens.evaluate.llm_judge import LLMJudge, LLMJudgeConfig
 from tl_latentlens.evaluate.matching import LabelMatcher, MatchRule
@@ -25,7 +26,7 @@ from tl_latentlens.evaluate.records import JudgementLog, aggregate
 from tl_latentlens.evaluate.report import format_table
 from tl_latentlens.evaluate.sampling import SamplePlan, sample_plan
 from tl_latentlens.evaluate.study import StudyResult, run_study
-from tl_latentlens.evaluate.wordnet import WordNet
+from tl_latentlens.wordnet import WordNet
 
 __all__ = [
     "KINDS",

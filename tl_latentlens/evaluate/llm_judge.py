@@ -33,7 +33,6 @@ from typing import Any
 
 from tl_latentlens.evaluate.answers import MalformedAnswer, parse_answer
 from tl_latentlens.evaluate.chat_client import ChatClient, ChatError, RetryPolicy
-from tl_latentlens.evaluate.images import display_label
 from tl_latentlens.evaluate.judges import JudgeCase, Verdict
 from tl_latentlens.evaluate.marking import (
     block_box,
@@ -43,6 +42,7 @@ from tl_latentlens.evaluate.marking import (
     fit,
     mark_box,
 )
+from tl_latentlens.wordnet import display_label
 
 __all__ = ["ENV_PREFIX", "LLMJudge", "LLMJudgeConfig", "build_messages"]
 

@@ -40,11 +40,10 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from tl_latentlens.wordnet import Synset, WordNet, closure
+from tl_latentlens.wordnet import Synset, WordNet, closure, lemma_names, parse_sense
 
 __all__ = ["LabelMatcher", "MatchRule", "normalise_word"]
 
-_SENSE = re.compile(r"^(?P<lemma>.+)\.(?P<pos>[nvar])\.(?P<num>\d{1,3})$")
 _EDGE = re.compile(r"^[^\w]+|[^\w]+$")
 _MARKERS = ("Ġ", "▁", "##", "Ċ")
 
@@ -151,13 +150,12 @@ class LabelMatcher:
         Raises:
             ValueError: WordNet does not know the label (nor its head noun) as a noun.
         """
-        m = _SENSE.match(label.strip().lower())
-        if m:
-            found = self.wordnet.synsets(m["lemma"], m["pos"])
-            num = int(m["num"])
-            if not 1 <= num <= len(found):
-                raise ValueError(f"label {label!r}: {m['lemma']!r} has {len(found)} senses")
-            return [found[num - 1]]
+        sense = parse_sense(label)
+        if sense is not None:
+            found = self.wordnet.synsets(sense.lemma, sense.pos)
+            if not 1 <= sense.number <= len(found):
+                raise ValueError(f"label {label!r}: {sense.lemma!r} has {len(found)} senses")
+            return [found[sense.number - 1]]
         word = label.strip().lower().replace("_", " ")
         found = self.wordnet.synsets(word, "n")
         words = word.split()
@@ -180,7 +178,7 @@ class LabelMatcher:
         return self._accepted[label]
 
     def _build(self, label: str) -> dict[str, str]:
-        wn, rule = self.wordnet, self.rule
+        rule = self.rule
         out: dict[str, str] = {}
 
         def add(lemmas: tuple[str, ...] | list[str], relation: str) -> None:
@@ -188,41 +186,40 @@ class LabelMatcher:
                 out.setdefault(lemma.lower(), relation)
 
         synsets = self.label_synsets(label)
-        m = _SENSE.match(label.strip().lower())
-        words = {(m["lemma"] if m else label).strip().lower().replace(" ", "_")}
+        sense = parse_sense(label)
+        words = {sense.lemma if sense else label.strip().lower().replace(" ", "_")}
         add(sorted(words), "label")
         for s in synsets:
-            add(s.lemmas, "synonym")
-        if rule.derivations:
+            add(lemma_names(s), "synonym")
+        if rule.derivations:  # derivationally related forms of the label word itself
             for s in synsets:
-                for p in s.pointers:
-                    if p.symbol == "+" and p.source and s.lemmas[p.source - 1] in words:
-                        target = wn.synset(p.pos, p.offset)
-                        add([target.lemmas[p.target - 1]] if p.target else target.lemmas, "derived")
+                for lemma in s.lemmas():
+                    if lemma.name().lower() in words:
+                        add([d.name() for d in lemma.derivationally_related_forms()], "derived")
         if rule.hyponym_levels != 0:
-            for s in _closure(wn, synsets, ("~",), rule.hyponym_levels):
-                add(s.lemmas, "hyponym")
+            for s in closure(synsets, ("hyponyms",), rule.hyponym_levels):
+                add(lemma_names(s), "hyponym")
         if rule.part_meronyms:
             for s in synsets:
-                for pos, off in s.related("%p"):
-                    add(wn.synset(pos, off).lemmas, "part")
+                for part in s.part_meronyms():
+                    add(lemma_names(part), "part")
         if rule.co_hyponyms:
             for s in synsets:
-                for pos, off in s.related("@"):
-                    parent = wn.synset(pos, off)
-                    if wn.min_depth(parent) < rule.co_hyponym_min_depth:
+                for parent in s.hypernyms():
+                    if parent.min_depth() < rule.co_hyponym_min_depth:
                         continue
-                    for cpos, coff in parent.related("~"):
-                        if coff != s.offset:
-                            add(wn.synset(cpos, coff).lemmas, "sibling")
+                    for sibling in parent.hyponyms():
+                        if sibling != s:
+                            add(lemma_names(sibling), "sibling")
         if rule.holonyms:
             for s in synsets:
-                for pos, off in s.related("#p"):
-                    add(wn.synset(pos, off).lemmas, "whole")
+                for whole in s.part_holonyms():
+                    add(lemma_names(whole), "whole")
         if rule.hypernym_min_depth is not None:
-            for s in _closure(wn, synsets, ("@", "@i"), rule.hypernym_max_levels):
-                if wn.min_depth(s) >= rule.hypernym_min_depth:
-                    add(s.lemmas, "hypernym")
+            relations = ("hypernyms", "instance_hypernyms")
+            for s in closure(synsets, relations, rule.hypernym_max_levels):
+                if s.min_depth() >= rule.hypernym_min_depth:
+                    add(lemma_names(s), "hypernym")
         return out
 
     # ---- candidates -----------------------------------------------------------------------------
@@ -247,6 +244,3 @@ class LabelMatcher:
             if form in accepted:
                 return accepted[form]
         return None
-
-
-_closure = closure  # kept for callers of the old private name

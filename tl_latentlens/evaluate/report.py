@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from tl_latentlens.evaluate.hubness import hubness
+from tl_latentlens.lens.leap import mid_layer_leap
+from tl_latentlens.render.pictures import layer_curve_png, leap_heatmap_png
 
 __all__ = ["LENS_NAMES", "format_table", "write_outputs"]
 
@@ -70,11 +72,6 @@ def _curves(table: Any, column: str) -> dict[str, dict[float, float]]:
 def _plots(
     out: Path, table: Any, explanations: Sequence[Any], config: Any, files: dict[str, Path]
 ) -> None:
-    try:
-        from tl_latentlens.render.pictures import layer_curve_png, leap_heatmap_png
-    except ImportError as e:  # rendering is optional for the numbers
-        logger.warning("plots skipped: tl_latentlens.render.pictures unavailable (%s)", e)
-        return
     top = _topk_col(table)
     for column, name, what in (
         (top, "layers.png", f"any of the top-{top[3:]} words"),
@@ -88,8 +85,6 @@ def _plots(
     if config.per_layer:
         logger.info("leap heatmap skipped: per-layer search has no cross-layer matches")
         return
-    from tl_latentlens.lens.leap import mid_layer_leap
-
     usable = [e for e in explanations if e.patches]
     if not usable:
         return

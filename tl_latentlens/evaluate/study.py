@@ -32,11 +32,15 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from tl_latentlens import hooks as hk
+from tl_latentlens.bank.manifest import identity
 from tl_latentlens.evaluate.config import EvalConfig
 from tl_latentlens.evaluate.images import EvalImage
 from tl_latentlens.evaluate.judges import Judge, JudgeCase, MaskJudge
 from tl_latentlens.evaluate.records import LENSES, JudgementLog, aggregate, record_key
+from tl_latentlens.evaluate.report import write_outputs
 from tl_latentlens.evaluate.sampling import SamplePlan, sample_plan
+from tl_latentlens.lens.results import Explanation
+from tl_latentlens.models.base import crop_to_box
 
 __all__ = ["StudyResult", "candidates_of", "run_study", "study_identity", "whole_word"]
 
@@ -122,8 +126,6 @@ def study_identity(
 ) -> dict[str, Any]:
     """Everything a resumed run must agree on: config, images (pixels and labels on the
     model's grid), judge, model and bank."""
-    from tl_latentlens.bank.manifest import identity
-
     bank = lens.bank
     desc = judge.describe()
     labels = grid_labels if grid_labels is not None else [None] * len(images)
@@ -156,14 +158,18 @@ def _layers(lens: Any, config: EvalConfig) -> list[int]:
 
 def _eligible(
     lens: Any, images: Sequence[EvalImage], judge: Judge, config: EvalConfig
-) -> tuple[list, list]:
-    """Per image: the layout grid + patch labels, and the visual-token indices that may be drawn."""
+) -> tuple[list, list, list]:
+    """Per image: the layout grid + patch labels (on the part of the image the grid covers),
+    the visual-token indices that may be drawn, and the prepared model inputs (each image is
+    prepared once: :func:`run_study` hands these to the lens)."""
     needs_labels = bool(getattr(judge, "needs_labels", isinstance(judge, MaskJudge)))
-    info, eligible = [], []
+    info, eligible, prepared = [], [], []
     for im in images:
-        layout = lens.vlm.prepare(im.image, config.prompt).layout
+        inputs = lens.vlm.prepare(im.image, config.prompt)
+        layout = inputs.layout
         grid = tuple(layout.grid)
-        labels = im.grid_labels(grid, config.min_label_fraction)
+        box = layout.box(0) if hasattr(layout, "box") else None
+        labels = im.grid_labels(grid, config.min_label_fraction, box=box)
         rows, cols = layout.rows.tolist(), layout.cols.tolist()
         ok = []
         for i, (r, c) in enumerate(zip(rows, cols)):
@@ -172,13 +178,14 @@ def _eligible(
             if needs_labels and (labels is None or labels[r][c] is None):
                 continue
             ok.append(i)
-        info.append({"grid": grid, "labels": labels, "rows": rows, "cols": cols})
+        info.append({"grid": grid, "labels": labels, "rows": rows, "cols": cols, "box": box})
         eligible.append(ok)
+        prepared.append(inputs)
     if needs_labels and not any(eligible):
         raise ValueError(
             "the mask judge needs annotated images, and none of these has labelled patches"
         )
-    return info, eligible
+    return info, eligible, prepared
 
 
 def _check_resume(out: Path, ident: dict[str, Any], plan: SamplePlan, resume: bool) -> None:
@@ -223,14 +230,11 @@ def run_study(
         ValueError: ``out`` holds a different or unfinished study without ``resume``, no
             eligible patches, layers outside the model.
     """
-    from tl_latentlens.evaluate.report import write_outputs
-    from tl_latentlens.lens.results import Explanation
-
     out = Path(out)
     if not images:
         raise ValueError("no images")
     layers = _layers(lens, config)
-    info, eligible = _eligible(lens, images, judge, config)
+    info, eligible, prepared = _eligible(lens, images, judge, config)
     plan = sample_plan(eligible, layers, config.patches_per_layer, config.seed, config.paired)
     ident = study_identity(lens, images, judge, config, [x["labels"] for x in info])
     _check_resume(out, ident, plan, resume)
@@ -247,6 +251,7 @@ def run_study(
     bar = tqdm(list(enumerate(images)), desc="evaluate: images", unit="img")
     for idx, im in bar:
         patches = plan.patches_for_image(idx)
+        inputs, prepared[idx] = prepared[idx], None  # held only until this image is explained
         if not patches:
             continue
         todo_layers = [layer for layer in layers if any(i == idx for i, _ in plan.picks[layer])]
@@ -268,6 +273,7 @@ def run_study(
                 per_layer=config.per_layer,
                 exact=config.exact,
                 patches=patches,
+                inputs=inputs,
             )
             if config.save_explanations:
                 exp.save(exp_file)
@@ -311,7 +317,7 @@ def _cases(
             "words": words,
         }
         case = JudgeCase(
-            image=im.image,
+            image=crop_to_box(im.image, info.get("box")),
             image_id=image_id,
             row=row,
             col=col,

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from tl_latentlens.lens.results import TokenCandidate
+from tl_latentlens.models.base import VLM
 from tl_latentlens.types import Residuals
 
 __all__ = ["EmbeddingLens", "LogitLens", "decode_tokens"]
@@ -58,7 +59,7 @@ class LogitLens:
         >>> LogitLens(vlm)(acts.residuals["blocks.4.hook_resid_post"], k=5)[0][0].token
     """
 
-    def __init__(self, vlm: Any) -> None:
+    def __init__(self, vlm: VLM) -> None:
         self.vlm = vlm
         self._strings: dict[int, str] = {}
 
@@ -88,7 +89,7 @@ class EmbeddingLens:
         >>> EmbeddingLens(vlm)(acts.residuals["blocks.0.hook_resid_pre"], k=5)
     """
 
-    def __init__(self, vlm: Any, chunk_size: int = 512) -> None:
+    def __init__(self, vlm: VLM, chunk_size: int = 512) -> None:
         self.vlm = vlm
         self.chunk_size = chunk_size
         self._unit: torch.Tensor | None = None

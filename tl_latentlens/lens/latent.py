@@ -13,12 +13,13 @@ import torch
 from tqdm.auto import tqdm
 
 from tl_latentlens import hooks as hk
+from tl_latentlens.bank.bank import Bank
 from tl_latentlens.bank.errors import MissingHookError
 from tl_latentlens.bank.search import Method
 from tl_latentlens.capture import capture_inputs
 from tl_latentlens.lens.baselines import EmbeddingLens, LogitLens
 from tl_latentlens.lens.results import Explanation, PatchExplanation
-from tl_latentlens.models.base import VLM, ImageTokenMismatchError, VisualLayout
+from tl_latentlens.models.base import VLM, ImageTokenMismatchError, VisualLayout, VLMInputs
 
 __all__ = ["LatentLens"]
 
@@ -40,7 +41,7 @@ class LatentLens:
         >>> result.to_html("report.html")
     """
 
-    def __init__(self, vlm: VLM, bank: Any, check_model: bool = True) -> None:
+    def __init__(self, vlm: VLM, bank: Bank, check_model: bool = True) -> None:
         if check_model:
             bank.check_model(vlm)
         self.vlm, self.bank = vlm, bank
@@ -89,11 +90,16 @@ class LatentLens:
         exact: bool = False,
         patches: Sequence[int] | None = None,
         method: Method = "auto",
+        inputs: VLMInputs | None = None,
     ) -> Explanation:
         """Run the model once on ``images`` + ``prompt`` and explain its visual tokens.
 
         Args:
-            images: A PIL image or a list (one per image placeholder of ``prompt``).
+            images: A PIL image or a list (one per image placeholder of ``prompt``); the
+                result's ``image`` holds what the model saw of it (the processor's crop, see
+                :meth:`~tl_latentlens.models.base.VisualLayout.seen_images`): one image, or a
+                list of them for a prompt with several images (their patches are told apart
+                by ``PatchExplanation.image_index``).
             prompt: Prompt with image placeholder(s); ``None``: the model's default prompt.
             hooks: Visual hooks to explain; default: the bank's layers.
             k: Neighbours per lens.
@@ -106,6 +112,8 @@ class LatentLens:
             method: Bank search: ``"auto"`` (exact unless the bank's routes are proven for
                 the hook; the choice per hook is recorded in ``result.search``), ``"exact"``,
                 ``"routes"``. On a CUDA model exact search runs on the GPU.
+            inputs: ``vlm.prepare(images, prompt)`` when the caller has it already (the
+                images are not prepared again).
 
         Returns:
             An :class:`Explanation` (plain data).
@@ -120,7 +128,8 @@ class LatentLens:
         for hook in hooks:  # fail on a missing bank hook before the forward pass
             self._targets(hook, per_layer, bank_hooks)
         t0 = time.perf_counter()
-        inputs = self.vlm.prepare(images, prompt)
+        if inputs is None:
+            inputs = self.vlm.prepare(images, prompt)
         if inputs.layout.n_visual == 0:
             raise ImageTokenMismatchError("the prompt has no visual tokens: nothing to explain")
         acts = capture_inputs(self.vlm, inputs, hooks)
@@ -137,7 +146,7 @@ class LatentLens:
             prompt=prompt if prompt is not None else self.vlm.default_prompt,
         )
         result.timings["forward"] = forward_s
-        result.image = images if not isinstance(images, (list, tuple)) else images[0]
+        result.image = _seen_images(images, inputs.layout)
         return result
 
     def explain_many(
@@ -250,7 +259,7 @@ class LatentLens:
                     timings={**share, "forward": forward_s},
                     search=dict(joint.search),
                     exact_fallback=dict(joint.exact_fallback),
-                    image=image if not isinstance(image, (list, tuple)) else image[0],
+                    image=_seen_images(image, lay),
                 )
             )
         return results
@@ -413,3 +422,10 @@ class LatentLens:
         """Search on the model's device when it is not the CPU (exact search runs there)."""
         dev = torch.device(getattr(self.vlm, "device", "cpu"))
         return None if dev.type == "cpu" else str(dev)
+
+
+def _seen_images(images: Any, layout: VisualLayout) -> Any:
+    """What pictures of a result draw on: the image(s) cut to the part the model saw; one
+    image for a one-image prompt, a list for several (in ``image_index`` order)."""
+    seen = layout.seen_images(images)
+    return seen[0] if len(seen) == 1 else seen

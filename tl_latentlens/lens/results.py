@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tl_latentlens._io import atomic_write_bytes
 from tl_latentlens.bank.results import Neighbour
+from tl_latentlens.lens.leap import mid_layer_leap
 
 __all__ = ["TokenCandidate", "PatchExplanation", "Explanation", "FORMAT_VERSION"]
 
@@ -109,7 +110,8 @@ class Explanation:
         search: How each bank hook was searched: ``{bank hook: "exact" | "routes"}``
             (``auto`` decides per hook; see :meth:`tl_latentlens.bank.Bank.search`).
         exact_fallback: Per bank hook, visual tokens that routes sent to exact search.
-        image: The image explained (kept in memory for pictures, not saved).
+        image: What the model saw (the processor's crop), kept in memory for pictures and not
+            saved; a list for a prompt with several images.
     """
 
     model: str
@@ -163,14 +165,21 @@ class Explanation:
     def to_dataframe(self) -> Any:
         """One row per (hook, visual token, lens, rank) as a pandas DataFrame.
 
-        Columns: hook, layer, index, row, col, lens ("latent"/"logit"/"embedding"), rank, token,
+        Columns: hook, layer, index, image_index, row, col, lens ("latent"/"logit"/"embedding"), rank, token,
         score, and for LatentLens: text_hook, text_layer, sentence, sentence_id, position.
         """
         import pandas as pd
 
         rows: list[dict[str, Any]] = []
         for p in self.patches:
-            base = {"hook": p.hook, "layer": p.layer, "index": p.index, "row": p.row, "col": p.col}
+            base = {
+                "hook": p.hook,
+                "layer": p.layer,
+                "index": p.index,
+                "image_index": p.image_index,
+                "row": p.row,
+                "col": p.col,
+            }
             for rank, n in enumerate(p.latent):
                 rows.append(
                     {
@@ -195,7 +204,6 @@ class Explanation:
 
     def leap(self) -> Any:
         """Mid-layer-leap table of this result (see :func:`tl_latentlens.lens.leap.mid_layer_leap`)."""
-        from tl_latentlens.lens.leap import mid_layer_leap
 
         return mid_layer_leap(self)
 
@@ -219,17 +227,11 @@ class Explanation:
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write JSON atomically (temp file + rename). Returns the path."""
+        """Write JSON atomically (temp file, fsync, rename). Returns the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, ensure_ascii=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        data = json.dumps(self.to_dict(), ensure_ascii=False).encode("utf-8")
+        atomic_write_bytes(path, data)
         return path
 
     @classmethod
@@ -265,18 +267,21 @@ class Explanation:
     # ---- rendering (delegated) ----------------------------------------------------------------
     def to_html(self, path: str | os.PathLike | None = None, **kwargs: Any) -> str:
         """Standalone offline HTML page (circuitsvis bundle inlined); written to ``path`` if given."""
+        # lazy: a notebook convenience; render sits above lens and imports it
         from tl_latentlens.render.html import explanation_html
 
         return explanation_html(self, path=path, **kwargs)
 
     def show(self, **kwargs: Any) -> Any:
         """Display in a notebook (inline HTML)."""
+        # lazy: a notebook convenience; render sits above lens and imports it
         from tl_latentlens.render.html import show_explanation
 
         return show_explanation(self, **kwargs)
 
     def save_png(self, path: str | os.PathLike, hook: str | None = None, **kwargs: Any) -> Path:
         """Image with its patch grid and the top LatentLens word per patch at ``hook``."""
+        # lazy: a notebook convenience; render sits above lens and imports it
         from tl_latentlens.render.pictures import patch_words_png
 
         return patch_words_png(self, path, hook=hook, **kwargs)

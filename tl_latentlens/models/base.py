@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from jaxtyping import Int
 from torch import Tensor
@@ -28,11 +29,22 @@ from tl_latentlens import hooks as hk
 from tl_latentlens.models.digest import SCHEME as DIGEST_SCHEME
 from tl_latentlens.models.digest import digest_parts, parts_key
 
-__all__ = ["VLM", "VLMInputs", "VisualLayout", "TextBatch", "ImageTokenMismatchError"]
+__all__ = [
+    "VLM",
+    "VLMInputs",
+    "VisualLayout",
+    "TextBatch",
+    "ImageTokenMismatchError",
+    "Box",
+    "crop_to_box",
+]
 
 logger = logging.getLogger(__name__)
 
 IMAGE_MARKER = "<image>"
+
+#: ``(left, top, right, bottom)`` in an image's own pixels; may reach past its edges (padding).
+Box = tuple[float, float, float, float]
 
 
 class ImageTokenMismatchError(ValueError):
@@ -50,6 +62,10 @@ class VisualLayout:
         cols: Patch-grid column of each visual token, ``[n_visual]``.
         grid: ``(rows, cols)`` of the patch grid the coordinates refer to.
         image_index: Which image of the prompt each visual token belongs to, ``[n_visual]``.
+        boxes: Per image of the prompt, the region of the image (:data:`Box`, in its own
+            pixels) that its patch grid covers: a processor's centre crop (LLaVA-1.5's CLIP
+            processor keeps the middle square), or more than the image where it pads.
+            ``None`` (for all images or for one): the whole image, as given.
     """
 
     positions: Int[Tensor, " n_visual"]
@@ -57,11 +73,35 @@ class VisualLayout:
     cols: Int[Tensor, " n_visual"]
     grid: tuple[int, int]
     image_index: Int[Tensor, " n_visual"] | None = None
+    boxes: tuple[Box | None, ...] | None = None
 
     def __post_init__(self) -> None:
         n = self.positions.shape[0]
         if self.rows.shape[0] != n or self.cols.shape[0] != n:
             raise ValueError("positions, rows and cols must have the same length")
+
+    def box(self, image: int = 0) -> Box | None:
+        """The region of image ``image`` that the patch grid covers (``None``: all of it)."""
+        if self.boxes is None or not 0 <= image < len(self.boxes):
+            return None
+        return self.boxes[image]
+
+    def seen_images(self, images: Any) -> list[Any]:
+        """Each image of the prompt cut to what the model saw (:meth:`box`), so a patch grid
+        spread evenly over it lands on the pixels each visual token comes from.
+
+        Args:
+            images: A PIL image or a list (one per image of the prompt).
+
+        Returns:
+            PIL images (those without a box are returned as given).
+
+        Example:
+            >>> layout.seen_images(photo)[0].size   # LLaVA-1.5: the centre square
+            (480, 480)
+        """
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        return [crop_to_box(im, self.box(i)) for i, im in enumerate(images)]
 
     @property
     def n_visual(self) -> int:
@@ -82,6 +122,24 @@ class VisualLayout:
         return cls(
             positions=positions, rows=idx // n_cols, cols=idx % n_cols, grid=(n_rows, n_cols)
         )
+
+
+def crop_to_box(image: Any, box: Box | None) -> Any:
+    """``image`` cut to ``box`` (rounded to whole pixels; parts past the edges are black, as
+    a processor's zero padding); the image itself when ``box`` is ``None``.
+
+    Example:
+        >>> crop_to_box(Image.new("RGB", (40, 30)), (5, 0, 35, 30)).size
+        (30, 30)
+    """
+    if box is None:
+        return image
+    if not hasattr(image, "crop"):  # an array: the processor took it, a picture needs PIL
+        from PIL import Image
+
+        image = Image.fromarray(np.asarray(image))
+    left, top, right, bottom = (round(v) for v in box)
+    return image.crop((left, top, right, bottom))
 
 
 @dataclass

@@ -16,6 +16,7 @@ Text-only runs (``capture_text``) use the same bridge with ``input_ids`` and
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -113,7 +114,9 @@ class HFVLM(VLM):
 
         Returns:
             :class:`VLMInputs` whose ``model_kwargs`` are the processor outputs (``input_ids``
-            under ``"input"``) on the model's device, floats in its dtype.
+            under ``"input"``) on the model's device, floats in its dtype; its layout records
+            the part of each image the grid covers (``layout.boxes``, e.g. LLaVA-1.5's
+            centre crop).
 
         Raises:
             ImageTokenMismatchError: Placeholders and images disagree, or the processor's image
@@ -142,6 +145,9 @@ class HFVLM(VLM):
         layout = self.family.layout(
             inputs["input_ids"][0], inputs, self.hf_config, len(images), self.processor.tokenizer
         )
+        boxes = tuple(self.family.view_box(self.processor, _size(im)) for im in images)
+        if any(b is not None for b in boxes):
+            layout = dataclasses.replace(layout, boxes=boxes)
         return VLMInputs(model_kwargs=self._to_model(inputs), layout=layout)
 
     def _to_model(self, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -169,6 +175,16 @@ class HFVLM(VLM):
         :class:`ImageTokenMismatchError`."""
         with _hf_mismatch_as_error(self.family.name):
             return super().forward(inputs, **kwargs)
+
+
+def _size(image: Any) -> tuple[int, int]:
+    """``(width, height)`` of a PIL image or an HWC / CHW array."""
+    if hasattr(image, "size") and isinstance(image.size, tuple):
+        return image.size
+    shape = tuple(getattr(image, "shape", ()))
+    if len(shape) == 3 and shape[0] in (1, 3, 4) and shape[-1] not in (1, 3, 4):
+        return int(shape[2]), int(shape[1])  # CHW
+    return int(shape[1]), int(shape[0])
 
 
 @contextlib.contextmanager

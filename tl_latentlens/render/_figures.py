@@ -13,7 +13,15 @@ from tl_latentlens.render._io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["figure", "save_png", "rgb_image", "outline"]
+__all__ = [
+    "figure",
+    "image_grid",
+    "image_indices",
+    "outline",
+    "result_images",
+    "rgb_image",
+    "save_png",
+]
 
 
 def figure(width_px: int, height_px: int, dpi: int) -> Any:
@@ -67,3 +75,49 @@ def outline(x: int, y: int) -> Any:
     from matplotlib.patches import Rectangle
 
     return Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, ec="#d97706", lw=2)
+
+
+# ---- the images of a result ------------------------------------------------------------------
+def image_indices(exp: Any) -> list[int]:
+    """The images a result has patches of (``PatchExplanation.image_index``), ascending."""
+    return sorted({int(p.image_index) for p in exp.patches}) or [0]
+
+
+def result_images(exp: Any, image: Any = None) -> list[Any]:
+    """The pictures of a result, one per image of its prompt: ``image`` if given (one or a
+    list), else ``exp.image``; ``[]`` when there is none.
+
+    Raises:
+        ValueError: Fewer pictures than the result has images (the message says how many).
+    """
+    src = image if image is not None else exp.image
+    if src is None:
+        return []
+    pictures = list(src) if isinstance(src, (list, tuple)) else [src]
+    need = max(image_indices(exp)) + 1
+    if len(pictures) < need:
+        raise ValueError(
+            f"this result has patches of {need} images (a prompt with several images) but "
+            f"{len(pictures)} picture(s) were given: pass image=[...] with one per image"
+        )
+    return pictures
+
+
+def image_grid(exp: Any, index: int) -> tuple[int, int]:
+    """``(rows, cols)`` of image ``index``'s patch grid.
+
+    The result's grid when it has one image. With several (images of one prompt may differ
+    in grid: Qwen-VL, Idefics3; the result's grid is the largest), the extent of that image's
+    grid patches when they fill it; otherwise (a result restricted to a few patches with
+    ``explain(patches=...)``) the result's grid.
+    """
+    rows, cols = (int(x) for x in exp.grid)
+    if len(image_indices(exp)) == 1:
+        return rows, cols
+    cells = {(p.row, p.col) for p in exp.patches if p.image_index == index and p.row >= 0}
+    if not cells:
+        return rows, cols
+    extent = (max(r for r, _ in cells) + 1, max(c for _, c in cells) + 1)
+    if len(cells) != extent[0] * extent[1] or extent[0] > rows or extent[1] > cols:
+        return rows, cols
+    return extent

@@ -1,11 +1,16 @@
-"""Atomic file writes shared by the renderers (temp file in the target folder + ``os.replace``)."""
+"""File writes of the renderers: :mod:`tl_latentlens._io`'s atomic write (unique temp file,
+fsync, ``os.replace``), plus what output files need: missing folders created, the written path
+returned, and the usual ``0644`` mode (``mkstemp`` makes ``0600``, which a web server or another
+user could not read)."""
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
+from typing import IO
+
+from tl_latentlens._io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -15,8 +20,7 @@ __all__ = ["atomic_write_bytes", "atomic_write_text"]
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` so readers never see a partial file.
 
-    The bytes go to a temporary file next to ``path`` which is then renamed over it; on any
-    error the temporary file is removed and ``path`` is left untouched.
+    On any error the temporary file is removed and ``path`` is left untouched.
 
     Args:
         path: Destination; missing parent folders are created.
@@ -31,17 +35,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    def write(f: IO[bytes]) -> None:
+        os.fchmod(f.fileno(), 0o644)
+        f.write(data)
+
+    atomic_write(path, write)
     logger.debug("wrote %s (%d bytes)", path, len(data))
     return path
 

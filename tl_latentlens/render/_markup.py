@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tl_latentlens.render._circuitsvis import display_tokens
+from tl_latentlens.render._figures import image_grid, image_indices, result_images, rgb_image
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,6 @@ def card_id(root_id: str, h: int, index: int) -> str:
 def _thumbnail(image: Any, max_side: int = 600) -> str | None:
     """``data:`` URI of a PNG thumbnail of a PIL image / array (``None`` if not an image)."""
     try:
-        from tl_latentlens.render._figures import rgb_image
-
         img = rgb_image(image)
         img.thumbnail((max_side, max_side))
         buf = io.BytesIO()
@@ -82,8 +81,10 @@ def header_html(
     shown: dict[str, set[int]],
     root_id: str,
 ) -> str:
-    """Title, run facts and (if the result carries one) the image with its clickable grid."""
+    """Title, run facts and (if the result carries them) the image(s), each with its
+    clickable patch grid."""
     rows, cols = exp.grid
+    indices = image_indices(exp)
     hook_list = ", ".join(f"<code>{esc(h)}</code> (layer {fmt_layer(layers[h])})" for h in hooks)
     bank_layers = sorted({n.layer for p in exp.patches for n in p.latent})
     search = "per-layer search" if exp.per_layer else "cross-layer search"
@@ -100,31 +101,41 @@ def header_html(
             "Prompt",
             f'<span class="ll-prompt">{esc(exp.prompt)}</span>' if exp.prompt else "<i>none</i>",
         ),
-        ("Grid", f"{rows} × {cols} patches · {exp.n_visual} visual tokens"),
+        ("Grid", f"{rows} × {cols} patches · {exp.n_visual} visual tokens{_n_images(indices)}"),
         ("Visual hooks", hook_list),
         ("Text hooks", f"{bank_desc} · {search} · k = {exp.k}"),
         ("Search", search_methods_html(exp)),
         ("Timings", timing or "<i>not recorded</i>"),
     ]
     meta = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
-    thumb = ""
-    uri = _thumbnail(exp.image) if exp.image is not None else None
-    if uri:
-        at = {(p.row, p.col): p for p in exp.patches if p.hook == hooks[0]}
+    try:
+        pictures = result_images(exp)
+    except ValueError as e:  # fewer pictures than images: the page goes without them
+        logger.warning("%s", e)
+        pictures = []
+    thumbs = []
+    for i in indices if pictures else ():
+        uri = _thumbnail(pictures[i])
+        if not uri:
+            continue
+        g_rows, g_cols = image_grid(exp, i)
+        at = {(p.row, p.col): p for p in exp.patches if p.hook == hooks[0] and p.image_index == i}
         cells = []
-        for r in range(rows):
-            for c in range(cols):
+        for r in range(g_rows):
+            for c in range(g_cols):
                 p = at.get((r, c))
                 if p is None or p.index not in shown[hooks[0]]:
                     cells.append("<span></span>")
                     continue
-                tip = esc(f"#{p.index} row {r}, col {c}: {p.top_word}")
+                tip = esc(f"#{p.index}{_image_of(p, indices)} row {r}, col {c}: {p.top_word}")
                 cells.append(f'<a href="#{card_id(root_id, 0, p.index)}" title="{tip}"></a>')
-        style = f"grid-template:repeat({rows},1fr)/repeat({cols},1fr)"
-        thumb = (
-            f'<div class="ll-thumb"><img alt="input image" src="{uri}">'
+        style = f"grid-template:repeat({g_rows},1fr)/repeat({g_cols},1fr)"
+        alt = f"input image {i}" if len(indices) > 1 else "input image"
+        thumbs.append(
+            f'<div class="ll-thumb"><img alt="{alt}" src="{uri}">'
             f'<div class="ll-thumb-grid" style="{style}">{"".join(cells)}</div></div>'
         )
+    thumb = "".join(thumbs)
     return (
         f'<header class="ll-head"><h1>{esc(title)}</h1>'
         f'<div class="ll-head-body">{thumb}<dl class="ll-meta">{meta}</dl></div></header>'
@@ -138,52 +149,83 @@ def overview_html(
     shown: dict[str, set[int]],
     root_id: str,
 ) -> str:
-    """One table per hook: the patch grid with the top LatentLens word in each cell."""
-    rows, cols = exp.grid
+    """One table per hook (and per image, for a prompt with several): the patch grid with
+    the top LatentLens word in each cell."""
+    indices = image_indices(exp)
     figures = []
     for h, hook in enumerate(hooks):
-        patches = exp.at(hook)
-        sims = [p.latent[0].similarity for p in patches if p.latent]
+        every = exp.at(hook)
+        sims = [p.latent[0].similarity for p in every if p.latent]
         lo, hi = (min(sims), max(sims)) if sims else (0.0, 1.0)
-        cell: dict[tuple[int, int], str] = {}
-        extra = []
-        for p in patches:
-            sim = p.latent[0].similarity if p.latent else None
-            alpha = 0.06 if sim is None else 0.1 + 0.55 * ((sim - lo) / (hi - lo) if hi > lo else 1)
-            tip = f"#{p.index} (row {p.row}, col {p.col})"
-            if p.latent:
-                n = p.latent[0]
-                tip += f": {n.token!r} sim {n.similarity:.3f}, text layer {fmt_layer(n.layer)}\n{n.sentence}"
-            word = esc(p.top_word) or "&nbsp;"
-            inner = (
-                f'<a href="#{card_id(root_id, h, p.index)}" title="{esc(tip)}">{word}</a>'
-                if p.index in shown[hook]
-                else f'<span title="{esc(tip)}">{word}</span>'
+        for i in indices:
+            patches = [p for p in every if p.image_index == i]
+            figures.append(
+                _grid_table(exp, hook, h, i, indices, patches, layers, shown, root_id, lo, hi)
             )
-            bg = f"background:rgba(30,99,196,{alpha:.2f})"
-            if 0 <= p.row < rows and 0 <= p.col < cols:
-                cell[(p.row, p.col)] = f'<td style="{bg}">{inner}</td>'
-            else:  # not a grid patch: listed after the grid
-                extra.append(f'<span class="ll-extra" style="{bg}">{inner}</span>')
-        head = "<tr><th></th>" + "".join(f"<th>{c}</th>" for c in range(cols)) + "</tr>"
-        body = "".join(
-            f"<tr><th>{r}</th>"
-            + "".join(cell.get((r, c), "<td></td>") for c in range(cols))
-            + "</tr>"
-            for r in range(rows)
-        )
-        if extra:
-            body += f'<tr><th>other</th><td colspan="{max(cols, 1)}">{"".join(extra)}</td></tr>'
-        figures.append(
-            f'<figure class="ll-grid{" ll-dense" if cols > 12 else ""}"><figcaption><code>{esc(hook)}</code> '
-            f"<small>layer {fmt_layer(layers[hook])}</small></figcaption>"
-            f"<table>{head}{body}</table></figure>"
-        )
     return (
         '<section class="ll-overview"><h2>Top LatentLens word per patch '
         "<small>(click a cell for its neighbours)</small></h2>"
         f'<div class="ll-grids">{"".join(figures)}</div></section>'
     )
+
+
+def _grid_table(
+    exp: Any,
+    hook: str,
+    h: int,
+    image: int,
+    indices: Sequence[int],
+    patches: Sequence[Any],
+    layers: dict[str, float],
+    shown: dict[str, set[int]],
+    root_id: str,
+    lo: float,
+    hi: float,
+) -> str:
+    """The overview table of one hook and one image."""
+    rows, cols = image_grid(exp, image)
+    cell: dict[tuple[int, int], str] = {}
+    extra = []
+    for p in patches:
+        sim = p.latent[0].similarity if p.latent else None
+        alpha = 0.06 if sim is None else 0.1 + 0.55 * ((sim - lo) / (hi - lo) if hi > lo else 1)
+        tip = f"#{p.index}{_image_of(p, indices)} (row {p.row}, col {p.col})"
+        if p.latent:
+            n = p.latent[0]
+            tip += f": {n.token!r} sim {n.similarity:.3f}, text layer {fmt_layer(n.layer)}\n{n.sentence}"
+        word = esc(p.top_word) or "&nbsp;"
+        inner = (
+            f'<a href="#{card_id(root_id, h, p.index)}" title="{esc(tip)}">{word}</a>'
+            if p.index in shown[hook]
+            else f'<span title="{esc(tip)}">{word}</span>'
+        )
+        bg = f"background:rgba(30,99,196,{alpha:.2f})"
+        if 0 <= p.row < rows and 0 <= p.col < cols:
+            cell[(p.row, p.col)] = f'<td style="{bg}">{inner}</td>'
+        else:  # not a grid patch: listed after the grid
+            extra.append(f'<span class="ll-extra" style="{bg}">{inner}</span>')
+    head = "<tr><th></th>" + "".join(f"<th>{c}</th>" for c in range(cols)) + "</tr>"
+    body = "".join(
+        f"<tr><th>{r}</th>" + "".join(cell.get((r, c), "<td></td>") for c in range(cols)) + "</tr>"
+        for r in range(rows)
+    )
+    if extra:
+        body += f'<tr><th>other</th><td colspan="{max(cols, 1)}">{"".join(extra)}</td></tr>'
+    which = f" · image {image}" if len(indices) > 1 else ""
+    return (
+        f'<figure class="ll-grid{" ll-dense" if cols > 12 else ""}"><figcaption><code>{esc(hook)}</code> '
+        f"<small>layer {fmt_layer(layers[hook])}{which}</small></figcaption>"
+        f"<table>{head}{body}</table></figure>"
+    )
+
+
+def _n_images(indices: Sequence[int]) -> str:
+    return f" · {len(indices)} images" if len(indices) > 1 else ""
+
+
+def _image_of(patch: Any, indices: Sequence[int]) -> str:
+    """`` image i`` for a result with several images, else nothing."""
+    return f" image {patch.image_index}" if len(indices) > 1 else ""
 
 
 def _fallback(patch: Any) -> str:
@@ -229,13 +271,16 @@ def _lens_table(patch: Any) -> str:
     return f'<table class="ll-lenses ll-n{len(cols)}">{head}</tr>{"".join(body)}</table>'
 
 
-def card_html(patch: Any, h: int, root_id: str, key: str) -> str:
-    """One visual token at one hook: circuitsvis slot (with fallback) beside the lens table."""
+def card_html(patch: Any, h: int, root_id: str, key: str, several_images: bool = False) -> str:
+    """One visual token at one hook: circuitsvis slot (with fallback) beside the lens table
+    (``several_images``: say which image of the prompt the token belongs to)."""
     top = ""
     if patch.latent:
         n = patch.latent[0]
         top = f"top {tok(n.token)} {n.similarity:.3f} · text layer {fmt_layer(n.layer)}"
     where = f"row {patch.row} · col {patch.col} · position {patch.position}"
+    if several_images:
+        where = f"image {patch.image_index} · {where}"
     # circuitsvis pages 5 samples at a time: hide its (then useless) selectors up to 5.
     compact = " data-compact" if len(patch.latent) <= 5 else ""
     return (

@@ -1,7 +1,7 @@
 """Standalone, offline HTML pages of :class:`~tl_latentlens.lens.results.Explanation` results.
 
-The page has a header (model, bank, prompt, grid, timings, the image with its patch grid), a
-patch-grid overview per hook (top LatentLens word per patch, click to jump) and one card per
+The page has a header (model, bank, prompt, grid, timings, the image with its patch grid; one
+per image for a prompt with several), a patch-grid overview per hook (and image) (top LatentLens word per patch, click to jump) and one card per
 visual token and hook: its k LatentLens neighbours as their corpus sentences with the matched
 token highlighted (a circuitsvis ``TopkSamples``), beside a table of the LatentLens, LogitLens
 and EmbeddingLens tokens.
@@ -22,8 +22,11 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from tl_latentlens.hooks import layer_of
+from tl_latentlens.lens.results import Explanation
 from tl_latentlens.render import _circuitsvis as cv
 from tl_latentlens.render._assets import INIT_JS, PAGE_CSS
+from tl_latentlens.render._figures import image_indices
 from tl_latentlens.render._io import atomic_write_text
 from tl_latentlens.render._markup import card_html, esc, fmt_layer, header_html, overview_html
 
@@ -36,7 +39,7 @@ __all__ = ["explanation_html", "explanation_fragment", "show_explanation", "EAGE
 EAGER_CARDS = 60
 
 
-def _select_hooks(exp: Any, hooks: str | Sequence[str] | None) -> list[str]:
+def _select_hooks(exp: Explanation, hooks: str | Sequence[str] | None) -> list[str]:
     if hooks is None:
         return list(exp.hooks)
     chosen = [hooks] if isinstance(hooks, str) else list(hooks)
@@ -46,9 +49,7 @@ def _select_hooks(exp: Any, hooks: str | Sequence[str] | None) -> list[str]:
     return chosen
 
 
-def _layers(exp: Any, hooks: Sequence[str]) -> dict[str, float]:
-    from tl_latentlens.hooks import layer_of
-
+def _layers(exp: Explanation, hooks: Sequence[str]) -> dict[str, float]:
     layers = {p.hook: p.layer for p in exp.patches}
     out = {}
     for h in hooks:
@@ -60,7 +61,7 @@ def _layers(exp: Any, hooks: Sequence[str]) -> dict[str, float]:
 
 
 def explanation_fragment(
-    exp: Any,
+    exp: Explanation,
     hooks: str | Sequence[str] | None = None,
     max_patches: int | None = None,
     title: str | None = None,
@@ -81,6 +82,7 @@ def explanation_fragment(
     root_id = "ll-" + uuid.uuid4().hex[:10]
     layers = _layers(exp, hooks)
 
+    several = len(image_indices(exp)) > 1
     shown: dict[str, set[int]] = {}
     sections, cards = [], {}
     for h, hook in enumerate(hooks):
@@ -90,11 +92,12 @@ def explanation_fragment(
         parts = []
         for p in picked:
             key = f"h{h}p{p.index}"
-            label = f"#{p.index} (row {p.row}, col {p.col})"
+            which = f"image {p.image_index}, " if several else ""
+            label = f"#{p.index} ({which}row {p.row}, col {p.col})"
             props = cv.topk_props(p, f"{hook} (layer {fmt_layer(p.layer)})", label)
             if props is not None:
                 cards[key] = props
-            parts.append(card_html(p, h, root_id, key))
+            parts.append(card_html(p, h, root_id, key, several_images=several))
         note = f"{len(picked)} of {len(patches)} visual tokens"
         if len(picked) < len(patches):
             note += f" (max_patches={max_patches})"
@@ -127,7 +130,7 @@ def explanation_fragment(
 
 
 def explanation_html(
-    exp: Any,
+    exp: Explanation,
     path: str | os.PathLike | None = None,
     hooks: str | Sequence[str] | None = None,
     max_patches: int | None = None,
@@ -173,7 +176,7 @@ def explanation_html(
     return page
 
 
-def show_explanation(exp: Any, **kwargs: Any) -> Any:
+def show_explanation(exp: Explanation, **kwargs: Any) -> Any:
     """An ``IPython.display.HTML`` object of ``exp`` for notebooks.
 
     Args:

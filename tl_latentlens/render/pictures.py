@@ -22,7 +22,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tl_latentlens.render._figures import figure, outline, rgb_image, save_png
+from tl_latentlens.render._figures import (
+    figure,
+    image_grid,
+    image_indices,
+    outline,
+    result_images,
+    rgb_image,
+    save_png,
+)
 from tl_latentlens.render._markup import fmt_layer
 
 logger = logging.getLogger(__name__)
@@ -30,6 +38,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["patch_words_png", "leap_heatmap_png", "layer_curve_png"]
 
 _HEADER_PX = 36
+_PANEL_GAP_PX = 8  # white space between the panels of a several-image result
 _LEAP_VALUES = {
     "shares": "Share of top-1 neighbours per text layer",
     "counts": "Top-1 neighbours per text layer",
@@ -55,17 +64,21 @@ def patch_words_png(
     """Draw the image, its patch grid and the top LatentLens word of every patch at ``hook``.
 
     Words sit in semi-transparent dark boxes with white text, readable on any image. The grid
-    is spread evenly over the image as given (the model may have resized or cropped it).
+    is spread evenly over the picture: ``exp.image`` is what the model saw (a processor's crop
+    already applied by :meth:`~tl_latentlens.lens.LatentLens.explain`); a picture passed as
+    ``image`` is taken as such. A result of a prompt with several images is drawn as one
+    panel per image, side by side, each with its own grid and words.
 
     Args:
         exp: An :class:`~tl_latentlens.lens.results.Explanation`.
         path: Output PNG (written atomically).
         hook: Visual hook to show (default: the first explained hook).
-        image: PIL image, array (HWC or CHW) or image path; default ``exp.image``.
+        image: PIL image, array (HWC or CHW) or image path, or a list of them (one per image
+            of the prompt); default ``exp.image``.
         fontsize: Word size in points (default: fitted to the patch size; long words shrink).
-        width: Output width in pixels (default: the image width, but at least 640 px and 72 px
-            per patch column, at most 2400). The height follows the image's aspect ratio, plus
-            a 36 px title band.
+        width: Output width in pixels (default: the images' width, but at least 640 px and
+            72 px per patch column, at most 2400). The height follows the images' aspect
+            ratios, plus a 36 px title band.
         max_chars: Longer words are cut with "…".
         title: Draw the title band (hook, layer, model).
         dpi: Resolution used to convert points to pixels.
@@ -74,7 +87,8 @@ def patch_words_png(
         The written path.
 
     Raises:
-        ValueError: Unknown hook (lists the explained ones), no image, or bad sizes.
+        ValueError: Unknown hook (lists the explained ones), no image (or fewer pictures than
+            the result has images), or bad sizes.
 
     Example:
         >>> patch_words_png(result, "words.png", image=PIL.Image.open("cat.jpg"))
@@ -83,55 +97,40 @@ def patch_words_png(
     hook = exp.hooks[0] if hook is None else hook
     if hook not in exp.hooks:
         raise ValueError(f"unknown hook {hook!r}; this result explains hooks {exp.hooks}")
-    src = image if image is not None else exp.image
-    if src is None:
+    pictures = result_images(exp, image)
+    if not pictures:
         raise ValueError(
             "no image to draw on: pass image=... (results loaded from JSON carry no image)"
         )
-    img = rgb_image(src)
     rows, cols = exp.grid
     if rows < 1 or cols < 1:
         raise ValueError(f"the result has no patch grid (grid={exp.grid})")
-    w_img, h_img = img.size
-    width = int(width) if width is not None else min(2400, max(w_img, 72 * cols, 640))
-    if width < 16 or max_chars < 2:
+    indices = image_indices(exp)
+    imgs = [rgb_image(pictures[i]) for i in indices]
+    grids = [image_grid(exp, i) for i in indices]
+    gap = _PANEL_GAP_PX if len(imgs) > 1 else 0
+    aspects = [im.size[0] / im.size[1] for im in imgs]
+    natural = sum(im.size[0] for im in imgs)
+    width = (
+        int(width)
+        if width is not None
+        else min(2400, max(natural, 72 * sum(c for _, c in grids), 640))
+    )
+    if width < 16 + gap * (len(imgs) - 1) or max_chars < 2:
         raise ValueError(f"width must be >= 16 px and max_chars >= 2, got {width}, {max_chars}")
-    img_h = max(1, round(width * h_img / w_img))
+    img_h = max(1, round((width - gap * (len(imgs) - 1)) / sum(aspects)))
     head = _HEADER_PX if title else 0
     fig = figure(width, img_h + head, dpi)
-    ax = fig.add_axes((0, 0, 1, img_h / (img_h + head)))
-    import numpy as np
-
-    ax.imshow(np.asarray(img), extent=(0, cols, rows, 0), aspect="auto", interpolation="lanczos")
-    ax.set_xlim(0, cols)
-    ax.set_ylim(rows, 0)
-    ax.set_axis_off()
-    grid_kw = {"color": "white", "alpha": 0.7, "linewidth": 0.8}
-    for c in range(1, cols):
-        ax.axvline(c, **grid_kw)
-    for r in range(1, rows):
-        ax.axhline(r, **grid_kw)
-
-    cell_w, cell_h = width / cols, img_h / rows
-    pt = 72.0 / dpi  # points per pixel
-    base = fontsize if fontsize is not None else min(cell_w / 5.0, cell_h * 0.42, 28.0) * pt
-    for p in exp.at(hook):
-        if not (0 <= p.row < rows and 0 <= p.col < cols) or not p.top_word:
-            continue
-        word = _short(p.top_word, max_chars)
-        size = base if fontsize is not None else min(base, cell_w * 0.92 / (0.62 * len(word)) * pt)
-        ax.text(
-            p.col + 0.5,
-            p.row + 0.5,
-            word,
-            ha="center",
-            va="center",
-            color="white",
-            fontsize=max(size, 4.0),
-            parse_math=False,
-            bbox={"boxstyle": "round,pad=0.18", "fc": (0, 0, 0, 0.62), "ec": "none"},
-        )
+    by_image = {i: [p for p in exp.at(hook) if p.image_index == i] for i in indices}
+    x = 0.0
+    for n, (i, img, grid, aspect) in enumerate(zip(indices, imgs, grids, aspects)):
+        panel_w = img_h * aspect if n < len(imgs) - 1 else width - x
+        ax = fig.add_axes((x / width, 0, panel_w / width, img_h / (img_h + head)))
+        label = f"image {i}" if len(imgs) > 1 else None
+        _draw_panel(ax, img, by_image[i], grid, panel_w, img_h, fontsize, max_chars, dpi, label)
+        x += panel_w + gap
     if title:
+        pt = 72.0 / dpi
         layer = next((p.layer for p in exp.patches if p.hook == hook), None)
         label = f"Top LatentLens word per patch · {hook}"
         label += f" (layer {fmt_layer(layer)})" if layer is not None else ""
@@ -148,6 +147,66 @@ def patch_words_png(
             parse_math=False,
         )
     return save_png(fig, path, dpi)
+
+
+def _draw_panel(
+    ax: Any,
+    img: Any,
+    patches: list[Any],
+    grid: tuple[int, int],
+    width: float,
+    height: float,
+    fontsize: float | None,
+    max_chars: int,
+    dpi: int,
+    label: str | None,
+) -> None:
+    """One image with its ``grid`` and the top word of each of its ``patches``
+    (``width`` x ``height``: the panel's size in pixels)."""
+    import numpy as np
+
+    rows, cols = grid
+    ax.imshow(np.asarray(img), extent=(0, cols, rows, 0), aspect="auto", interpolation="lanczos")
+    ax.set_xlim(0, cols)
+    ax.set_ylim(rows, 0)
+    ax.set_axis_off()
+    grid_kw = {"color": "white", "alpha": 0.7, "linewidth": 0.8}
+    for c in range(1, cols):
+        ax.axvline(c, **grid_kw)
+    for r in range(1, rows):
+        ax.axhline(r, **grid_kw)
+    cell_w, cell_h = width / cols, height / rows
+    pt = 72.0 / dpi  # points per pixel
+    base = fontsize if fontsize is not None else min(cell_w / 5.0, cell_h * 0.42, 28.0) * pt
+    for p in patches:
+        if not (0 <= p.row < rows and 0 <= p.col < cols) or not p.top_word:
+            continue
+        word = _short(p.top_word, max_chars)
+        size = base if fontsize is not None else min(base, cell_w * 0.92 / (0.62 * len(word)) * pt)
+        ax.text(
+            p.col + 0.5,
+            p.row + 0.5,
+            word,
+            ha="center",
+            va="center",
+            color="white",
+            fontsize=max(size, 4.0),
+            parse_math=False,
+            bbox={"boxstyle": "round,pad=0.18", "fc": (0, 0, 0, 0.62), "ec": "none"},
+        )
+    if label:
+        ax.text(
+            0.01,
+            0.99,
+            label,
+            transform=ax.transAxes,
+            ha="left",
+            va="top",
+            color="white",
+            fontsize=9,
+            parse_math=False,
+            bbox={"boxstyle": "square,pad=0.2", "fc": (0.12, 0.39, 0.77, 0.85), "ec": "none"},
+        )
 
 
 def leap_heatmap_png(

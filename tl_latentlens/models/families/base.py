@@ -4,7 +4,8 @@
 
 * the default prompt and how a generic ``"<image>"`` marker is spelled for this family;
 * how to build the HF processor when TransformerLens could not (no torchvision);
-* where the visual tokens are in the patch grid (:meth:`VLMFamily.layout`).
+* where the visual tokens are in the patch grid (:meth:`VLMFamily.layout`);
+* which part of each image that grid covers (:meth:`VLMFamily.view_box`).
 
 Layouts give ``rows``/``cols`` of each visual token, ``-1`` where it is not a grid patch.
 When images of one prompt have different grids, :attr:`VisualLayout.grid` is the largest;
@@ -20,11 +21,12 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from tl_latentlens.models.base import IMAGE_MARKER, ImageTokenMismatchError, VisualLayout
+from tl_latentlens.models.base import IMAGE_MARKER, Box, ImageTokenMismatchError, VisualLayout
 
 __all__ = [
     "ImageOnlyProcessorMixin",
     "VLMFamily",
+    "centre_crop_box",
     "image_token_id",
     "square_blocks",
     "token_positions",
@@ -75,6 +77,14 @@ class VLMFamily:
         """Add model inputs the family needs but a processor may not return (default: none)."""
         return inputs
 
+    def view_box(self, processor: Any, size: tuple[int, int]) -> Box | None:
+        """The region of a ``(width, height)`` image that its patch grid covers.
+
+        Default ``None``: the whole image (the family's processor resizes or tiles it without
+        cutting anything off). Families whose processor crops or pads override this.
+        """
+        return None
+
     def layout(
         self,
         input_ids: Int[Tensor, " pos"],
@@ -103,6 +113,65 @@ class ImageOnlyProcessorMixin:
         if argument_name == "video_processor" and argument is None:
             return None
         return super().check_argument_for_proper_class(argument_name, argument)  # type: ignore[misc]
+
+
+def _size_field(size: Any, key: str) -> int | None:
+    """A field of an HF size spec (``SizeDict`` or plain dict)."""
+    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+    return int(value) if value else None
+
+
+def centre_crop_box(image_processor: Any, size: tuple[int, int]) -> Box | None:
+    """Region of a ``(width, height)`` image that a CLIP-style image processor keeps.
+
+    Follows the processor's own steps (``transformers`` CLIP / LLaVA image processors): an
+    optional pad to a square (``do_pad``, LLaVA's "pad" mode), a resize (``shortest_edge``:
+    the short side to that length, the long one ``int(short * long / short)``; or a fixed
+    ``height`` x ``width``), then a centre crop of ``crop_size`` at offset
+    ``(resized - crop) // 2`` (negative: the crop pads). The box is that crop mapped back to
+    the image's pixels.
+
+    Returns:
+        ``(left, top, right, bottom)``, or ``None`` when the processor keeps the whole image
+        (no centre crop and no padding, or a size spec this does not know).
+
+    Example:
+        >>> centre_crop_box(CLIPImageProcessorPil(), (640, 480))   # shortest_edge 224, crop 224
+        (80.0, 0.0, 560.0, 480.0)
+    """
+    width, height = size
+    left, top = 0.0, 0.0
+    if getattr(image_processor, "do_pad", False) and width != height:
+        side = max(width, height)  # pad_to_square: the image centred in a square
+        left, top = -float((side - width) // 2), -float((side - height) // 2)
+        width = height = side
+    if not getattr(image_processor, "do_center_crop", False):
+        return None if (left, top) == (0.0, 0.0) else (left, top, left + width, top + height)
+    crop = getattr(image_processor, "crop_size", None)
+    crop_h, crop_w = _size_field(crop, "height"), _size_field(crop, "width")
+    if crop_h is None or crop_w is None:
+        return None
+    new_w, new_h = width, height
+    if getattr(image_processor, "do_resize", False):
+        spec = getattr(image_processor, "size", None)
+        shortest, longest = _size_field(spec, "shortest_edge"), _size_field(spec, "longest_edge")
+        fixed_h, fixed_w = _size_field(spec, "height"), _size_field(spec, "width")
+        if shortest and not longest:
+            short, long = min(width, height), max(width, height)
+            new_short, new_long = shortest, int(shortest * long / short)
+            new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+        elif fixed_h and fixed_w:
+            new_w, new_h = fixed_w, fixed_h
+        else:
+            return None
+    sx, sy = width / new_w, height / new_h
+    crop_top, crop_left = (new_h - crop_h) // 2, (new_w - crop_w) // 2
+    return (
+        left + crop_left * sx,
+        top + crop_top * sy,
+        left + (crop_left + crop_w) * sx,
+        top + (crop_top + crop_h) * sy,
+    )
 
 
 def image_token_id(hf_config: Any) -> int:

@@ -2,7 +2,9 @@
 
 LLaVA-1.5 (:class:`LlavaFamily`) has one square grid per image, row-major
 (``image_size // patch_size`` per side); a leading CLS token (with
-``vision_feature_select_strategy="full"``) gets ``-1``.
+``vision_feature_select_strategy="full"``) gets ``-1``. Its CLIP processor resizes the short
+side and centre-crops a square, so the grid covers the middle of a non-square image only
+(:meth:`LlavaFamily.view_box`).
 
 LLaVA-NeXT and LLaVA-OneVision encode an image as one low-resolution *base* view (the whole
 image resized to the tower's input size) plus high-resolution tiles picked from ``image_grid_pinpoints``. The
@@ -35,6 +37,7 @@ from tl_latentlens.models.base import ImageTokenMismatchError, VisualLayout
 from tl_latentlens.models.families.base import (
     ImageOnlyProcessorMixin,
     VLMFamily,
+    centre_crop_box,
     image_token_id,
     square_blocks,
     token_positions,
@@ -93,6 +96,10 @@ def _base_view(hf_config: Any) -> tuple[int, int]:
 
 class LlavaFamily(VLMFamily):
     """LLaVA-1.5 (``LlavaForConditionalGeneration``): CLIP/SigLIP tower + MLP projector."""
+
+    def view_box(self, processor, size):
+        """The centre crop (or square padding) of the CLIP processor (:func:`centre_crop_box`)."""
+        return centre_crop_box(getattr(processor, "image_processor", processor), size)
 
     def layout(self, input_ids, inputs, hf_config, n_images, tokenizer):
         side, offset = _base_view(hf_config)

@@ -30,16 +30,19 @@ from typing import Any
 import torch
 
 from tl_latentlens.default import assets
-from tl_latentlens.default.captioning import (
+from tl_latentlens.default.encoder import ENCODER_ID, EfficientNetLite0Encoder
+from tl_latentlens.default.features import SampleSpec, sample_set
+from tl_latentlens.default.lm import file_sha256, lm_spec, load_lm
+from tl_latentlens.default.loader import WEIGHTS_DIR, _read_manifest, save_connector_vlm
+from tl_latentlens.default.objects import load_objects, split_objects
+from tl_latentlens.models.connector import Connector, ConnectorVLM
+from tl_latentlens.training.captioning import (
     CaptionSet,
     CaptionTemplate,
     grounding_eval,
     mean_caption_loss,
 )
-from tl_latentlens.default.features import SampleSpec, sample_set
-from tl_latentlens.default.objects import load_objects, split_objects
-from tl_latentlens.default.train import TrainConfig, train_connector
-from tl_latentlens.models.connector import Connector, ConnectorVLM
+from tl_latentlens.training.train import TrainConfig, train_connector
 
 __all__ = ["PipelineConfig", "add_arguments", "run_from_args", "train_default_connector"]
 
@@ -108,8 +111,6 @@ def _init_connector(connector: Connector, init_from: str | None) -> dict[str, An
         return None
     from safetensors.torch import load_file
 
-    from tl_latentlens.default.loader import _read_manifest
-
     manifest = _read_manifest(Path(init_from))
     connector.load_state_dict(load_file(str(Path(init_from) / manifest["weights"])))
     prev = manifest.get("training", {})
@@ -132,9 +133,6 @@ def train_default_connector(
     resume: bool = True,
 ) -> dict[str, Any]:
     """Run the whole pipeline; returns (and writes to ``work_dir``) the final manifest."""
-    from tl_latentlens.default.encoder import ENCODER_ID, EfficientNetLite0Encoder
-    from tl_latentlens.default.lm import file_sha256, lm_spec, load_lm
-    from tl_latentlens.default.loader import save_connector_vlm
 
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -258,7 +256,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Build a :class:`PipelineConfig` from ``args`` and run it; returns 0."""
-    from tl_latentlens.default.loader import WEIGHTS_DIR
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -294,8 +291,8 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tl_latentlens.default.pipeline [args]``: the same as ``train-connector``."""
-    parser = argparse.ArgumentParser(prog="python -m tl_latentlens.default.pipeline")
+    """``python -m tl_latentlens.training.pipeline [args]``: the same as ``train-connector``."""
+    parser = argparse.ArgumentParser(prog="python -m tl_latentlens.training.pipeline")
     add_arguments(parser)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)

@@ -4,9 +4,8 @@
 precomputed :class:`CaptionSet` s (see :mod:`tl_latentlens.default.features`). It checkpoints
 atomically every ``eval_every`` steps, resumes from the last checkpoint with identical results
 (the batch order is a function of seed and step), keeps the connector with the lowest held-out
-loss and writes a JSON manifest of the run. :func:`add_train_parser` / :func:`run_train` are
-the ``tl-latentlens train-connector`` command (the default VLM's full pipeline lives in
-:mod:`tl_latentlens.default.pipeline`).
+loss and writes a JSON manifest of the run. The default VLM's full pipeline (the
+``tl-latentlens train-connector`` command) lives in :mod:`tl_latentlens.training.pipeline`.
 
 Example:
     >>> cfg = TrainConfig(steps=200, batch_size=8, lr=1e-3)
@@ -30,20 +29,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tl_latentlens.default.captioning import (
+from tl_latentlens.models.connector import ConnectorVLM
+from tl_latentlens.training.captioning import (
     CaptionSet,
     CaptionTemplate,
     caption_losses,
     mean_caption_loss,
 )
-from tl_latentlens.models.connector import ConnectorVLM
 
 __all__ = [
     "TrainConfig",
     "TrainResult",
-    "add_train_parser",
     "batch_indices",
-    "run_train",
     "train_connector",
 ]
 
@@ -277,24 +274,3 @@ def _manifest(config, state, train, held_out, data_info) -> dict[str, Any]:
         },
         "data": data_info or {},
     }
-
-
-def add_train_parser(subparsers: Any) -> Any:
-    """Add the ``train-connector`` sub-command (see :mod:`tl_latentlens.default.pipeline`)."""
-    from tl_latentlens.default.pipeline import add_arguments
-
-    parser = subparsers.add_parser(
-        "train-connector",
-        help="train the default VLM's connector (SmolLM2-135M + EfficientNet-Lite0) on CPU",
-        description="Train the connector of the embedded default VLM on Tux Paint stamp captions.",
-    )
-    add_arguments(parser)
-    parser.set_defaults(func=run_train)
-    return parser
-
-
-def run_train(args: Any) -> int:
-    """Run ``train-connector`` from parsed arguments; returns an exit code."""
-    from tl_latentlens.default.pipeline import run_from_args
-
-    return run_from_args(args)

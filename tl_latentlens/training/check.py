@@ -2,7 +2,7 @@
 
 :func:`check_grounding` loads a connector VLM directory (float32 LM by default), rebuilds the
 held-out captioning samples of the default pipeline (the features are cached) and runs
-:func:`~tl_latentlens.default.captioning.grounding_eval`: held-out caption loss with the right
+:func:`~tl_latentlens.training.captioning.grounding_eval`: held-out caption loss with the right
 image vs zero visual tokens vs another image's visual tokens, overall and per sample kind.
 
 Example:
@@ -22,10 +22,11 @@ from typing import Any
 
 import torch
 
-from tl_latentlens.default.captioning import CaptionSet, CaptionTemplate, grounding_eval
 from tl_latentlens.default.data import load_stamps, split_stamps
 from tl_latentlens.default.features import SampleSpec, sample_set
+from tl_latentlens.default.loader import MANIFEST_NAME, load_connector_vlm
 from tl_latentlens.default.objects import load_objects, split_objects
+from tl_latentlens.training.captioning import CaptionSet, CaptionTemplate, grounding_eval
 
 __all__ = ["check_grounding"]
 
@@ -50,8 +51,6 @@ def check_grounding(
     Returns:
         The :func:`grounding_eval` report plus ``"lm_dtype"`` and ``"seconds"``.
     """
-    from tl_latentlens.default.loader import MANIFEST_NAME, load_connector_vlm
-
     path = Path(path)
     vlm = load_connector_vlm(path, dtype=dtype)
     manifest = vlm.manifest  # type: ignore[attr-defined]
