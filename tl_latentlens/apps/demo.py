@@ -186,8 +186,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     lens = LatentLens(vlm, bank)
     images = _sample_images(cfg)
     pages, explanations = [], []
-    for im in images if cfg.images else _showcase(images, cfg.quick):
-        result = lens.explain(im.image, k=cfg.k)
+    shown = list(images if cfg.images else _showcase(images, cfg.quick))
+    # one batched forward pass and search for several images at a time
+    results = lens.explain_many([im.image for im in shown], k=cfg.k, batch_size=8)
+    for im, result in zip(shown, results):
         explanations.append(result)
         result.to_html(out / f"{im.id}.html", title=f"LatentLens · {im.id}")
         png = result.save_png(out / f"{im.id}_patches.png", hook=_middle_hook(result))
