@@ -285,3 +285,17 @@ def test_calibrate_with_images_records_a_held_out_text_set(bank_dir, tiny_vlm, t
         assert 0.0 <= c.recall["held-out text"] <= 1.0
     recorded = Bank.open(path).hook_info(HOOKS[-1])["routes"]["recall_at_10"]
     assert "held-out text" in recorded
+
+
+def test_calibrate_with_images_refuses_bad_held_out_text(bank_dir, tiny_vlm):
+    from tiny_models import random_image
+    from tl_latentlens.bank.calibrate import calibrate_bank_with_images
+
+    bank = Bank.open(bank_dir, tiny_vlm)
+    images = [random_image(seed) for seed in range(3)]
+    with pytest.raises(ValueError, match="list of sentences, not one string"):
+        calibrate_bank_with_images(bank, tiny_vlm, images, held_out_text="the red car")
+    with pytest.raises(ValueError, match="max_text_tokens must be positive"):
+        calibrate_bank_with_images(
+            bank, tiny_vlm, images, held_out_text=["the red car"], max_text_tokens=0
+        )

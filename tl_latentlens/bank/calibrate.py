@@ -320,6 +320,12 @@ def calibrate_bank_with_images(
 
     if not 0.0 < held_out_share < 1.0:
         raise ValueError(f"held_out_share must be in (0, 1), got {held_out_share}")
+    if isinstance(held_out_text, str):
+        raise ValueError(
+            "held_out_text must be a list of sentences, not one string: wrap it in [...]"
+        )
+    if held_out_text and max_text_tokens <= 0:
+        raise ValueError(f"max_text_tokens must be positive, got {max_text_tokens}")
     if len(images) < 2:
         raise ValueError("calibration needs at least 2 images (some are held out)")
     rng = np.random.default_rng(seed)
@@ -349,4 +355,6 @@ def _text_tokens(
         n += int(acts.token_id.shape[0])
         if n >= limit:
             break
+    if n == 0:
+        raise ValueError("held_out_text has no tokens to calibrate on: pass non-empty sentences")
     return {b: np.concatenate(got[h])[:limit] for b, h in zip(bank_hooks, hooks)}

@@ -2,8 +2,9 @@
 
 One matrix product per block for all queries of a call (float32 accumulation), blocks taken
 as views of the resident decoded copy when there is one (:meth:`HookVectors.resident`) or
-decoded from the memory-mapped file otherwise. The same code runs on every device: on ``cuda`` the
-chunks are moved to the device (or the whole decoded hook is kept there when asked).
+decoded from the memory-mapped file otherwise. On the CPU the products run in numpy's BLAS;
+on a device (or on the CPU with a device cache) the same blocks run through torch, moved to
+the device (or the whole decoded hook is kept there when asked).
 Ties are broken by the lower row, so results do not depend on chunking or device.
 """
 
@@ -115,6 +116,7 @@ def exact_rows(
     queries: Float[np.ndarray, "m d"],
     candidates: Int[np.ndarray, "m c"],
     k: int,
+    union: Int[np.ndarray, " u"] | None = None,
 ) -> tuple[Sims, Rows]:
     """Exact re-rank: top-``k`` of each query among its own candidate rows.
 
@@ -122,7 +124,8 @@ def exact_rows(
     of the call are decoded once (their union) and multiplied by all queries in one product;
     each query then reads only its own candidates' similarities. A query with fewer than
     ``k`` distinct candidates is padded with similarity ``-inf`` and row ``-1``. Ties are
-    ordered by the lower row, as in :func:`exact_top_k`.
+    ordered by the lower row, as in :func:`exact_top_k`. ``union`` (sorted distinct valid
+    rows of ``candidates``), when the caller has it, is not computed again.
 
     Written in numpy: these are small arrays, and small torch operations with several threads
     on a busy CPU cost 10-20x more (measured: 31 ms vs 7 ms for 49 queries).
@@ -131,7 +134,8 @@ def exact_rows(
     rows = np.sort(np.asarray(candidates, dtype=np.int64).reshape(m, -1), axis=1)
     rows[:, 1:][rows[:, 1:] == rows[:, :-1]] = -1  # a row listed twice counts once
     valid = rows >= 0
-    union = np.unique(rows[valid])
+    if union is None:
+        union = np.unique(rows[valid])
     sims = np.empty((m, union.size + 1), dtype=np.float32)
     np.matmul(np.asarray(queries, dtype=np.float32), hv.decode(union).T, out=sims[:, :-1])
     sims[:, -1] = -np.inf  # the column every pad reads

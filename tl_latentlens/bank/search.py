@@ -172,7 +172,7 @@ class HookSearcher:
             if method == "auto" and not routes_pay(union.size, part.size, self.vectors.n):
                 to_exact.append(part)
                 continue
-            s, r = exact_rows(self.vectors, queries[part], cands, k)
+            s, r = exact_rows(self.vectors, queries[part], cands, k, union)
             sims[part, : s.shape[1]], rows[part, : r.shape[1]] = s, r
         exact_q = np.sort(np.concatenate(to_exact))
         if exact_q.size:

@@ -20,15 +20,17 @@ import logging
 import os
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tl_latentlens.hooks import layer_of
-from tl_latentlens.lens.results import Explanation
 from tl_latentlens.render import _circuitsvis as cv
 from tl_latentlens.render._assets import INIT_JS, PAGE_CSS
 from tl_latentlens.render._figures import image_indices
 from tl_latentlens.render._io import atomic_write_text
 from tl_latentlens.render._markup import card_html, esc, fmt_layer, header_html, overview_html
+
+if TYPE_CHECKING:  # for annotations only: lens.results reaches render lazily
+    from tl_latentlens.lens.results import Explanation
 
 logger = logging.getLogger(__name__)
 
