@@ -3,15 +3,17 @@
 Everything is measured side by side in one run on this machine (ratios, not absolute claims):
 
 * exact search: an all-in-RAM float32 matmul (what the official ``latentlens`` package does)
-  vs the bank's exact search (resident decoded copy; streamed from float16 / int8 storage);
+  vs the bank's exact search (resident decoded copy; streamed from float16 / int8_rotated /
+  legacy int8 storage) and the storage codecs' recall@10 against exact float32 search;
 * routes (query-sample routing + exact re-rank, the bank's approximate path): tie-aware
   recall@10 against exact float32 search for visual queries of held-out stamps, of images
   unlike the samples (composites, photos) and for held-out text tokens, speed-up over the
   all-in-RAM float32 matmul at batch 1 and 49, and a frontier over ``probe`` x ``list_len``;
 * the old format (hnswlib over every stored float32 vector, M=16) on the same data;
 * disk per million vectors and RSS while searching;
-* ``--scale N``: a bank of N vectors (real residuals plus noise, so the covariance is real),
-  RSS and bytes per vector while searching, and the projected RAM of a paper-size 7B bank.
+* ``--scale N``: a bank of N vectors (real residuals plus noise, so the covariance is real)
+  stored as ``--scale-codec`` (default ``int8_rotated``), RSS and bytes per vector while
+  searching, and the projected RAM of a paper-size 7B bank.
 
 Data: ``benchmarks/search_data.py`` (run it first; cached). hnswlib is the build installed by
 ``scripts/setup.sh`` (``HNSWLIB_NO_NATIVE=1``: portable, 1.3-1.6x slower than native).
@@ -20,7 +22,8 @@ Usage::
 
     python benchmarks/search_data.py
     python benchmarks/bench_bank_search.py --hook blocks.4.hook_resid_pre
-    python benchmarks/bench_bank_search.py --scale 2000000 --skip-old
+    python benchmarks/bench_bank_search.py --only-exact
+    python benchmarks/bench_bank_search.py --scale 2000000 --only-scale
 """
 
 from __future__ import annotations
@@ -111,6 +114,10 @@ def main() -> None:
     p.add_argument("--scale", type=int, default=0, help="also run a bank of this many vectors")
     p.add_argument("--samples", type=int, default=12_000, help="visual routing samples")
     p.add_argument("--only-scale", action="store_true", help="run only the --scale part")
+    p.add_argument(
+        "--only-exact", action="store_true", help="exact search, storage recall and disk only"
+    )
+    p.add_argument("--scale-codec", default="int8_rotated", choices=sorted(codec.CODECS))
     p.add_argument("--search-child", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.search_child is not None:
@@ -152,6 +159,7 @@ def run(tmp: Path, rows: np.ndarray, train, held, args) -> None:
     print(f"\nfinalize (dedup + write) float16: {t_fin:.1f} s; {rows.shape[0]:,} rows -> "
           f"{hv.n:,} distinct vectors")  # fmt: skip
     hv8 = write_hook(tmp / "i8", rows, "int8")
+    hvr = write_hook(tmp / "i8r", rows, "int8_rotated")
     ref = Float32Matmul(hv)
     queries = {name: unit_rows(q) for name, q in held.items() if name != "calibration-text"}
     truth = {name: ref.search(q, 10) for name, q in queries.items()}
@@ -161,23 +169,37 @@ def run(tmp: Path, rows: np.ndarray, train, held, args) -> None:
     t_ref = best_of(lambda: ref.search(q49, 10))
     t_stream16 = best_of(lambda: exact_top_k(hv, q49, 10), 2)
     t_stream8 = best_of(lambda: exact_top_k(hv8, q49, 10), 2)
+    t_streamr = best_of(lambda: exact_top_k(hvr, q49, 10), 2)
     hv.resident()
     t_res = best_of(lambda: exact_top_k(hv, q49, 10))
+    hvr.resident()
+    t_resr = best_of(lambda: exact_top_k(hvr, q49, 10))
+    hvr.drop_resident()
     print(f"official-style all-in-RAM float32 matmul: {t_ref * 1e3:8.1f} ms  (1.00x)")
     print(f"bank exact, resident float32 (distinct):  {t_res * 1e3:8.1f} ms  "
           f"({t_ref / t_res:.2f}x the official speed)")  # fmt: skip
     print(f"bank exact, streamed from float16:        {t_stream16 * 1e3:8.1f} ms  "
           f"({t_ref / t_stream16:.2f}x)")  # fmt: skip
-    print(f"bank exact, streamed from int8:           {t_stream8 * 1e3:8.1f} ms  "
+    print(f"bank exact, streamed from int8_rotated:   {t_streamr * 1e3:8.1f} ms  "
+          f"({t_ref / t_streamr:.2f}x)")  # fmt: skip
+    print(f"bank exact, resident int8_rotated (float32 rotated rows, width d+1): "
+          f"{t_resr * 1e3:8.1f} ms  ({t_ref / t_resr:.2f}x)")  # fmt: skip
+    print(f"bank exact, streamed from legacy int8:    {t_stream8 * 1e3:8.1f} ms  "
           f"({t_ref / t_stream8:.2f}x)")  # fmt: skip
     for name, q in queries.items():
         q = q[:500]
-        r8 = ref_sims(ref, q, batched_rows(hv8, q))
-        s16 = ref_sims(ref, q, batched_rows(hv, q))
-        print(f"  storage recall@10 vs float32 exact, {name:15s}: float16 "
-              f"{tie_aware_recall(s16, truth[name][0][:500]):.4f}  int8 "
-              f"{tie_aware_recall(r8, truth[name][0][:500]):.4f}")  # fmt: skip
+        got = {label: ref_sims(ref, q, batched_rows(h, q))
+               for label, h in (("float16", hv), ("int8_rotated", hvr), ("int8", hv8))}  # fmt: skip
+        print(f"  storage recall@10 vs float32 exact, {name:15s}: "
+              + "  ".join(f"{label} {tie_aware_recall(g, truth[name][0][:500]):.4f}"
+                          for label, g in got.items()))  # fmt: skip
     hv.drop_resident()
+    if args.only_exact:
+        per = 1e6 / hv.n
+        print("\n== disk per million stored vectors (vectors, norms, occurrences, codec) ==")
+        for label in ("f16", "i8r", "i8"):
+            print(f"{label:4s}: {disk_mb(tmp / label) * per:,.0f} MiB")
+        return
 
     print("\n== routes (calibrated on training-stamp visual tokens of every layer) ==")
     t0 = time.perf_counter()
@@ -223,7 +245,8 @@ def run(tmp: Path, rows: np.ndarray, train, held, args) -> None:
     print(f"float16 + routes: {disk_mb(tmp / 'f16') * per:,.0f} MiB  "
           f"(vectors+norms+occurrences {disk_mb(tmp / 'f16') * per - disk_mb(tmp / 'f16' / 'routes') * per:,.0f}; "
           f"routes are per bank, not per vector: {disk_mb(tmp / 'f16' / 'routes'):.0f} MiB)")  # fmt: skip
-    print(f"int8:             {disk_mb(tmp / 'i8') * per:,.0f} MiB")
+    print(f"int8_rotated:     {disk_mb(tmp / 'i8r') * per:,.0f} MiB")
+    print(f"legacy int8:      {disk_mb(tmp / 'i8') * per:,.0f} MiB")
     print("official latentlens format (float16 + metadata, measured earlier): 1,205 MB")
 
     if not args.skip_old:
@@ -270,7 +293,8 @@ def old_format(tmp: Path, hv, queries, truth, q49, t_ref) -> None:
 def scale_run(tmp: Path, text, train, held, args) -> None:
     """A bank of ``--scale`` vectors: real residuals plus noise (real covariance)."""
     n = args.scale
-    print(f"\n== scale: {n:,} vectors (real residuals + 10 % noise), int8 storage ==")
+    dtype = args.scale_codec
+    print(f"\n== scale: {n:,} vectors (real residuals + 10 % noise), {dtype} storage ==")
     rng = np.random.default_rng(1)
     folder = tmp / "scale"
     folder.mkdir()
@@ -286,10 +310,14 @@ def scale_run(tmp: Path, text, train, held, args) -> None:
         )
     raw.flush()
     del raw
-    finalize_hook(folder, "int8")
-    hv = HookVectors.from_folder(folder, "int8")
+    t0 = time.perf_counter()
+    finalize_hook(folder, dtype)
+    remove_raw(folder)
+    print(f"finalize {time.perf_counter() - t0:.0f} s; disk {disk_mb(folder):,.0f} MiB "
+          f"({disk_mb(folder) * 2**20 / n:.0f} bytes per entry)")  # fmt: skip
+    hv = HookVectors.from_folder(folder, dtype)
     cal = calibrate_hook(
-        folder, "int8", train[: min(4000, len(train))],
+        folder, dtype, train[: min(4000, len(train))],
         {"heldout-stamps": held["heldout-stamps"], "photos": held["photos"]},
         list_len=200, probes=(16, 32), progress=False,
     )  # fmt: skip
@@ -298,7 +326,7 @@ def scale_run(tmp: Path, text, train, held, args) -> None:
     # after opening the hook and its routes and searching every held-out visual query.
     qfile = folder / "queries.npy"
     np.save(qfile, unit_rows(np.concatenate([held["heldout-stamps"], held["photos"]])))
-    (folder / "params.json").write_text(json.dumps(cal.params.to_dict()))
+    (folder / "params.json").write_text(json.dumps({**cal.params.to_dict(), "codec": dtype}))
     out = subprocess.run(
         [sys.executable, __file__, "--search-child", str(folder)],
         check=True, capture_output=True, text=True,
@@ -326,8 +354,9 @@ def search_child(folder: Path) -> None:
     """The ``--scale`` run's search, in a fresh process: prints its memory as JSON."""
     torch.set_grad_enabled(False)
     before = rss_mb("RssAnon")
-    hv = HookVectors.from_folder(folder, "int8")
-    params = RouteParams(**json.loads((folder / "params.json").read_text()))
+    saved = json.loads((folder / "params.json").read_text())
+    hv = HookVectors.from_folder(folder, saved.pop("codec"))
+    params = RouteParams(**saved)
     searcher = HookSearcher(hv, Routes(folder, hv.d), params, {"visual": 1.0})
     q = np.load(folder / "queries.npy")
     fallback, peak = 0, before

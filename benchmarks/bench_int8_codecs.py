@@ -13,22 +13,38 @@ vectors against exact float32 search, for
 
 A codec may replace float16 only where every query set reaches recall@10 >= 0.98.
 
+Then the *bank's* codecs, as a build writes them (``finalize_hook``: distinct rows, codec
+parameter files, norms) and as the bank searches them (``exact_top_k``; for ``int8_rotated`` in
+the rotated search space): ``float16``, legacy ``int8`` and ``int8_rotated``, with the same
+recall against exact float32 search over the same distinct vectors, disk bytes per stored
+vector (every file of the hook folder: vectors, norms, occurrence table, codec parameters) and
+the finalize time.
+
 Usage::
 
     python benchmarks/search_data.py
     python benchmarks/bench_int8_codecs.py --hook blocks.4.hook_resid_pre --n 200000
+    python benchmarks/bench_int8_codecs.py --n 500000 --skip-inline
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
-from bench_bank_common import machine
+from bench_bank_common import dir_size, machine
 from search_data import HOOKS, default_out
 
+from tl_latentlens.bank.exact import exact_top_k
+from tl_latentlens.bank.finalize import finalize_hook, remove_raw
 from tl_latentlens.bank.recall import tie_aware_recall
+from tl_latentlens.bank.vectors import HookVectors
+
+BANK_CODECS = ("float16", "int8", "int8_rotated")
 
 
 def unit(a: np.ndarray) -> np.ndarray:
@@ -64,18 +80,27 @@ def main() -> None:
     p.add_argument("--hook", default=HOOKS[-1])
     p.add_argument("--n", type=int, default=200_000, help="stored vectors")
     p.add_argument("--queries", type=int, default=300, help="queries per set")
+    p.add_argument("--skip-inline", action="store_true", help="only the bank's codecs")
     args = p.parse_args()
     torch.set_grad_enabled(False)
     print(machine())
     data = default_out()
     text = np.load(data / "text" / f"{args.hook}.npy", mmap_mode="r")
-    raw = np.asarray(text[: args.n], dtype=np.float32)
-    x = unit(raw)
     sets = {
         name: unit(np.load(data / "visual" / name / f"{args.hook}.npy"))[: args.queries]
         for name in ("heldout", "composites", "photos")
     }
     sets["text"] = unit(text[text.shape[0] - args.queries :])  # never stored
+    print(f"hook {args.hook}: {args.n:,} stored vectors; {args.queries} queries per set")
+    if not args.skip_inline:
+        raw = np.asarray(text[: args.n], dtype=np.float32)
+        inline(raw, unit(raw), sets)
+        del raw
+    bank_codecs(text, args.n, sets, data)
+
+
+def inline(raw: np.ndarray, x: np.ndarray, sets: dict[str, np.ndarray]) -> None:
+    """The codec formulas applied in RAM to all rows (duplicates included)."""
     rotation = np.linalg.qr(np.random.default_rng(0).standard_normal((x.shape[1],) * 2))[0]
     rotation = rotation.astype(np.float32)
     codecs = {
@@ -84,8 +109,7 @@ def main() -> None:
         "rotation + per-row": per_row(x, rotation),
         "centred + rotation + per-row": per_row(x, rotation, centre=True),
     }
-    print(f"hook {args.hook}: {x.shape[0]:,} stored vectors; {args.queries} queries per set")
-    print("tie-aware recall@10 against exact float32 search")
+    print("\n== inline formulas: tie-aware recall@10 against exact float32 search ==")
     print(f"{'codec':32s} " + " ".join(f"{n:>11s}" for n in sets))
     truth = {}
     for name, q in sets.items():
@@ -98,6 +122,54 @@ def main() -> None:
             got = np.einsum("qd,qkd->qk", q, x[rows])  # float32 similarity of what was found
             recalls.append(tie_aware_recall(got, truth[name]))
         print(f"{label:32s} " + " ".join(f"{r:11.4f}" for r in recalls))
+
+
+def bank_codecs(text: np.ndarray, n: int, sets: dict[str, np.ndarray], data: Path) -> None:
+    """The bank's own codecs: written by ``finalize_hook``, searched by ``exact_top_k``."""
+    print("\n== the bank's codecs (finalize_hook + exact_top_k over the distinct vectors) ==")
+    with tempfile.TemporaryDirectory(dir=data) as tmp:
+        hooks: dict[str, HookVectors] = {}
+        seconds: dict[str, float] = {}
+        for codec in BANK_CODECS:
+            folder = Path(tmp) / codec
+            folder.mkdir()
+            raw = np.lib.format.open_memmap(
+                folder / "vectors.npy", mode="w+", dtype="<f2", shape=(n, text.shape[1])
+            )
+            for s in range(0, n, 65536):  # the encoding pass writes float16 raw rows
+                raw[s : min(s + 65536, n)] = text[s : min(s + 65536, n)]
+            raw.flush()
+            del raw
+            t0 = time.perf_counter()
+            finalize_hook(folder, codec)
+            seconds[codec] = time.perf_counter() - t0
+            remove_raw(folder)
+            hooks[codec] = HookVectors.from_folder(folder, codec)
+        # exact float32 search over the same distinct vectors (the float16 raw rows, widened)
+        ref = hooks["float16"].decode(np.arange(hooks["float16"].n), unit=True)
+        n_vec = ref.shape[0]
+        truth = {name: torch.topk(torch.from_numpy(q) @ torch.from_numpy(ref).T, 10, dim=1)
+                 for name, q in sets.items()}  # fmt: skip
+        print(f"{n:,} entries -> {n_vec:,} distinct stored vectors; tie-aware recall@10 "
+              "against exact float32 search; disk bytes per stored vector (whole hook folder: "
+              "vectors, norms, occurrence table, codec parameters); finalize seconds")  # fmt: skip
+        print(f"{'bank codec':14s} " + " ".join(f"{m:>11s}" for m in sets)
+              + f" {'B/vector':>9s} {'B/entry':>8s} {'finalize':>9s} {'search':>7s}")  # fmt: skip
+        for codec, hv in hooks.items():
+            assert hv.n == n_vec
+            recalls, t_search = [], 0.0
+            for name, q in sets.items():
+                t0 = time.perf_counter()
+                _, rows = exact_top_k(hv, q, 10)
+                t_search += time.perf_counter() - t0
+                got = np.einsum("qd,qkd->qk", q, ref[rows])
+                recalls.append(tie_aware_recall(got, truth[name].values.numpy()))
+            size = dir_size(Path(tmp) / codec)
+            print(f"{codec:14s} " + " ".join(f"{r:11.4f}" for r in recalls)
+                  + f" {size / n_vec:9.1f} {size / n:8.1f} {seconds[codec]:8.1f}s"
+                  + f" {t_search:6.1f}s")  # fmt: skip
+        print("official latentlens format (float16 + metadata, measured earlier): "
+              "1,205 bytes per vector")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ def test_prefix_dedup_stores_each_distinct_prefix_once(tiny_vlm, tmp_path):
     assert set(got) == want
     assert len(got) == 3 + 3 + 2 + 1  # "the red car" + "near the tree" + "a dog" + "boat"
     assert bank.n_sentences == 4  # the repeats hold no entry
-    assert bank.manifest["corpus"]["n_sentences"] == 6
+    assert bank.manifest.corpus["n_sentences"] == 6
 
 
 def test_dedup_on_random_corpus_matches_brute_force(tiny_vlm, tmp_path):
@@ -129,7 +129,7 @@ def test_cap_holds_and_is_deterministic(tiny_vlm, tmp_path):
     counts = np.bincount(a.entries["token_id"])
     assert counts.max() == 4
     assert (counts == 4).sum() >= 40  # frequent words hit the cap
-    assert a.manifest["counts"]["n_full_token_types"] == int((counts == 4).sum())
+    assert a.manifest.counts.n_full_token_types == int((counts == 4).sum())
     assert _entries(a) == _entries(b)
     np.testing.assert_array_equal(a.vectors(HOOKS[0]), b.vectors(HOOKS[0]))
     assert set(_entries(a)) != set(_entries(c))
@@ -177,7 +177,7 @@ def test_resume_after_interruption_gives_identical_bank(tiny_vlm, tmp_path, monk
         rels += [f"hooks/{hook}/{name}" for name in ("vectors.npy", "norms.npy", "occ_entries.npy")]
     for rel in rels:
         assert _read(resumed, rel) == _read(fresh, rel), rel
-    assert resumed.manifest["files"] == fresh.manifest["files"]
+    assert resumed.manifest.files == fresh.manifest.files
 
 
 @pytest.mark.parametrize("crash_in", ["finalize", "after_rename"])
@@ -225,10 +225,10 @@ def test_existing_bank_is_opened_or_protected(tiny_vlm, tmp_path, monkeypatch):
     sents = corpus(20, seed=8)
     out = tmp_path / "b"
     first = build_bank(tiny_vlm, sents, out, HOOKS[:2], progress=False)
-    created = first.manifest["created"]
+    created = first.manifest.created
     monkeypatch.setattr(encode_mod, "capture_text_batch", None)  # no rebuild allowed
     again = build_bank(tiny_vlm, iter(sents), out, HOOKS[:2], progress=False)
-    assert again.manifest["created"] == created
+    assert again.manifest.created == created
     with pytest.raises(BankExistsError, match="max_per_token"):
         build_bank(tiny_vlm, sents, out, HOOKS[:2], max_per_token=3, progress=False)
     with pytest.raises(BankExistsError, match="corpus_fingerprint"):
@@ -266,7 +266,7 @@ def test_default_hooks_are_the_paper_spread(tiny_vlm, tmp_path):
     bank = build_bank(tiny_vlm, corpus(5), tmp_path / "b", progress=False)
     assert bank.hooks == hk.default_bank_hooks(tiny_vlm.n_layers)
     m = bank.manifest
-    assert m["layer_convention"] == hk.LAYER_CONVENTION
-    assert [h["layer"] for h in m["hooks"]] == hk.paper_layers(tiny_vlm.n_layers)
-    assert m["model"] == tiny_vlm.fingerprint()
-    assert m["hnsw"]["space"] == "cosine"
+    assert m.layer_convention == hk.LAYER_CONVENTION
+    assert [h.layer for h in m.hooks] == hk.paper_layers(tiny_vlm.n_layers)
+    assert m.model == tiny_vlm.fingerprint()
+    assert m.hnsw.space == "cosine"

@@ -32,5 +32,5 @@ def test_build_bank_cli(tiny_vlm, tmp_path, monkeypatch):
     bank = Bank.open(out, tiny_vlm)
     assert bank.layers == {"blocks.0.hook_resid_pre": 0, "blocks.2.hook_resid_post": 3}
     assert bank.dtype == "float32"
-    assert bank.manifest["build"]["forward_dtype"] == "float32"
-    assert bank.manifest["build"]["content"]["max_per_token"] is None
+    assert bank.manifest.build.forward_dtype == "float32"
+    assert bank.manifest.build.content["max_per_token"] is None

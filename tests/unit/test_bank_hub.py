@@ -57,8 +57,8 @@ def test_push_then_download_only_the_requested_hooks_and_offline(tiny_vlm, bank,
     with HubServer() as hub:
         commit = bank.push_to_hub("org/bank", endpoint=hub.url, token=TOKEN)
         files = hub.files("org/bank")
-        assert set(files) == set(bank.manifest["files"]) | {mf.MANIFEST, "README.md"}
-        for rel in bank.manifest["files"]:
+        assert set(files) == set(bank.manifest.files) | {mf.MANIFEST, "README.md"}
+        for rel in bank.manifest.files:
             assert files[rel] == (bank.root / rel).read_bytes(), rel
         assert 'Bank.from_pretrained("org/bank"' in files["README.md"].decode()
 
@@ -67,7 +67,7 @@ def test_push_then_download_only_the_requested_hooks_and_offline(tiny_vlm, bank,
         want = {mf.MANIFEST, *mf.shared_files(), *mf.hook_files(HOOKS[1], bank.dtype)}
         assert set(hub.downloads()) == want  # nothing of the other hooks was fetched
         assert search(got, HOOKS[1], q) == search(bank, HOOKS[1], q)
-        assert got.manifest["hub"]["commit"] == commit
+        assert got.manifest.hub.commit == commit
     # offline: the server is gone, the hub cache answers
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     again = Bank.from_pretrained("org/bank", hooks=["blocks.2.hook_resid_pre"], vlm=tiny_vlm, **env)
@@ -106,7 +106,7 @@ def test_revisions_and_a_smaller_push_replacing_a_bigger_one(tiny_vlm, bank, env
         v1 = bank.push_to_hub("org/bank", endpoint=hub.url, token=TOKEN, revision="v1")
         bank.push_to_hub("org/bank", endpoint=hub.url, token=TOKEN)
         small.push_to_hub("org/bank", endpoint=hub.url, token=TOKEN)
-        assert set(hub.files("org/bank")) == set(small.manifest["files"]) | {
+        assert set(hub.files("org/bank")) == set(small.manifest.files) | {
             mf.MANIFEST, "README.md"}  # fmt: skip
         main = Bank.from_pretrained("org/bank", endpoint=hub.url, **env)
         old = Bank.from_pretrained("org/bank", revision="v1", endpoint=hub.url, **env)

@@ -62,7 +62,7 @@ def test_imported_bank_searches_like_the_official_package(tiny_vlm, official, tm
     assert "after the final norm" in caplog.text  # layer 3 left out, with the reason
     assert bank.layers == {"blocks.0.hook_resid_pre": 0, "blocks.0.hook_resid_post": 1,
                            "blocks.1.hook_resid_post": 2}  # fmt: skip
-    imported = bank.manifest["build"]["imported_from"]
+    imported = bank.manifest.build.imported_from
     assert imported["entries_dropped"] == 0
     assert set(imported["loaded_with"].values()) == {"weights_only"}
 
@@ -87,7 +87,7 @@ def test_imported_bank_searches_like_the_official_package(tiny_vlm, official, tm
         assert [n.token_id for n in g_row] == distinct
     # opening the same import again reuses it
     again = Bank.from_latentlens(path, tiny_vlm, trust_pickle=True, out_dir=tmp_path / "b")
-    assert again.manifest["generation"] == bank.manifest["generation"]
+    assert again.manifest.generation == bank.manifest.generation
 
 
 def test_full_unpickle_fallback_is_logged(tiny_vlm, official, tmp_path, caplog):
@@ -102,7 +102,7 @@ def test_full_unpickle_fallback_is_logged(tiny_vlm, official, tmp_path, caplog):
         bank = Bank.from_latentlens(odd, tiny_vlm, trust_pickle=True, out_dir=tmp_path / "b")
     assert "cannot be loaded with torch.load(weights_only=True)" in caplog.text
     assert "a full unpickle (weights_only=False)" in caplog.text
-    assert bank.manifest["build"]["imported_from"]["loaded_with"] == {"layer_2": "full unpickle"}
+    assert bank.manifest.build.imported_from["loaded_with"] == {"layer_2": "full unpickle"}
 
 
 def test_wrong_model_is_refused(tiny_vlm, official, tmp_path):
@@ -143,7 +143,7 @@ def test_import_from_a_hub_repository(tiny_vlm, official, tmp_path, monkeypatch)
         )  # fmt: skip
         assert set(hub.downloads()) == {"metadata.json", "layer_2/embeddings_cache.pt"}
     assert bank.hooks == ["blocks.1.hook_resid_post"]
-    assert bank.manifest["corpus"]["source"].startswith("hf://org/latentlens-tiny@")
+    assert bank.manifest.corpus["source"].startswith("hf://org/latentlens-tiny@")
     q = torch.randn(3, bank.d_model)
     want = index.search(q, top_k=3, layers=[2])
     got = bank.search(q, k=3)

@@ -64,7 +64,7 @@ def test_open_and_metadata(bank_dir, tiny_vlm):
     n = bank.n_entries(HOOKS[0])
     assert bank.vectors(HOOKS[2]).shape == (n, 64)
     assert not bank.vectors(HOOKS[2]).flags.owndata  # a view of the memory-mapped file
-    assert bank.manifest["counts"]["n_entries"] == n
+    assert bank.manifest.counts.n_entries == n
     assert bank.sentence(0) and bank.sentence_tokens(0)[0] == "<s>"
 
 
@@ -244,6 +244,12 @@ def test_auto_is_exact_on_a_small_bank_and_routes_are_calibrated(bank_dir, tmp_p
     }
     cal = calibrate_bank(path, samples, held, list_len=64, progress=False)
     assert set(cal) == set(HOOKS[1:])
+    for c in cal.values():  # every probe measured; the cheapest one meeting the bar chosen
+        assert set(c.frontier) == set(c.cost) == {2, 4, 8, 16, 32}
+        meeting = [p for p, r in c.frontier.items() if min(r.values()) >= 0.98]
+        if meeting:
+            assert c.params.probe == min(meeting, key=lambda p: (c.cost[p], p))
+        assert c.to_dict()["policy"] == 2
     bank = Bank.open(path, verify="full")  # route files are listed with checksums
     info = bank.hook_info(HOOKS[1])["routes"]
     assert info["recall_at_10"]["visual"] == pytest.approx(cal[HOOKS[1]].recall["visual"], abs=1e-4)
@@ -256,6 +262,35 @@ def test_auto_is_exact_on_a_small_bank_and_routes_are_calibrated(bank_dir, tmp_p
     assert [n.similarity for n in single[0]] == sorted(
         (n.similarity for n in single[0]), reverse=True
     )
+
+
+def test_hooks_sharing_a_sample_graph_look_it_up_once(bank_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from tl_latentlens.bank.calibrate import calibrate_bank
+    from tl_latentlens.bank.routes import Routes
+
+    path = tmp_path / "bank"
+    shutil.copytree(bank_dir, path)
+    rng = np.random.default_rng(1)
+    shared = rng.standard_normal((300, 64)).astype(np.float32)  # the same samples at two hooks
+    held = {"visual": {h: rng.standard_normal((40, 64)).astype(np.float32) for h in HOOKS[1:]}}
+    calibrate_bank(path, {h: shared for h in HOOKS[1:]}, held, list_len=64, progress=False)
+    bank = Bank.open(path)
+    q = torch.randn(12, 64, generator=torch.Generator().manual_seed(3))
+    calls = []
+    real = Routes.lookup
+    monkeypatch.setattr(Routes, "lookup", lambda self, *a: calls.append(1) or real(self, *a))
+    joint = bank.query(q, hook=HOOKS[1:], k=5, method="routes")
+    assert joint.methods == {h: "routes" for h in HOOKS[1:]} and len(calls) == 1
+    # the same neighbours as each hook looking its samples up on its own
+    unit = np.asarray(torch.nn.functional.normalize(q, dim=1))
+    for h in HOOKS[1:]:
+        alone = bank.search_rows(unit, h, 5, "routes")
+        assert np.array_equal(
+            alone.rows, bank.searcher(h).search(unit, 5, "routes", lookups={}).rows
+        )
+        assert len(joint.neighbours[0]) == 5  # merged across hooks
 
 
 def test_k_larger_than_bank_and_highlight(tiny_vlm, tmp_path):

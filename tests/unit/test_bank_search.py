@@ -228,3 +228,28 @@ def test_tie_aware_recall_counts_ties():
     exact = np.array([[0.9, 0.8, 0.8]])
     assert tie_aware_recall(np.array([[0.9, 0.8, 0.8]]), exact) == 1.0
     assert tie_aware_recall(np.array([[0.9, 0.8, 0.7]]), exact) == pytest.approx(2 / 3)
+
+
+def test_expected_cost_prefers_fewer_fallbacks_until_candidates_cost_more():
+    from tl_latentlens.bank.calibrate import expected_cost
+
+    n = 46_000
+    # a bigger probe that sends far fewer image queries to exact search is cheaper
+    assert expected_cost(8, 200, n, {"photos": 0.05, "text": 1.0}) < expected_cost(
+        2, 200, n, {"photos": 0.3, "text": 1.0}
+    )
+    # with the same fallbacks, the smaller probe is cheaper; text-only sets still count
+    assert expected_cost(2, 200, n, {"photos": 0.1}) < expected_cost(8, 200, n, {"photos": 0.1})
+    assert expected_cost(2, 200, n, {"text": 1.0}) == n
+    # a routed query never costs more than scanning the hook
+    assert expected_cost(64, 2000, n, {"photos": 0.0}) == n
+
+
+def test_candidate_union_equals_numpy_unique():
+    from tl_latentlens.bank.exact import candidate_union
+
+    rng = np.random.default_rng(0)
+    cands = rng.integers(-1, 50, size=(7, 30))
+    cands[0] = -1  # a query with no candidate at all
+    assert np.array_equal(candidate_union(cands, 50), np.unique(cands[cands >= 0]))
+    assert candidate_union(np.full((2, 3), -1), 50).size == 0

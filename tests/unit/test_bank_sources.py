@@ -107,9 +107,9 @@ def test_build_bank_from_each_source_gives_the_same_bank(tiny_vlm, tmp_path):
         build_bank(tiny_vlm, src, tmp_path / f"b{i}", ["blocks.1.hook_resid_post"], progress=False)
         for i, src in enumerate([sents, txt, jl, iter(sents)])
     ]
-    fps = {b.manifest["corpus"]["fingerprint"] for b in banks}
+    fps = {b.manifest.corpus_fingerprint for b in banks}
     assert len(fps) == 1
-    kinds = [b.manifest["corpus"]["kind"] for b in banks]
+    kinds = [b.manifest.corpus["kind"] for b in banks]
     assert kinds == ["iterable", "txt", "jsonl", "iterable"]
     ref = banks[0].vectors("blocks.1.hook_resid_post")
     for b in banks[1:]:

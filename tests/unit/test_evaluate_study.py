@@ -41,6 +41,7 @@ class FakeLens:
 
     def __init__(self):
         self.calls = 0
+        self.batches = 0
         self.prepared = 0  # images put through vlm.prepare
         layout = VisualLayout.from_grid(torch.arange(16) + 1, (4, 4))
 
@@ -63,6 +64,18 @@ class FakeLens:
 
     def default_hooks(self):
         return list(self.bank.hooks)
+
+    def explain_many(
+        self, images, prompt=None, hooks=None, k=5, *, batch_size=8, per_layer=False,
+        method="auto", patches=None, inputs=None, progress=True, **_,
+    ):  # fmt: skip
+        # as LatentLens.explain_many: one batched search for several images
+        self.batches += 1
+        return [
+            self.explain(im, prompt, hooks, k, per_layer=per_layer, exact=method == "exact",
+                         patches=patches[i], inputs=inputs[i])
+            for i, im in enumerate(images)
+        ]  # fmt: skip
 
     def explain(
         self,
@@ -198,6 +211,7 @@ def test_study_outputs_and_report(tmp_path, wordnet):
     recs = JudgementLog(tmp_path / "s" / "judgements.jsonl").read()
     assert len(recs) == 3 * 6 * 3 == res.judged  # layers x patches x lenses
     assert lens.calls == 5  # one model run per image
+    assert lens.batches == 1  # their tokens searched together
     assert lens.prepared == 5  # each image prepared once (sampling and the run share it)
     assert set(res.table["layer"]) == {0, 2, 4} and (res.table["n_patches"] == 6).all()
     assert res.table.equals(aggregate(tmp_path / "s" / "judgements.jsonl"))

@@ -86,6 +86,66 @@ def test_explain_many_equals_explain(lens):
         assert got.image is img and "forward" in got.timings
 
 
+def test_explain_many_cache_reads_back_and_recomputes_what_changed(lens, tmp_path, monkeypatch):
+    images = [random_image(s) for s in (21, 22)]
+    cache = tmp_path / "cache"
+    first = lens.explain_many(images, k=3, batch_size=2, progress=False, cache_dir=cache)
+    assert len(list(cache.glob("*.json"))) == 2
+    calls = []
+    real = lens._explain_batch
+    monkeypatch.setattr(
+        lens, "_explain_batch", lambda batch, *a: calls.append(len(batch)) or real(batch, *a)
+    )
+    # same images and settings: nothing recomputed, identical results, images attached
+    again = lens.explain_many(images, k=3, batch_size=2, progress=False, cache_dir=cache)
+    assert calls == []
+    for a, b, img in zip(first, again, images):
+        assert a.patches == b.patches and b.image is not None and b.image.size == img.size
+    # a new image and a different k are computed; the cached image is not
+    third = random_image(23)
+    lens.explain_many([images[0], third], k=3, progress=False, cache_dir=cache)
+    assert calls == [1]
+    lens.explain_many(images, k=2, progress=False, cache_dir=cache)
+    assert calls == [1, 2]
+    # a corrupt file is recomputed, not trusted
+    for f in cache.glob("*.json"):
+        f.write_text("{not json")
+    lens.explain_many(images[:1], k=3, progress=False, cache_dir=cache)
+    assert calls == [1, 2, 1]
+
+
+def test_explain_many_with_patches_and_inputs_equals_explain(lens, tiny_vlm):
+    images = [random_image(s) for s in (31, 32)]
+    subsets = [[0, 5, 15], None]
+    ready = [tiny_vlm.prepare(images[0]), None]
+    many = lens.explain_many(
+        images, k=3, progress=False, method="exact", patches=subsets, inputs=ready
+    )
+    for img, sub, got in zip(images, subsets, many):
+        one = lens.explain(img, k=3, exact=True, patches=sub)
+        assert [(p.hook, p.index) for p in got.patches] == [(p.hook, p.index) for p in one.patches]
+        assert [[n.sentence_id for n in p.latent] for p in got.patches] == [
+            [n.sentence_id for n in p.latent] for p in one.patches
+        ]
+    with pytest.raises(ValueError, match="out of range"):
+        lens.explain_many(images[:1], k=3, progress=False, patches=[[99]])
+    with pytest.raises(ValueError, match="2 entries for 1 images"):
+        lens.explain_many(images[:1], k=3, progress=False, patches=[None, None])
+
+
+def test_explanation_cache_key_follows_the_lens_identity(lens, tmp_path):
+    from tl_latentlens.lens.cache import ExplanationCache, image_digest
+
+    img = random_image(24)
+    a = ExplanationCache(tmp_path, lens.identity())
+    b = ExplanationCache(tmp_path, {**lens.identity(), "bank": {"other": 1}})
+    assert a.key(img, {"k": 3}) != b.key(img, {"k": 3})
+    assert a.key(img, {"k": 3}) != a.key(random_image(25), {"k": 3})
+    assert image_digest(img) == image_digest(img.copy())
+    with pytest.raises(TypeError, match="PIL image"):
+        image_digest("not an image")
+
+
 def test_equivalent_hook_names_are_accepted(lens, bank):
     """``blocks.{l}.hook_resid_pre`` is the same residual as ``blocks.{l-1}.hook_resid_post``."""
     img = random_image(14)

@@ -211,8 +211,8 @@ def test_builds_are_reproducible_with_several_threads(tiny_vlm, tmp_path):
         bank = build_bank(
             tiny_vlm, corpus(2, 20), tmp_path / name, HOOKS, num_threads=2, progress=False
         )
-        digests.append({rel: r["sha256"] for rel, r in bank.manifest["files"].items()})
-        assert bank.manifest["hnsw"]["deterministic"] is True
+        digests.append({rel: r.sha256 for rel, r in bank.manifest.files.items()})
+        assert bank.manifest.hnsw.deterministic is True
     assert digests[0] == digests[1]
 
 

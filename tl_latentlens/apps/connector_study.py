@@ -50,7 +50,9 @@ __all__ = [
     "TABLE_BANK_LAYERS",
     "TABLE_BANK_NOUNS",
     "build_table_bank",
+    "cone_stats",
     "evaluate_connector",
+    "measure_cone",
     "leap_shares",
     "summarise",
     "table_bank_corpus",
@@ -127,6 +129,51 @@ def leap_shares(judgements: str | Path) -> dict[str, dict[str, float]]:
     }
 
 
+def cone_stats(x: torch.Tensor, max_rows: int | None = None) -> dict[str, float]:
+    """How spread out a set of vectors is (the collapse measurement of the docs).
+
+    Returns ``cos`` (exact mean pairwise cosine over all pairs ``i != j``, from the sum of the
+    unit vectors), ``norm`` (mean L2 norm) and ``k90`` (principal components holding 90 % of
+    the variance; on every ``n // max_rows``-th row when ``max_rows`` is set).
+
+    Example:
+        >>> cone_stats(torch.eye(4))["cos"]
+        0.0
+    """
+    x = x.reshape(-1, x.shape[-1]).double()
+    unit = torch.nn.functional.normalize(x, dim=-1)
+    n = unit.shape[0]
+    cos = float((unit.sum(0).pow(2).sum() - n) / max(n * n - n, 1))
+    sub = x[:: max(1, n // max_rows)] if max_rows else x
+    var = torch.linalg.svdvals(sub - sub.mean(0)) ** 2
+    k90 = int((torch.cumsum(var, 0) / var.sum() < 0.9).sum()) + 1
+    return {"cos": round(cos, 3), "norm": round(float(x.norm(dim=-1).mean()), 2), "k90": k90}
+
+
+def measure_cone(
+    connector_dir: str | Path, part: str = "validation", n_images: int = 40
+) -> dict[str, Any]:
+    """Layer-0 visual tokens (the connector's output, eval mode) on the held-out composites
+    of ``part``, next to the encoder features and the LM's token embeddings (:func:`cone_stats`).
+
+    Not part of the selection rule: it checks the collapse claim of the docs.
+    """
+    vlm = load_connector_vlm(connector_dir)
+    images = heldout_composites(n_images, part=part)
+    with torch.no_grad():
+        feats = vlm.encoder(vlm.encoder.preprocess([im.image for im in images])).float()
+        tokens = vlm.connector(feats)
+    return {
+        "connector": str(connector_dir),
+        "kind": vlm.connector.config()["kind"],
+        "part": part,
+        "images": n_images,
+        "features": cone_stats(feats),
+        "token_embeddings": cone_stats(vlm.bridge.W_E.detach().float(), max_rows=7000),
+        "visual_tokens": cone_stats(tokens),
+    }
+
+
 def evaluate_connector(
     connector_dir: str | Path,
     out: str | Path,
@@ -189,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all-layers", action="store_true", help="the study's default layers")
     p.add_argument("--patches", type=int, default=150)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--cone",
+        action="store_true",
+        help="only measure the layer-0 visual tokens' spread (cone.json in --out), no study",
+    )
     p.add_argument("--bank", default=None, help="bank directory (default: the demo's bank)")
     p.add_argument(
         "--build-bank",
@@ -201,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cone:
+        cone = measure_cone(args.connector, args.part, args.images)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "cone.json").write_text(json.dumps(cone, indent=1))
+        print(json.dumps(cone, indent=1))
+        return 0
     summary = evaluate_connector(
         args.connector,
         args.out,

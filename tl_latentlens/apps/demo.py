@@ -31,7 +31,7 @@ from PIL import Image
 from tl_latentlens._io import atomic_write_bytes
 from tl_latentlens.apps._args import check_bank, check_files, check_model, check_positive
 from tl_latentlens.bank import FORMAT_VERSION, Bank, build_bank
-from tl_latentlens.bank.calibrate import calibrate_bank_with_images
+from tl_latentlens.bank.calibrate import CALIBRATION_POLICY, calibrate_bank_with_images
 from tl_latentlens.default.assets import cache_dir, skimage_data_dir
 from tl_latentlens.default.bank_corpus import CORPUS_VERSION, default_corpus
 from tl_latentlens.default.data import load_stamps, single_stamp_image, split_stamps
@@ -110,8 +110,10 @@ def default_bank(vlm: VLM, max_sentences: int = 12000, max_per_token: int = 20) 
         corpus = default_corpus(max_sentences)
         logger.info("building the default bank (%d sentences) at %s", len(corpus), out)
         bank = build_bank(vlm, corpus, out, max_per_token=max_per_token, batch_size=32)
+    # routes missing, or chosen under an older calibration policy: calibrate (again)
     if max_sentences >= CALIBRATE_FROM and not all(
-        bank.hook_info(h).get("routes") for h in bank.hooks
+        (bank.hook_info(h).get("routes") or {}).get("policy", 1) >= CALIBRATION_POLICY
+        for h in bank.hooks
     ):
         calibrate_default_bank(bank, vlm, max_sentences)
         bank = Bank.open(out, vlm)
@@ -187,8 +189,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     images = _sample_images(cfg)
     pages, explanations = [], []
     shown = list(images if cfg.images else _showcase(images, cfg.quick))
-    # one batched forward pass and search for several images at a time
-    results = lens.explain_many([im.image for im in shown], k=cfg.k, batch_size=8)
+    # one batched forward pass and search for several images at a time; a rerun with the
+    # same model and bank reads the results back from out/cache
+    results = lens.explain_many(
+        [im.image for im in shown], k=cfg.k, batch_size=8, cache_dir=out / "cache"
+    )
     for im, result in zip(shown, results):
         explanations.append(result)
         result.to_html(out / f"{im.id}.html", title=f"LatentLens · {im.id}")

@@ -29,6 +29,7 @@ from tl_latentlens.bank.errors import (
     CorruptBankError,
     MissingHookError,
 )
+from tl_latentlens.bank.manifest import BankManifest
 from tl_latentlens.bank.results import Neighbour, SearchReport
 from tl_latentlens.bank.routes import RouteParams
 from tl_latentlens.bank.search import RECALL_BAR, HookHits
@@ -42,6 +43,7 @@ __all__ = [
     "BankExistsError",
     "BankFormatError",
     "BankLockedError",
+    "BankManifest",
     "BankModelMismatchError",
     "BankQueryError",
     "CorpusError",

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from tl_latentlens import hooks as hk
 from tl_latentlens._io import FileLock, LockedError, recover_replace
 from tl_latentlens.bank import codec
 from tl_latentlens.bank import manifest as mf
+from tl_latentlens.bank.config import Verify
 from tl_latentlens.bank.errors import (
     BankModelMismatchError,
     BankQueryError,
@@ -40,13 +41,6 @@ logger = logging.getLogger(__name__)
 #: Default :attr:`Bank.resident_bytes`: decoded hooks kept in RAM by exact search.
 DEFAULT_RESIDENT_BYTES = 2 << 30
 
-#: ``"full"``: hash every file at open; ``"lazy"``: check sizes at open, hash the shared tables
-#: at open and a hook's files on its first use; ``"size"``: sizes only. Every mode checks the
-#: manifest, the tables' structure (shapes, dtypes, offsets, ids in range) and every hnswlib
-#: header, so no file can crash the process; only "size" trusts the contents (a flipped byte
-#: in a vector or a sentence then goes unnoticed): use it only for banks you built yourself.
-Verify = Literal["full", "lazy", "size"]
-
 
 class Bank:
     """A contextual text bank: per hook, residuals of corpus tokens plus an HNSW index.
@@ -65,7 +59,7 @@ class Bank:
     def __init__(
         self,
         root: Path,
-        manifest: dict[str, Any],
+        manifest: mf.BankManifest,
         verify: Verify,
         maps: dict[str, Any] | None = None,
         stats: dict[str, tuple[int, int, int]] | None = None,
@@ -80,7 +74,7 @@ class Bank:
         self._sentence_cache: dict[int, tuple[str, ...]] = {}
         #: RAM (bytes) exact search may use to keep hooks decoded between calls.
         self.resident_bytes = DEFAULT_RESIDENT_BYTES
-        self._layers = {h["name"]: h["layer"] for h in manifest["hooks"]}
+        self._layers = {h.name: h.layer for h in manifest.hooks}
         self._maps = maps if maps is not None else {}
         self._stats = stats if stats is not None else {}
         self._arrays: dict[str, np.ndarray] = {}
@@ -161,8 +155,7 @@ class Bank:
     def _check_shapes(self) -> None:
         """Check every table's dtype, shape and internal consistency (ids in range, offsets
         monotonic), so that no malformed file can crash a later lookup."""
-        counts = self._manifest["counts"]
-        n, d = counts["n_entries"], self.d_model
+        n, d = self._manifest.counts.n_entries, self.d_model
         bad = self._table_problem(n)
         if bad:
             raise CorruptBankError(f"{self.root}: {bad}; rebuild the bank")
@@ -172,7 +165,8 @@ class Bank:
                 raise CorruptBankError(f"{self.root}: {hook}: {bad}; rebuild the bank")
 
     def _hook_files(self, hook: str) -> list[str]:
-        return mf.hook_files(hook, self.dtype, routes=bool(self.hook_info(hook).get("routes")))
+        routes = self._manifest.hook(self.resolve_hook(hook)).routes
+        return mf.hook_files(hook, self.dtype, routes=bool(routes))
 
     def _hook_problem(self, hook: str, n: int, d: int) -> str | None:
         """What is wrong with a hook's files (shapes, dtypes, occurrence table), if anything."""
@@ -195,11 +189,12 @@ class Bank:
             return "occ_offsets is not a strictly increasing table from 0 to n_entries"
         if n and (int(ent.min()) < 0 or int(ent.max()) >= n):
             return "occ_entries holds entry rows out of range"
-        if self.dtype == "int8":
-            params = self._array(f"{folder}/codec.npy")
-            if params.shape != (2, d) or params.dtype != np.dtype("<f4"):
-                return f"codec.npy is {params.dtype} {params.shape}, expected float32 {(2, d)}"
-        return None
+        return codec.params_problem(self.dtype, self._codec_params(hook), n_vec, d)
+
+    def _codec_params(self, hook: str) -> dict[str, np.ndarray]:
+        """The codec's parameter arrays of ``hook`` by file name (none for the float codecs)."""
+        folder = mf.hook_dir(hook)
+        return {name: self._array(f"{folder}/{name}") for name in codec.param_files(self.dtype)}
 
     def _table_problem(self, n: int) -> str | None:
         e = self.entries
@@ -270,7 +265,7 @@ class Bank:
         Raises:
             BankModelMismatchError: The message names what differs and how to fix it.
         """
-        have, want = self._manifest["model"], vlm.fingerprint()
+        have, want = self._manifest.model, vlm.fingerprint()
         diffs = mf.model_differences(have, want, self.hooks)
         if diffs:
             raise BankModelMismatchError(
@@ -288,9 +283,14 @@ class Bank:
 
     # ---- metadata ---------------------------------------------------------------------------
     @property
-    def manifest(self) -> dict[str, Any]:
-        """The manifest (a copy)."""
-        return dict(self._manifest)
+    def manifest(self) -> mf.BankManifest:
+        """The manifest, typed and read-only (:class:`~tl_latentlens.bank.manifest.BankManifest`);
+        ``bank.manifest.to_json()`` is its JSON object (a copy).
+
+        Example:
+            >>> bank.manifest.counts.n_entries, bank.manifest.corpus_fingerprint
+        """
+        return self._manifest
 
     @property
     def hooks(self) -> list[str]:
@@ -305,35 +305,35 @@ class Bank:
     @property
     def d_model(self) -> int:
         """Vector width."""
-        return int(self._manifest["d_model"])
+        return int(self._manifest.d_model)
 
     @property
     def dtype(self) -> str:
         """Storage dtype name."""
-        return str(self._manifest["dtype"])
+        return str(self._manifest.dtype)
 
     @property
     def n_sentences(self) -> int:
         """Stored sentences."""
-        return int(self._manifest["counts"]["n_sentences"])
+        return int(self._manifest.counts.n_sentences)
 
     def n_entries(self, hook: str | None = None) -> int:
         """Corpus token occurrences stored (every hook stores the same entries)."""
         if hook is not None:
             self.resolve_hook(hook)
-        return int(self._manifest["counts"]["n_entries"])
+        return int(self._manifest.counts.n_entries)
 
     def n_vectors(self, hook: str | int) -> int:
         """Distinct vectors stored for ``hook`` (identical rows, e.g. every occurrence of a
         token at the input layer, are stored once)."""
         name = self.resolve_hook(hook)
-        entry = next(h for h in self._manifest["hooks"] if h["name"] == name)
-        return int(entry.get("n_vectors", self.n_entries()))
+        n_vectors = self._manifest.hook(name).n_vectors
+        return int(n_vectors if n_vectors is not None else self.n_entries())
 
     def hook_info(self, hook: str | int) -> dict[str, Any]:
-        """The manifest's record of ``hook`` (layer, distinct vectors, routes calibration)."""
-        name = self.resolve_hook(hook)
-        return dict(next(h for h in self._manifest["hooks"] if h["name"] == name))
+        """The manifest's record of ``hook`` (layer, distinct vectors, routes calibration) as its
+        JSON object (a copy; typed: ``bank.manifest.hook(name)``)."""
+        return self._manifest.hook(self.resolve_hook(hook)).to_json()
 
     def resolve_hook(self, hook: str | int) -> str:
         """The stored hook for a name, an equivalent name of the same layer, or a layer number.
@@ -418,7 +418,7 @@ class Bank:
                 self._array(f"{folder}/vectors.npy"),
                 self._array(f"{folder}/norms.npy"),
                 self.dtype,
-                self._array(f"{folder}/codec.npy") if self.dtype == "int8" else None,
+                self._codec_params(name) or None,
                 self._array(f"{folder}/occ_offsets.npy"),
                 self._array(f"{folder}/occ_entries.npy"),
             )
@@ -494,15 +494,16 @@ class Bank:
         the bank was calibrated)."""
         name = self.resolve_hook(hook)
         if name not in self._searchers:
-            info = self.hook_info(name)
             routes, params, recall = None, None, None
-            cal = info.get("routes")
+            cal = self._manifest.hook(name).routes
             if cal:
                 folder = mf.hook_dir(name)
                 with self._stable_file(f"{folder}/routes/samples.hnsw") as path:
                     routes = Routes.from_arrays(
                         self._array(f"{folder}/routes/lists.npy"), path, self.d_model, _threads()
                     )
+                record = self._manifest.files.get(f"{folder}/routes/samples.hnsw")
+                routes.samples_key = record.sha256 if record is not None else None
                 params = RouteParams(**cal["params"])
                 recall = dict(cal.get("recall_at_10", {}))
             self._searchers[name] = HookSearcher(self.hook_vectors(name), routes, params, recall)
@@ -515,11 +516,33 @@ class Bank:
         k: int,
         method: Method = "auto",
         device: str | torch.device | None = None,
+        lookups: dict | None = None,
     ) -> HookHits:
-        """Top-``k`` stored vectors of L2-normalised float32 ``queries`` in one hook."""
+        """Top-``k`` stored vectors of L2-normalised float32 ``queries`` in one hook
+        (``lookups``: see :meth:`~tl_latentlens.bank.search.HookSearcher.search`)."""
         return self.searcher(hook).search(
-            queries, k, method, device, resident=self._fits_resident(hook, device)
+            queries, k, method, device, resident=self._fits_resident(hook, device), lookups=lookups
         )
+
+    def _shared_lookups(
+        self, q: np.ndarray, hooks: list[str], method: Method, device: str | torch.device | None
+    ) -> dict:
+        """Nearest samples of ``q``, looked up once per sample graph that several of ``hooks``
+        route by (cross-layer search: every hook calibrated with the same visual tokens), at
+        the biggest probe any of them uses; each hook reads its own probe's first columns."""
+        groups: dict[tuple, list[HookSearcher]] = {}
+        for name in hooks:
+            searcher = self.searcher(name)
+            key = searcher.lookup_key()
+            if key is not None and searcher.choose(method, device) == "routes":
+                groups.setdefault(key, []).append(searcher)
+        lookups: dict = {}
+        for key, members in groups.items():
+            if len(members) > 1:
+                widest = max(members, key=lambda s: s.route_params.probe)
+                assert widest.routes is not None
+                lookups[key] = widest.routes.lookup(q, widest.route_params)
+        return lookups
 
     def _fits_resident(self, hook: str, device: str | torch.device | None) -> bool:
         """Keep a hook decoded (RAM or device) while the bank's budget allows."""
@@ -553,7 +576,8 @@ class Bank:
         q = prepare_queries(vectors, self.d_model)
         if q.shape[0] == 0:
             return SearchReport([], {}, {}, {})
-        hits = {name: self.search_rows(q, name, int(k), method, device) for name in hooks}
+        lookups = self._shared_lookups(q, hooks, method, device)
+        hits = {name: self.search_rows(q, name, int(k), method, device, lookups) for name in hooks}
         merged = merge_top_k([(h.sims, h.rows) for h in hits.values()], int(k))
         return SearchReport(
             neighbours=[
@@ -623,15 +647,27 @@ class Bank:
         ``cache_dir``, ``token``, ``endpoint``, ``local_files_only``, ``force_download``
         (see :func:`tl_latentlens.bank.hub.download_bank`).
 
+        Raises:
+            HubBankError: The repository, revision or files cannot be fetched (or, offline,
+                are not cached).
+            CorruptBankError: A downloaded file does not match the manifest's SHA-256 (the
+                message says how to download it again).
+            MissingHookError: A requested hook is not in the bank.
+
         Example:
             >>> bank = Bank.from_pretrained("org/smollm2-bank", hooks=[0, 16], vlm=vlm)
         """
-        # lazy: hub imports Bank and huggingface_hub; needed only here
+        # lazy: huggingface_hub is imported only when the hub is used
         from tl_latentlens.bank import hub
 
-        return hub.from_pretrained(
-            repo_id, hooks, revision=revision, vlm=vlm, verify=verify, **hub_options
-        )
+        path = hub.download_bank(repo_id, hooks, revision=revision, **hub_options)
+        try:
+            return cls.open(path, vlm, verify=verify)
+        except CorruptBankError as err:
+            raise CorruptBankError(
+                f"{err} (downloaded from the hub repository {repo_id!r}; pass "
+                "force_download=True to fetch it again)"
+            ) from err
 
     def push_to_hub(self, repo_id: str, **hub_options: Any) -> str:
         """Upload this bank to the model repository ``repo_id`` (created if missing); returns
@@ -641,7 +677,7 @@ class Bank:
         Example:
             >>> bank.push_to_hub("me/smollm2-bank")
         """
-        # lazy: hub imports Bank and huggingface_hub; needed only here
+        # lazy: huggingface_hub is imported only when the hub is used
         from tl_latentlens.bank import hub
 
         return hub.push_bank(self.root, repo_id, **hub_options)
@@ -657,16 +693,20 @@ class Bank:
         """Convert an index saved by the official ``latentlens`` package (``metadata.json`` +
         ``layer_N/embeddings_cache.pt``, a local folder or a hub repository) into a bank and
         open it. Its files are torch pickles: without ``trust_pickle=True`` this refuses
-        (see :func:`tl_latentlens.bank.official.from_latentlens` for ``options``).
+        (see :func:`tl_latentlens.bank.official.import_latentlens` for ``options``).
 
         Example:
             >>> bank = Bank.from_latentlens("McGill-NLP/latentlens-qwen2vl-embeddings", vlm,
             ...                             trust_pickle=True)
         """
-        # lazy: official imports Bank and the build's table writers; needed only here
+        # lazy: official imports torch's unpickler, huggingface_hub and the build's writers
         from tl_latentlens.bank import official
 
-        return official.from_latentlens(path_or_repo, vlm, trust_pickle=trust_pickle, **options)
+        imported = official.import_latentlens(
+            path_or_repo, vlm, trust_pickle=trust_pickle, **options
+        )
+        # a bank written just now was checked while it was written: sizes suffice
+        return cls.open(imported.path, vlm, verify="size" if imported.written else "lazy")
 
     def close(self) -> None:
         """Free resident decoded vectors and loaded routes; they reload on the next search.
@@ -685,7 +725,7 @@ class Bank:
 
     def __repr__(self) -> str:
         return (
-            f"Bank({str(self.root)!r}, model={self._manifest['model'].get('name')!r}, "
+            f"Bank({str(self.root)!r}, model={self._manifest.model.get('name')!r}, "
             f"hooks={len(self.hooks)}, entries={self.n_entries()}, dtype={self.dtype})"
         )
 
@@ -708,13 +748,13 @@ def _finish_interrupted_replace(root: Path) -> None:
 
 
 def _map_files(
-    root: Path, manifest: dict[str, Any]
+    root: Path, manifest: mf.BankManifest
 ) -> tuple[dict[str, Any], dict[str, tuple[int, int, int]]]:
     """Memory-map every file the manifest lists (read-only; the descriptors are closed at
     once, the mappings keep the files readable even after the directory is replaced)."""
     maps: dict[str, Any] = {}
     stats: dict[str, tuple[int, int, int]] = {}
-    for rel in manifest["files"]:
+    for rel in manifest.files:
         try:
             with open(root / rel, "rb") as f:
                 st = os.fstat(f.fileno())

@@ -31,6 +31,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -474,18 +475,15 @@ def _finish_stage(
             finals[hook] = finalize_hook(folder, cfg.dtype)
             atomic_write_json(state_path, state)
         remove_raw(folder)
-    manifest = mf.build_manifest(vlm, hooks, cfg, selection, state["counts"], corpus)
-    for entry in manifest["hooks"]:
-        entry.update(finals[entry["name"]])
+    manifest = mf.build_manifest(vlm, hooks, cfg, selection, state["counts"], corpus, finals)
     # the forward passes' dtype (bfloat16 builds are faster; the model fingerprint is
     # dtype-independent, so such a bank opens with the float32 model and vice versa)
-    manifest["build"]["forward_dtype"] = str(next(vlm.bridge.parameters()).dtype).replace(
-        "torch.", ""
-    )
+    forward = str(next(vlm.bridge.parameters()).dtype).replace("torch.", "")
     rels = mf.shared_files() + [f for h in hooks for f in mf.hook_files(h, cfg.dtype)]
     _remove_unlisted(stage, set(rels))
-    manifest["files"] = {rel: file_record(stage / rel) for rel in rels}
-    atomic_write_json(stage / mf.MANIFEST, manifest)
+    files = {rel: mf.FileRecord.from_json(file_record(stage / rel)) for rel in rels}
+    build = replace(manifest.build or mf.BuildInfo(), forward_dtype=forward)
+    mf.write_manifest(stage, replace(manifest, build=build, files=files))
     return stage
 
 

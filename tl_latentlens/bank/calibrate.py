@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,11 +22,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tl_latentlens import hooks as hk
-from tl_latentlens._io import atomic_write_json, locked, read_json
+from tl_latentlens._io import locked
+from tl_latentlens.bank import manifest as mf
 from tl_latentlens.bank.exact import exact_top_k
 from tl_latentlens.bank.recall import tie_aware_recall_per_query
 from tl_latentlens.bank.routes import ROUTE_FILES, RouteParams, Routes, write_routes
-from tl_latentlens.bank.search import RECALL_BAR, HookSearcher
+from tl_latentlens.bank.search import GATHER_COST, RECALL_BAR, RERANK_GROUP, HookSearcher
 from tl_latentlens.bank.store import file_record
 from tl_latentlens.bank.vectors import HookVectors
 from tl_latentlens.capture import capture_image, capture_text
@@ -68,6 +69,10 @@ class HookCalibration:
         recall: Held-out set name -> recall@10 of routed search with ``params``.
         fallback: Held-out set name -> share of queries sent to exact search.
         frontier: Per probe tried, ``{set: recall}``.
+        fallback_frontier: Per probe tried, ``{set: share sent to exact search}``.
+        cost: Per probe tried, the expected search cost of one image-like query in stored
+            vectors multiplied (:func:`expected_cost`); the cheapest probe that meets the
+            recall bar is chosen.
         n_samples: Routing samples (visual + text).
         list_len: Stored length of each sample's list.
         seconds: Calibration wall time.
@@ -80,6 +85,8 @@ class HookCalibration:
     n_samples: int = 0
     list_len: int = 0
     seconds: float = 0.0
+    fallback_frontier: dict[int, dict[str, float]] = field(default_factory=dict)
+    cost: dict[int, float] = field(default_factory=dict)
 
     @property
     def proven(self) -> bool:
@@ -95,12 +102,44 @@ class HookCalibration:
             "frontier": {
                 str(p): {k: round(v, 5) for k, v in r.items()} for p, r in self.frontier.items()
             },
+            "fallback_frontier": {
+                str(p): {k: round(v, 5) for k, v in r.items()}
+                for p, r in self.fallback_frontier.items()
+            },
+            "expected_cost": {str(p): round(c, 1) for p, c in self.cost.items()},
             "n_samples": self.n_samples,
             "list_len": self.list_len,
             "recall_bar": RECALL_BAR,
             "proven": self.proven,
+            "policy": CALIBRATION_POLICY,
             "seconds": round(self.seconds, 2),
         }
+
+
+#: How the probe is chosen (recorded in the manifest; a bank calibrated under an older policy
+#: can be calibrated again): 2 = the cheapest probe by :func:`expected_cost` among those that
+#: meet the recall bar (1 was the smallest probe that met it).
+CALIBRATION_POLICY = 2
+
+
+def expected_cost(
+    probe: int, list_len: int, n_vectors: int, fallback: Mapping[str, float]
+) -> float:
+    """Expected cost of one query, in stored vectors multiplied: a routed query re-ranks up to
+    ``probe * list_len`` candidates (each also gathered, :data:`GATHER_COST` per group of
+    :data:`RERANK_GROUP`), a query sent to exact search multiplies all ``n_vectors``.
+    ``fallback`` holds the share sent to exact search per held-out set; the sets of image
+    tokens are averaged (text-like sets go to exact search by design and would hide the
+    difference between probes), or all sets when there are only text-like ones.
+
+    Example:
+        >>> expected_cost(2, 200, 46_000, {"photos": 0.3}) > expected_cost(8, 200, 46_000, {"photos": 0.05})
+        True
+    """
+    visual = [v for k, v in fallback.items() if "text" not in k] or list(fallback.values())
+    f = float(np.mean(visual)) if visual else 0.0
+    routed = min(probe * list_len * (1 + GATHER_COST / RERANK_GROUP), n_vectors)
+    return (1 - f) * routed + f * n_vectors
 
 
 def _lists(hv: HookVectors, samples: np.ndarray, list_len: int, progress: bool) -> np.ndarray:
@@ -177,7 +216,7 @@ def calibrate_hook(
     frontier: dict[int, dict[str, float]] = {}
     fallback: dict[int, dict[str, float]] = {}
     taus: dict[int, float] = {}
-    chosen = None
+    cost: dict[int, float] = {}
     for probe in sorted(probes):
         params = RouteParams(probe=probe, list_len=lists.shape[1], min_sample_similarity=-1.0)
         per_query = {}
@@ -190,12 +229,17 @@ def calibrate_hook(
             n: float(np.where(nearest[n] >= tau, r, 1.0).mean()) for n, r in per_query.items()
         }
         fallback[probe] = {n: float((nearest[n] < tau).mean()) for n in per_query}
-        logger.info("calibration probe %d: recall %s, fallback %s", probe, frontier[probe],
-                    fallback[probe])  # fmt: skip
-        if min(frontier[probe].values()) >= RECALL_BAR:
-            chosen = probe
-            break
-    probe = chosen if chosen is not None else max(frontier)
+        cost[probe] = expected_cost(probe, lists.shape[1], hv.n, fallback[probe])
+        logger.info("calibration probe %d: recall %s, fallback %s, cost %.0f", probe,
+                    frontier[probe], fallback[probe], cost[probe])  # fmt: skip
+    meeting = [p for p in frontier if min(frontier[p].values()) >= RECALL_BAR]
+    # the cheapest probe that meets the bar (a bigger probe routes more queries: its fallback
+    # threshold is lower); none meets it: the best recall, recorded as not proven
+    probe = (
+        min(meeting, key=lambda p: (cost[p], p))
+        if meeting
+        else max(frontier, key=lambda p: (min(frontier[p].values()), -p))
+    )
     return HookCalibration(
         params=RouteParams(probe=probe, list_len=lists.shape[1], min_sample_similarity=taus[probe]),
         recall=frontier[probe],
@@ -204,6 +248,8 @@ def calibrate_hook(
         n_samples=int(pool.shape[0]),
         list_len=int(lists.shape[1]),
         seconds=time.perf_counter() - t0,
+        fallback_frontier=fallback,
+        cost=cost,
     )
 
 
@@ -256,25 +302,26 @@ def calibrate_bank(
     root = Path(path)
     out: dict[str, HookCalibration] = {}
     with locked(root.with_name(f".{root.name}.lock")):
-        manifest = read_json(root / "manifest.json")
-        codec = str(manifest["dtype"])
-        names = {h["name"] for h in manifest["hooks"]}
+        manifest = mf.read_manifest(root)
+        names = set(manifest.hook_names)
         unknown = sorted(set(samples) - names)
         if unknown:
             raise ValueError(f"the bank stores no hooks {unknown}; it stores {sorted(names)}")
-        for entry in manifest["hooks"]:
-            name = entry["name"]
+        hooks, files = list(manifest.hooks), dict(manifest.files)
+        for i, entry in enumerate(hooks):
+            name = entry.name
             if name not in samples:
                 continue
-            folder = root / "hooks" / name
+            folder = root / mf.hook_dir(name)
             sets = {s: q[name] for s, q in held_out.items() if name in q}
-            cal = calibrate_hook(folder, codec, samples[name], sets, **options)  # type: ignore[arg-type]
-            entry["routes"] = cal.to_dict()
+            cal = calibrate_hook(folder, manifest.dtype, samples[name], sets, **options)  # type: ignore[arg-type]
+            hooks[i] = replace(entry, routes=cal.to_dict())
             for rel in ROUTE_FILES:
-                manifest["files"][f"hooks/{name}/{rel}"] = file_record(folder / rel)
+                record = file_record(folder / rel)
+                files[f"{mf.hook_dir(name)}/{rel}"] = mf.FileRecord.from_json(record)
             out[name] = cal
             logger.info("%s: routes %s", name, cal.to_dict()["recall_at_10"])
-        atomic_write_json(root / "manifest.json", manifest)
+        mf.write_manifest(root, replace(manifest, hooks=tuple(hooks), files=files))
     return out
 
 

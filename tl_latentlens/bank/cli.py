@@ -127,12 +127,12 @@ def run_build_bank(args: argparse.Namespace) -> int:
         num_threads=args.threads,
         progress=args.progress,
     )
-    counts = bank.manifest["counts"]
+    counts = bank.manifest.counts
     logger.info(
         "bank %s: %d entries from %d sentences, hooks %s",
         bank.root,
-        counts["n_entries"],
-        counts["n_sentences"],
+        counts.n_entries,
+        counts.n_sentences,
         ", ".join(f"{h} (layer {layer})" for h, layer in bank.layers.items()),
     )
     return 0

@@ -1,19 +1,29 @@
-"""Build options of a contextual text bank."""
+"""Build options of a contextual text bank, and how thoroughly an open checks it."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["BankConfig", "STORAGE_DTYPES", "FORMAT_VERSION"]
+__all__ = ["BankConfig", "STORAGE_DTYPES", "FORMAT_VERSION", "Verify"]
 
 #: On-disk format version written to and required in ``manifest.json``.
 FORMAT_VERSION = 2
 
 #: Vector storage dtypes offered by :class:`BankConfig`: name -> bytes per component.
-#: ``int8`` is centred with a per-dimension scale (see :mod:`tl_latentlens.bank.codec`).
-STORAGE_DTYPES = {"float32": 4, "float16": 2, "int8": 1}
+#: ``int8_rotated`` is the compact codec (unit rows centred, randomly rotated, one scale per row;
+#: recall@10 >= 0.98 against float32 on real residuals); ``int8`` (per-dimension scale) is the
+#: legacy 1-byte codec, below that bar (see :mod:`tl_latentlens.bank.codec`).
+STORAGE_DTYPES = {"float32": 4, "float16": 2, "int8_rotated": 1, "int8": 1}
+
+#: How :meth:`~tl_latentlens.bank.Bank.open` checks a bank. ``"full"``: hash every file at
+#: open; ``"lazy"``: check sizes at open, hash the shared tables at open and a hook's files on
+#: its first use; ``"size"``: sizes only. Every mode checks the manifest, the tables' structure
+#: (shapes, dtypes, offsets, ids in range) and every hnswlib header, so no file can crash the
+#: process; only "size" trusts the contents (a flipped byte in a vector or a sentence then goes
+#: unnoticed): use it only for banks you built yourself.
+Verify = Literal["full", "lazy", "size"]
 
 # Fields that decide what a bank contains (compared to decide whether an existing bank "is" the
 # one asked for); the others only decide how the build runs.
@@ -31,9 +41,11 @@ class BankConfig:
         max_per_token: At most this many stored occurrences (distinct prefixes) per token id,
             chosen by seeded reservoir sampling; ``None`` stores every distinct prefix.
         seed: Seed of the reservoir sampling and of the HNSW graph.
-        dtype: Vector storage: ``"float16"`` (default), ``"float32"`` or ``"int8"`` (centred,
-            per-dimension scale: 1 byte per component; see benchmarks/bench_bank_search.py
-            for its recall against float32).
+        dtype: Vector storage: ``"float16"`` (default), ``"float32"`` or ``"int8_rotated"``
+            (1 byte per component: unit rows centred, randomly rotated, one scale per row;
+            tie-aware recall@10 0.98-0.99 against float32 on real residuals, see
+            benchmarks/bench_int8_codecs.py). ``"int8"`` (per-dimension scale, recall@10
+            0.93-0.96) is the legacy 1-byte codec, kept so that existing banks still open.
         hnsw_M: hnswlib graph degree of the routes' sample index (:func:`calibrate_bank`).
         ef_construction: Its build-time candidate list size.
         ef_search: Its query-time candidate list size.

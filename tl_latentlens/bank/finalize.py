@@ -3,8 +3,9 @@
 The encoding pass writes one raw row (float32/float16) per entry into ``vectors.npy``. This
 step (resumable: it can be rerun from any point until the build records the hook as final)
 renames that file to ``raw.npy``, groups identical rows (:mod:`~tl_latentlens.bank.dedup`),
-writes the distinct rows in the bank's codec with their norms and the occurrence table, and
-removes ``raw.npy`` once the caller has recorded the hook as final.
+writes the distinct rows in the bank's codec (with the codec's parameter files: the 1-byte codecs
+are fitted over all distinct rows of the hook first) with their norms and the occurrence table,
+and removes ``raw.npy`` once the caller has recorded the hook as final.
 """
 
 from __future__ import annotations
@@ -40,30 +41,44 @@ def finalize_hook(folder: Path, codec: str) -> dict[str, int]:
     first, vector_of_row = group_identical(raw)
     n_vec = int(first.shape[0])
     offsets, entries = occurrence_table(vector_of_row, n_vec)
-    params = None
+    d = int(raw.shape[1])
+
+    def distinct(s: int) -> np.ndarray:  # float32 distinct rows s .. s + CHUNK_ROWS
+        return cd.decode(raw[first[s : s + CHUNK_ROWS]], raw_codec)
+
+    params, centre, rotation, scales = None, None, None, None
     if codec == "int8":
-        params = cd.fit_int8(
-            cd.decode(raw[first[s : s + CHUNK_ROWS]], raw_codec)
-            for s in range(0, n_vec, CHUNK_ROWS)
-        )
+        params = cd.fit_int8(distinct(s) for s in range(0, n_vec, CHUNK_ROWS))
         atomic_save_npy(folder / "codec.npy", params)
+    elif codec == "int8_rotated":
+        centre = cd.fit_centre(distinct(s) for s in range(0, n_vec, CHUNK_ROWS))
+        rotation = cd.rotation_matrix(d)
+        scales = np.empty((n_vec, 2), dtype="<f4")
+        atomic_save_npy(folder / "codec_centre.npy", centre)
+        atomic_save_npy(folder / "codec_rotation.npy", rotation)
     tmp = folder / f".vectors.npy.{os.getpid()}.tmp"
-    out = np.lib.format.open_memmap(
-        tmp, mode="w+", dtype=cd.numpy_dtype(codec), shape=(n_vec, raw.shape[1])
-    )
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=cd.numpy_dtype(codec), shape=(n_vec, d))
     norms = np.empty(n_vec, dtype="<f4")
     for s in range(0, n_vec, CHUNK_ROWS):
         rows = raw[first[s : s + CHUNK_ROWS]]
-        if codec == "int8":
-            stored = cd.encode_int8(cd.decode(rows, raw_codec), params)
+        e = s + rows.shape[0]
+        if codec == "int8_rotated":
+            x = cd.decode(rows, raw_codec)
+            stored, scales[s:e] = cd.encode_rotated(x, centre, rotation)
+            norms[s:e] = cd.rotated_norms(stored, scales[s:e], centre, rotation)
         else:
-            stored = rows if codec == raw_codec else cd.decode(rows, raw_codec).astype("<f4")
-        out[s : s + stored.shape[0]] = stored
-        norms[s : s + stored.shape[0]] = np.linalg.norm(cd.decode(stored, codec, params), axis=1)
+            if codec == "int8":
+                stored = cd.encode_int8(cd.decode(rows, raw_codec), params)
+            else:
+                stored = rows if codec == raw_codec else cd.decode(rows, raw_codec).astype("<f4")
+            norms[s:e] = np.linalg.norm(cd.decode(stored, codec, params), axis=1)
+        out[s:e] = stored
     out.flush()
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     del out
+    if scales is not None:
+        atomic_save_npy(folder / "codec_scales.npy", scales)
     atomic_save_npy(folder / "norms.npy", norms)
     atomic_save_npy(folder / "occ_offsets.npy", offsets)
     atomic_save_npy(folder / "occ_entries.npy", entries)

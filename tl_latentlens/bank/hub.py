@@ -12,8 +12,9 @@ files: nothing is pickled) plus a ``README.md`` model card. Downloads go through
 * :func:`push_bank` checks every file against the manifest's SHA-256, then commits the bank
   (deleting files an earlier push left that this bank does not have).
 
-``Bank.from_pretrained`` opens the download with ``verify="full"`` by default: every downloaded
-file is hashed and compared with the manifest before use.
+``Bank.from_pretrained`` (in :mod:`tl_latentlens.bank.bank`) calls :func:`download_bank` and
+opens the directory it returns with ``verify="full"`` by default: every downloaded file is
+hashed and compared with the manifest before use. This module never imports the bank itself.
 
 Example:
     >>> bank = Bank.from_pretrained("org/smollm2-bank", hooks=[0, 16], revision="v1")
@@ -29,6 +30,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -49,16 +51,14 @@ from huggingface_hub.errors import (
 )
 
 from tl_latentlens import hooks as hk
-from tl_latentlens._io import atomic_write_json, read_json, replace_dir
+from tl_latentlens._io import read_json, replace_dir
 from tl_latentlens.bank import manifest as mf
-from tl_latentlens.bank.bank import Bank, Verify
-from tl_latentlens.bank.errors import BankError, BankFormatError, CorruptBankError, MissingHookError
+from tl_latentlens.bank.errors import BankError, BankFormatError, MissingHookError
 
 __all__ = [
     "HubBankError",
     "cache_root",
     "download_bank",
-    "from_pretrained",
     "model_card",
     "push_bank",
 ]
@@ -88,14 +88,14 @@ def _library() -> dict[str, str]:
     return {"library_name": "tl_latentlens", "library_version": version}
 
 
-def resolve_hooks(manifest: dict[str, Any], hooks: Sequence[str | int] | None) -> list[str]:
+def resolve_hooks(manifest: mf.BankManifest, hooks: Sequence[str | int] | None) -> list[str]:
     """The manifest's hook names for ``hooks`` (names, equivalent names or layer numbers), in
     the manifest's order; every hook when ``None``.
 
     Raises:
         MissingHookError: A hook the bank does not store (the message lists the stored ones).
     """
-    stored = {h["name"]: h["layer"] for h in manifest["hooks"]}
+    stored = {h.name: h.layer for h in manifest.hooks}
     if hooks is None:
         return list(stored)
     if isinstance(hooks, (str, int, float)):
@@ -117,12 +117,11 @@ def resolve_hooks(manifest: dict[str, Any], hooks: Sequence[str | int] | None) -
     return [name for name in stored if name in want]
 
 
-def bank_files(manifest: dict[str, Any], hooks: Sequence[str]) -> list[str]:
+def bank_files(manifest: mf.BankManifest, hooks: Sequence[str]) -> list[str]:
     """Files of the shared tables and of ``hooks`` (with their routes when calibrated)."""
-    info = {h["name"]: h for h in manifest["hooks"]}
     rels = mf.shared_files()
     for hook in hooks:
-        rels += mf.hook_files(hook, manifest["dtype"], routes=bool(info[hook].get("routes")))
+        rels += mf.hook_files(hook, manifest.dtype, routes=bool(manifest.hook(hook).routes))
     return rels
 
 
@@ -179,13 +178,13 @@ def download_bank(
     snapshot = manifest_path.parent
     commit = snapshot.name  # hub cache layout: snapshots/<commit>/manifest.json
     try:
-        manifest = read_json(manifest_path)
+        raw = read_json(manifest_path)
     except (OSError, ValueError) as err:
         raise BankFormatError(f"{manifest_path} cannot be read: {err}") from err
-    mf.validate_manifest(manifest, snapshot)
+    manifest = mf.BankManifest.from_json(raw, snapshot)
     names = resolve_hooks(manifest, hooks)
     rels = bank_files(manifest, names)
-    unrecorded = [rel for rel in rels if rel not in manifest["files"]]
+    unrecorded = [rel for rel in rels if rel not in manifest.files]
     if unrecorded:
         raise BankFormatError(f"the manifest of {where} has no checksum for {unrecorded[:3]}")
     # the files at the commit the manifest came from, never a newer one
@@ -204,40 +203,14 @@ def download_bank(
             f"{absent[:3]}); offline, only hooks downloaded before are available"
         )
     logger.info("bank %s at commit %s: hooks %s from %s", repo_id, commit[:12], names, folder)
-    if len(names) == len(manifest["hooks"]):
+    if len(names) == len(manifest.hooks):
         return folder
     return _make_view(folder, manifest, names, rels, repo_id, commit)
 
 
-def from_pretrained(
-    repo_id: str,
-    hooks: Sequence[str | int] | None = None,
-    *,
-    revision: str | None = None,
-    vlm: Any = None,
-    verify: Verify = "full",
-    **hub_options: Any,
-) -> Bank:
-    """:func:`download_bank`, then :meth:`Bank.open` (by default hashing every downloaded file
-    against the manifest).
-
-    Raises:
-        CorruptBankError: A downloaded file does not match the manifest's SHA-256 (the message
-            says how to download it again).
-    """
-    path = download_bank(repo_id, hooks, revision=revision, **hub_options)
-    try:
-        return Bank.open(path, vlm, verify=verify)
-    except CorruptBankError as err:
-        raise CorruptBankError(
-            f"{err} (downloaded from the hub repository {repo_id!r}; pass force_download=True "
-            "to fetch it again)"
-        ) from err
-
-
 def _make_view(
     folder: Path,
-    manifest: dict[str, Any],
+    manifest: mf.BankManifest,
     names: list[str],
     rels: list[str],
     repo_id: str,
@@ -259,11 +232,13 @@ def _make_view(
                 os.symlink(src, dst)
             except OSError:  # e.g. Windows without symlink rights
                 shutil.copyfile(src, dst)
-        sub = dict(manifest)
-        sub["hooks"] = [h for h in manifest["hooks"] if h["name"] in names]
-        sub["files"] = {rel: manifest["files"][rel] for rel in rels}
-        sub["hub"] = {"repo_id": repo_id, "commit": commit, "hooks_of_repo": len(manifest["hooks"])}
-        atomic_write_json(tmp / mf.MANIFEST, sub)
+        sub = replace(
+            manifest,
+            hooks=tuple(h for h in manifest.hooks if h.name in names),
+            files={rel: manifest.files[rel] for rel in rels},
+            hub=mf.HubOrigin(repo_id, commit, len(manifest.hooks)),
+        )
+        mf.write_manifest(tmp, sub)
         replace_dir(tmp, view)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -271,22 +246,22 @@ def _make_view(
     return view
 
 
-def model_card(manifest: dict[str, Any], repo_id: str) -> str:
+def model_card(manifest: mf.BankManifest, repo_id: str) -> str:
     """A ``README.md`` for a bank repository: hub metadata and how to load it."""
-    model = manifest.get("model", {}).get("name") or "unknown"
-    counts = manifest.get("counts", {})
-    hooks = "\n".join(f"- `{h['name']}` (layer {h['layer']})" for h in manifest["hooks"])
-    corpus = manifest.get("corpus", {})
+    model = manifest.model.get("name") or "unknown"
+    counts = manifest.counts
+    hooks = "\n".join(f"- `{h.name}` (layer {h.layer})" for h in manifest.hooks)
+    corpus = manifest.corpus or {}
     return (
         "---\nlibrary_name: tl_latentlens\ntags:\n- latentlens\n- interpretability\n"
         "- transformer-lens\n---\n\n"
         f"# LatentLens bank for `{model}`\n\n"
         "Contextual text-token residuals (a LatentLens bank, format version "
-        f"{manifest.get('format_version')}) built with "
+        f"{manifest.format_version}) built with "
         "[tl_latentlens](https://github.com/). No pickles: JSON, `.npy` and raw tables.\n\n"
-        f"- sentences: {counts.get('n_sentences')}, stored token occurrences: "
-        f"{counts.get('n_entries')}, storage dtype: {manifest.get('dtype')}, d_model: "
-        f"{manifest.get('d_model')}\n"
+        f"- sentences: {counts.n_sentences}, stored token occurrences: "
+        f"{counts.n_entries}, storage dtype: {manifest.dtype}, d_model: "
+        f"{manifest.d_model}\n"
         f"- corpus: {corpus.get('kind', 'unknown')} (fingerprint "
         f"`{str(corpus.get('fingerprint', ''))[:16]}`)\n\n## Hooks\n\n{hooks}\n\n## Use\n\n"
         "```python\nfrom tl_latentlens.bank import Bank\n\n"
@@ -323,7 +298,7 @@ def push_bank(
     """
     root = Path(root)
     manifest = mf.read_manifest(root)
-    rels = sorted(manifest["files"])
+    rels = sorted(manifest.files)
     mf.verify_files(root, manifest, rels, full=True)
     api = HfApi(endpoint=endpoint, token=token, **_library())
     try:

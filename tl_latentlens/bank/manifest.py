@@ -1,5 +1,8 @@
 r"""Bank directory layout, the manifest, identity comparison and file verification.
 
+The manifest is read as a typed, frozen :class:`BankManifest` (records and validation in
+:mod:`tl_latentlens.bank.manifest_schema`, re-exported here).
+
 A bank directory::
 
     manifest.json                      format version, model fingerprint, hooks + layers, counts,
@@ -16,7 +19,9 @@ A bank directory::
     hooks/<hook>/norms.npy             float32 norms of the stored (decoded) vectors
     hooks/<hook>/occ_offsets.npy       int64 [n_vectors + 1] \ vector v stands for the entry rows
     hooks/<hook>/occ_entries.npy       int32 [n_entries]     / occ_entries[off[v]:off[v+1]]
-    hooks/<hook>/codec.npy             float32 [2, d_model] int8 offset/scale (int8 only)
+    hooks/<hook>/codec.npy             float32 [2, d_model] offset/scale (legacy int8 only)
+    hooks/<hook>/codec_centre.npy      float32 [d_model], [d_model, d_model], [n_vectors, 2]:
+        codec_rotation.npy, codec_scales.npy   centre, rotation, row step + norm (int8_rotated)
     hooks/<hook>/routes/               optional query-sample routes (bank.routes, calibrate_bank):
                                        samples.npy, lists.npy, samples.hnsw (hnswlib, space='ip')
 """
@@ -26,18 +31,29 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
-import re
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tl_latentlens import hooks as hk
-from tl_latentlens._io import sha256_bytes
+from tl_latentlens._io import atomic_write_json, sha256_bytes
 from tl_latentlens.bank import codec
 from tl_latentlens.bank.config import FORMAT_VERSION, BankConfig
 from tl_latentlens.bank.errors import BankError, BankFormatError, CorruptBankError
+from tl_latentlens.bank.manifest_schema import (
+    MANIFEST,
+    BankManifest,
+    BuildInfo,
+    Counts,
+    FileRecord,
+    HnswOptions,
+    HookRecord,
+    HubOrigin,
+    hook_dir,
+    validate_manifest,
+)
 from tl_latentlens.bank.sources import describe_corpus
 from tl_latentlens.bank.store import read_json, sha256_file
 from tl_latentlens.models.digest import VARIANTS
@@ -48,6 +64,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MANIFEST",
+    "BankManifest",
+    "BuildInfo",
+    "Counts",
+    "FileRecord",
+    "HnswOptions",
+    "HookRecord",
+    "HubOrigin",
     "build_manifest",
     "describe_differences",
     "model_differences",
@@ -59,26 +82,18 @@ __all__ = [
     "shared_files",
     "validate_manifest",
     "verify_files",
+    "write_manifest",
 ]
 
-MANIFEST = "manifest.json"
 ENTRIES = "entries.npy"
 SENTENCES = "sentences"
 TOKENS = "tokens"
-
-_REQUIRED = ("format_version", "model", "hooks", "d_model", "dtype", "counts", "files", "hnsw")
-
-
-def hook_dir(hook: str) -> str:
-    """Relative directory of a hook's files."""
-    return f"hooks/{hook}"
 
 
 def hook_files(hook: str, dtype: str, routes: bool = False) -> list[str]:
     """Relative paths of a hook's files (with its routes' files when ``routes``)."""
     names = ["vectors.npy", "norms.npy", "occ_offsets.npy", "occ_entries.npy"]
-    if dtype == "int8":
-        names.append("codec.npy")
+    names += codec.param_files(dtype)  # the codec's parameter files (1-byte codecs)
     if routes:
         names += ["routes/samples.npy", "routes/lists.npy", "routes/samples.hnsw"]
     return [f"{hook_dir(hook)}/{name}" for name in names]
@@ -93,8 +108,14 @@ def shared_files() -> list[str]:
     return out
 
 
-def identity(manifest: dict[str, Any]) -> dict[str, Any]:
-    """What makes two banks the same bank (execution details and timestamps left out)."""
+def identity(manifest: BankManifest | Mapping[str, Any]) -> dict[str, Any]:
+    """What makes two banks the same bank (execution details and timestamps left out).
+
+    ``manifest`` is a :class:`BankManifest` or a manifest's JSON object (read without
+    validation, e.g. of a half-written bank that a build may replace).
+    """
+    if isinstance(manifest, BankManifest):
+        manifest = manifest.to_json()
     return {
         "format_version": manifest.get("format_version"),
         "model": manifest.get("model"),
@@ -122,7 +143,7 @@ def describe_differences(
     return lines
 
 
-def read_manifest(root: Path) -> dict[str, Any]:
+def read_manifest(root: Path) -> BankManifest:
     """Read and validate ``root/manifest.json``.
 
     Raises:
@@ -137,119 +158,12 @@ def read_manifest(root: Path) -> dict[str, Any]:
         manifest = read_json(root / MANIFEST)
     except (OSError, ValueError) as err:
         raise BankFormatError(f"{root / MANIFEST} cannot be read: {err}") from err
-    validate_manifest(manifest, root)
-    return manifest
+    return BankManifest.from_json(manifest, root)
 
 
-def validate_manifest(manifest: Any, path: Path) -> None:
-    """Check the manifest's format version, required fields and their types and values.
-
-    Nothing in a manifest is trusted: hook names must be residual hooks whose recorded layer is
-    the layer of the name, file paths must stay inside the bank, counts and options must be
-    numbers of the right kind.
-
-    Raises:
-        BankFormatError: Wrong version, missing or malformed fields (the message names them).
-    """
-    where = path / MANIFEST
-    if not isinstance(manifest, dict):
-        raise BankFormatError(f"{where} is not a JSON object")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BankFormatError(
-            f"{path} is a bank of format version {version!r}; this tl_latentlens reads version "
-            f"{FORMAT_VERSION}. Rebuild it with build_bank(..., overwrite=True)."
-        )
-    missing = [key for key in _REQUIRED if key not in manifest]
-    if missing:
-        raise BankFormatError(f"{where} lacks the fields {missing}")
-    problems = _problems(manifest)
-    if problems:
-        raise BankFormatError(
-            f"{where} is malformed ({'; '.join(problems)}); rebuild the bank with "
-            "build_bank(..., overwrite=True)"
-        )
-
-
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def _count(value: Any, positive: bool = False) -> bool:
-    ok = isinstance(value, int) and not isinstance(value, bool)
-    return ok and (value > 0 if positive else value >= 0)
-
-
-def _safe_rel(rel: Any) -> bool:
-    if not isinstance(rel, str) or not rel or "\\" in rel or rel.startswith("/"):
-        return False
-    return all(part not in ("", ".", "..") for part in rel.split("/"))
-
-
-def _problems(m: dict[str, Any]) -> list[str]:
-    out: list[str] = []
-    hooks = m["hooks"]
-    if not isinstance(hooks, list) or not hooks:
-        out.append(f"'hooks' must be a non-empty list, got {hooks!r:.60}")
-    else:
-        names, layers = set(), set()
-        for h in hooks:
-            if not isinstance(h, dict) or not isinstance(h.get("name"), str):
-                out.append(f"hook entry {h!r:.60} has no name")
-                continue
-            name = h["name"]
-            try:
-                layer = hk.layer_of(name)
-            except ValueError:
-                out.append(f"hook {name!r:.60} is not a residual-stream hook")
-                continue
-            have = h.get("layer")
-            if isinstance(have, bool) or not isinstance(have, (int, float)) or have != layer:
-                out.append(f"hook {name} is recorded at layer {have!r}, but it is layer {layer}")
-            if h.get("dir", hook_dir(name)) != hook_dir(name):
-                out.append(f"hook {name} has dir {h.get('dir')!r}, expected {hook_dir(name)!r}")
-            if name in names or layer in layers:
-                out.append(f"hook {name} (layer {layer}) is listed twice")
-            names.add(name)
-            layers.add(layer)
-    if not _count(m["d_model"], positive=True):
-        out.append(f"'d_model' must be a positive int, got {m['d_model']!r:.40}")
-    try:
-        codec.numpy_dtype(m["dtype"])
-    except Exception:  # noqa: BLE001 - any failure means an unknown codec
-        out.append(f"unknown storage dtype {m['dtype']!r:.40}")
-    counts = m["counts"]
-    if not isinstance(counts, dict):
-        out.append("'counts' must be an object")
-    else:
-        for key in ("n_entries", "n_sentences"):
-            if not _count(counts.get(key)):
-                out.append(f"counts.{key} must be a non-negative int, got {counts.get(key)!r:.40}")
-    hnsw = m["hnsw"]
-    if not isinstance(hnsw, dict):
-        out.append("'hnsw' must be an object")
-    else:
-        for key in ("ef_search", "M"):
-            if key in hnsw and not _count(hnsw[key], positive=True):
-                out.append(f"hnsw.{key} must be a positive int, got {hnsw[key]!r:.40}")
-    files = m["files"]
-    if not isinstance(files, dict):
-        out.append("'files' must be an object")
-    else:
-        for rel, rec in files.items():
-            if not _safe_rel(rel):
-                out.append(f"file path {rel!r:.80} leaves the bank directory")
-            elif (
-                not isinstance(rec, dict)
-                or not _count(rec.get("size"))
-                or not isinstance(rec.get("sha256"), str)
-                or not _SHA256.match(rec["sha256"])
-            ):
-                out.append(f"file {rel} has no valid size/sha256 record")
-    model = m["model"]
-    parts = model.get("weights", {}).get("parts") if isinstance(model, dict) else None
-    if not isinstance(parts, dict) or not all(isinstance(v, dict) for v in parts.values()):
-        out.append("'model.weights.parts' (the per-part weight digests) is missing")
-    return out
+def write_manifest(root: Path, manifest: BankManifest) -> None:
+    """Write ``root/manifest.json`` atomically (sorted keys, as every bank's)."""
+    atomic_write_json(root / MANIFEST, manifest.to_json())
 
 
 def identity_differences(have: dict[str, Any], want: dict[str, Any]) -> list[str]:
@@ -296,7 +210,7 @@ def model_differences(
 
 def verify_files(
     root: Path,
-    manifest: dict[str, Any],
+    manifest: BankManifest,
     paths: Iterable[str],
     full: bool,
     opened: Callable[[str], Any] | None = None,
@@ -310,7 +224,7 @@ def verify_files(
     Raises:
         CorruptBankError: A file is missing, has the wrong size or the wrong checksum.
     """
-    records = manifest["files"]
+    records = manifest.files
     for rel in paths:
         if rel not in records:
             raise CorruptBankError(f"{root}: manifest has no checksum for {rel}")
@@ -323,14 +237,14 @@ def verify_files(
             if not file.is_file():
                 raise CorruptBankError(f"{root}: file {rel} is missing")
             size = os.path.getsize(file)
-        if size != want["size"]:
+        if size != want.size:
             raise CorruptBankError(
-                f"{root}: file {rel} is {size} bytes, the manifest says {want['size']} "
+                f"{root}: file {rel} is {size} bytes, the manifest says {want.size} "
                 "(truncated or replaced); rebuild the bank"
             )
         if full:
             digest = sha256_bytes(opened(rel)) if opened is not None else sha256_file(root / rel)
-            if digest != want["sha256"]:
+            if digest != want.sha256:
                 raise CorruptBankError(
                     f"{root}: file {rel} does not match its SHA-256 checksum (corrupted); "
                     "rebuild the bank"
@@ -342,31 +256,45 @@ def build_manifest(
     hooks: list[str],
     cfg: BankConfig,
     selection: Selection,
-    counts: dict[str, int],
+    counts: Mapping[str, int],
     corpus: Any,
-) -> dict[str, Any]:
-    """The manifest of a freshly built bank (without ``files``, added once they are final)."""
+    finals: Mapping[str, Mapping[str, Any]] | None = None,
+) -> BankManifest:
+    """The manifest of a freshly built bank, ``files`` left empty until the files are final
+    (``dataclasses.replace(manifest, files=...)``).
+
+    Args:
+        counts: Entry, sentence and token-type counts, plus ``vocab_size`` (recorded with the
+            tokenizer).
+        finals: Per hook, what its finalisation recorded (``n_vectors``, ``n_duplicates``).
+    """
     tok = vlm.tokenizer
-    return {
-        "format_version": FORMAT_VERSION,
+    finals = finals or {}
+    return BankManifest(
+        format_version=FORMAT_VERSION,
         # a fresh id per published bank: an open Bank detects that its directory was replaced
-        "generation": uuid.uuid4().hex,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "library": {
+        generation=uuid.uuid4().hex,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        library={
             name: _version(name)
             for name in ("tl_latentlens", "torch", "transformer-lens", "hnswlib")
         },
-        "model": vlm.fingerprint(),
-        "tokenizer": {
+        model=vlm.fingerprint(),
+        tokenizer={
             "name": str(getattr(tok, "name_or_path", "")),
             "class": type(tok).__name__,
             "vocab_size": counts["vocab_size"],
         },
-        "layer_convention": hk.LAYER_CONVENTION,
-        "hooks": [{"name": h, "layer": hk.layer_of(h), "dir": hook_dir(h)} for h in hooks],
-        "d_model": vlm.d_model,
-        "dtype": cfg.dtype,
-        "corpus": {
+        layer_convention=hk.LAYER_CONVENTION,
+        hooks=tuple(
+            HookRecord.from_json(
+                {"name": h, "layer": hk.layer_of(h), "dir": hook_dir(h), **finals.get(h, {})}
+            )
+            for h in hooks
+        ),
+        d_model=vlm.d_model,
+        dtype=cfg.dtype,
+        corpus={
             **describe_corpus(corpus, cfg.text_column, cfg.split),
             "fingerprint": selection.corpus_fingerprint,
             "n_sentences": selection.n_corpus_sentences,
@@ -374,26 +302,27 @@ def build_manifest(
             "n_truncated": selection.n_truncated,
             "skipped": dict(selection.skipped),
         },
-        "counts": {k: v for k, v in counts.items() if k != "vocab_size"},
-        "build": {
-            "content": cfg.content_options,
-            "batch_size": cfg.batch_size,
-            "text_column": cfg.text_column,
-            "split": cfg.split,
-            "dedup": "token-id prefix (chained SplitMix64 hash)",
-            "sampling": "per-token-id reservoir with seeded prefix-hash keys",
-        },
-        "hnsw": {
-            "library": "hnswlib",
-            "space": "cosine",
-            "M": cfg.hnsw_M,
-            "ef_construction": cfg.ef_construction,
-            "ef_search": cfg.ef_search,
+        counts=Counts.from_json({k: v for k, v in counts.items() if k != "vocab_size"}),
+        build=BuildInfo(
+            content=cfg.content_options,
+            batch_size=cfg.batch_size,
+            text_column=cfg.text_column,
+            split=cfg.split,
+            dedup="token-id prefix (chained SplitMix64 hash)",
+            sampling="per-token-id reservoir with seeded prefix-hash keys",
+        ),
+        hnsw=HnswOptions(
+            library="hnswlib",
+            space="cosine",
+            M=cfg.hnsw_M,
+            ef_construction=cfg.ef_construction,
+            ef_search=cfg.ef_search,
             # one insertion thread: hnswlib graphs built by several threads differ run to run
-            "build_threads": 1,
-            "deterministic": True,
-        },
-    }
+            build_threads=1,
+            deterministic=True,
+        ),
+        files={},
+    )
 
 
 def _version(dist: str) -> str | None:

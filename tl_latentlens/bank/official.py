@@ -14,7 +14,7 @@ Layer ``N`` is Hugging Face ``hidden_states[N]``, which is tl_latentlens layer `
 warning).
 
 The ``.pt`` files are pickles, and unpickling an untrusted file can run arbitrary code:
-:func:`from_latentlens` refuses them unless ``trust_pickle=True``, and even then loads them with
+:func:`import_latentlens` refuses them unless ``trust_pickle=True``, and even then loads them with
 ``torch.load(weights_only=True)`` (tensors, lists, dicts, strings and numbers only; no code can
 run) and falls back to a full unpickle only when that fails, saying so in the log.
 
@@ -36,8 +36,9 @@ import pickle
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -47,7 +48,6 @@ from tl_latentlens import hooks as hk
 from tl_latentlens._io import FileLock, LockedError, read_json, sha256_file
 from tl_latentlens.bank import codec
 from tl_latentlens.bank import manifest as mf
-from tl_latentlens.bank.bank import Bank
 from tl_latentlens.bank.config import BankConfig
 from tl_latentlens.bank.encode import encode_batch, pad_token_id
 from tl_latentlens.bank.errors import (
@@ -63,14 +63,13 @@ from tl_latentlens.bank.select import Selection
 from tl_latentlens.bank.store import (
     RaggedReader,
     RaggedWriter,
-    atomic_write_json,
     file_record,
     publish_dir,
 )
 from tl_latentlens.bank.tables import write_tables
 from tl_latentlens.models.base import VLM
 
-__all__ = ["UntrustedPickleError", "from_latentlens", "load_layer_file"]
+__all__ = ["ImportedIndex", "UntrustedPickleError", "import_latentlens", "load_layer_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +83,19 @@ MIN_COSINE = 0.95
 
 class UntrustedPickleError(BankError):
     """An official index (torch pickles) was given without ``trust_pickle=True``."""
+
+
+class ImportedIndex(NamedTuple):
+    """Where :func:`import_latentlens` put the bank.
+
+    Attributes:
+        path: The bank directory.
+        written: True when the bank was converted just now (its files were checked as they
+            were written), False when ``path`` already held this import.
+    """
+
+    path: Path
+    written: bool
 
 
 def _refusal(source: str) -> str:
@@ -145,7 +157,7 @@ def _locate(
     return folder, f"hf://{source}@{meta.parent.name}"
 
 
-def from_latentlens(
+def import_latentlens(
     path_or_repo: str | os.PathLike,
     vlm: VLM,
     trust_pickle: bool = False,
@@ -156,8 +168,10 @@ def from_latentlens(
     overwrite: bool = False,
     check_vectors: int = 8,
     **hub_options: Any,
-) -> Bank:
-    """Convert an official ``latentlens`` index into a bank and open it.
+) -> ImportedIndex:
+    """Convert an official ``latentlens`` index into a bank directory (no bank is opened here:
+    :meth:`Bank.from_latentlens <tl_latentlens.bank.Bank.from_latentlens>` calls this, then
+    opens the directory).
 
     Args:
         path_or_repo: A folder with ``metadata.json`` and ``layer_N/embeddings_cache.pt``, or a
@@ -174,7 +188,7 @@ def from_latentlens(
         **hub_options: ``revision``, ``cache_dir``, ``token``, ``endpoint`` … for a hub repository.
 
     Returns:
-        The opened bank: one hook per imported layer.
+        The bank directory (one hook per imported layer) and whether it was written just now.
 
     Raises:
         UntrustedPickleError: ``trust_pickle`` is False.
@@ -183,8 +197,8 @@ def from_latentlens(
         BankFormatError: The files are not an official index.
 
     Example:
-        >>> bank = Bank.from_latentlens("indices/qwen2vl", vlm, trust_pickle=True)
-        >>> bank.search(visual_vectors, k=5)
+        >>> path, _ = import_latentlens("indices/qwen2vl", vlm, trust_pickle=True)
+        >>> Bank.open(path, vlm).search(visual_vectors, k=5)
     """
     if not trust_pickle:
         raise UntrustedPickleError(_refusal(str(path_or_repo)))
@@ -238,8 +252,8 @@ def from_latentlens(
         except (OSError, ValueError):
             existing = {}
         if existing.get("corpus", {}).get("fingerprint") == key:
-            logger.info("%s already holds this import; opening it", out)
-            return Bank.open(out, vlm)
+            logger.info("%s already holds this import", out)
+            return ImportedIndex(out, written=False)
         if not overwrite:
             raise BankError(
                 f"{str(out)!r} holds another bank; pass overwrite=True or another out_dir"
@@ -262,7 +276,7 @@ def from_latentlens(
     finally:
         lock.release()
     logger.info("imported %s (layers %s) into %s", source, kept, out)
-    return Bank.open(out, vlm, verify="size")
+    return ImportedIndex(out, written=True)
 
 
 def _convert(
@@ -391,22 +405,25 @@ def _convert(
         "n_full_token_types": 0,
         "vocab_size": vocab,
     }
-    manifest = mf.build_manifest(vlm, hooks, cfg, selection, counts, texts)
-    for entry in manifest["hooks"]:
-        entry.update(finals[entry["name"]])
-    manifest["corpus"].update({"kind": "latentlens-official-index", "source": source})
-    manifest["build"].update({
-        "imported_from": {
-            "package": "latentlens", "source": source, "layers": {hk.layer_of(h): h for h in hooks},
-            "loaded_with": how, "entries_in_index": len(metadata),
-             "entries_dropped": n_dropped,
-        },
-        "dedup": "as in the official index (token-id prefix, first come per token string)",
-        "sampling": "as in the official index",
-    })  # fmt: skip
+    manifest = mf.build_manifest(vlm, hooks, cfg, selection, counts, texts, finals)
+    imported = {
+        "package": "latentlens",
+        "source": source,
+        "layers": {hk.layer_of(h): h for h in hooks},
+        "loaded_with": how,
+        "entries_in_index": len(metadata),
+        "entries_dropped": n_dropped,
+    }
+    build = replace(
+        manifest.build or mf.BuildInfo(),
+        imported_from=imported,
+        dedup="as in the official index (token-id prefix, first come per token string)",
+        sampling="as in the official index",
+    )
+    corpus = {**(manifest.corpus or {}), "kind": "latentlens-official-index", "source": source}
     rels = mf.shared_files() + [f for h in hooks for f in mf.hook_files(h, dtype)]
-    manifest["files"] = {rel: file_record(stage / rel) for rel in rels}
-    atomic_write_json(stage / mf.MANIFEST, manifest)
+    files = {rel: mf.FileRecord.from_json(file_record(stage / rel)) for rel in rels}
+    mf.write_manifest(stage, replace(manifest, corpus=corpus, build=build, files=files))
     return stage
 
 

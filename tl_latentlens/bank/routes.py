@@ -34,7 +34,14 @@ from jaxtyping import Float, Int
 from tl_latentlens._io import atomic_save_npy
 from tl_latentlens.bank.index import load_hnsw
 
-__all__ = ["ROUTE_FILES", "RouteParams", "Routes", "route_candidates", "write_routes"]
+__all__ = [
+    "ROUTE_FILES",
+    "RouteParams",
+    "Routes",
+    "lookup_samples",
+    "route_candidates",
+    "write_routes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -131,13 +138,36 @@ class Routes:
         self.index = load_hnsw(index_path, d_model, n, threads, space="ip")
         self.threads = threads
         self.n_samples = n
+        #: Identity of the sample graph (the SHA-256 of ``samples.hnsw``, set by the bank):
+        #: hooks whose routes share it find the same nearest samples for the same queries.
+        self.samples_key: str | None = None
+
+    def lookup(
+        self, queries: Float[np.ndarray, "m d"], params: RouteParams
+    ) -> tuple[Int[np.ndarray, "m p"], Float[np.ndarray, " m"]]:
+        """Per query, its ``probe`` nearest samples and the similarity of the nearest."""
+        return lookup_samples(self.index, queries, params, self.threads)
 
     def candidates(
-        self, queries: Float[np.ndarray, "m d"], params: RouteParams
+        self,
+        queries: Float[np.ndarray, "m d"],
+        params: RouteParams,
+        lookup: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[Int[np.ndarray, "m c"], Float[np.ndarray, " m"]]:
         """Per query, its candidate rows (the lists of its nearest samples, concatenated:
-        ``-1`` pads, repeats possible) and the similarity of its nearest sample."""
-        return route_candidates(self.index, self.lists, queries, params, self.threads)
+        ``-1`` pads, repeats possible) and the similarity of its nearest sample.
+        ``lookup``: :meth:`lookup` of the same queries, when the caller has it."""
+        return route_candidates(self.index, self.lists, queries, params, self.threads, lookup)
+
+
+def lookup_samples(
+    index: hnswlib.Index, queries: Float[np.ndarray, "m d"], params: RouteParams, threads: int = 1
+) -> tuple[Int[np.ndarray, "m p"], Float[np.ndarray, " m"]]:
+    """See :meth:`Routes.lookup`."""
+    probe = min(params.probe, index.get_current_count())
+    index.set_ef(max(params.ef, probe))
+    labels, dist = index.knn_query(queries, k=probe, num_threads=threads)
+    return labels, (1.0 - dist[:, 0]).astype(np.float32)
 
 
 def route_candidates(
@@ -146,12 +176,12 @@ def route_candidates(
     queries: Float[np.ndarray, "m d"],
     params: RouteParams,
     threads: int = 1,
+    lookup: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[Int[np.ndarray, "m c"], Float[np.ndarray, " m"]]:
     """See :meth:`Routes.candidates`."""
-    probe = min(params.probe, index.get_current_count())
-    index.set_ef(max(params.ef, probe))
-    labels, dist = index.knn_query(queries, k=probe, num_threads=threads)
-    nearest = (1.0 - dist[:, 0]).astype(np.float32)
+    labels, nearest = (
+        lookup if lookup is not None else lookup_samples(index, queries, params, threads)
+    )
     width = min(params.list_len, lists.shape[1])
     picked = np.asarray(lists[labels.reshape(-1)])[:, :width].reshape(labels.shape[0], -1)
     return picked, nearest

@@ -4,21 +4,30 @@ A hook folder holds the *distinct* residual vectors of the hook (identical vecto
 occurrence of a token at the input layer, are stored once) and, per distinct vector, the entry
 rows (corpus occurrences) it stands for::
 
-    vectors.npy         [n_vectors, d] codec dtype (float32 | float16 | int8)
+    vectors.npy         [n_vectors, d] codec dtype (float32 | float16 | int8_rotated | int8)
     norms.npy           [n_vectors] float32 norms of the decoded rows
-    codec.npy           [2, d] float32 offset/scale (int8 only)
+    codec_centre.npy    [d] float32 mean unit row          \
+    codec_rotation.npy  [d, d] float32 orthogonal rotation  > int8_rotated only
+    codec_scales.npy    [n_vectors, 2] float32 step, |x|   /
+    codec.npy           [2, d] float32 offset/scale (legacy int8 only)
     occ_offsets.npy     [n_vectors + 1] int64: vector v stands for occ_entries[off[v]:off[v+1]]
     occ_entries.npy     [n_entries] int32 entry rows, grouped by vector, ascending within a group
 
-:class:`HookVectors` decodes row ranges and row sets to float32 and can keep the whole hook
-decoded in RAM (``resident``) when it fits the caller's budget, so repeated exact searches do
-not decode again.
+Two views of the rows: :meth:`HookVectors.decode` / :meth:`HookVectors.chunks` give the stored
+vectors in the model's space (what users get back); search multiplies *search-space* rows
+(:meth:`HookVectors.search_rows`, :meth:`HookVectors.search_chunks`,
+:meth:`HookVectors.resident`) by queries mapped with :meth:`HookVectors.to_search`. For the
+float codecs and legacy ``int8`` both are the unit decoded rows; for ``int8_rotated`` the search
+space is the rotated one (width ``d + 1``, see :mod:`~tl_latentlens.bank.codec`), so no stored
+row is ever rotated back. Either way a query-row product is the cosine with the decoded vector.
+:class:`HookVectors` can keep the whole hook's search-space rows in RAM (``resident``) when it
+fits the caller's budget, so repeated exact searches do not decode again.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +45,8 @@ CHUNK_ROWS = 32768
 #: blocks 461 ms, 131,072 516 ms; [d, c] column blocks of 131,072 564 ms.
 RESIDENT_BLOCK = 262144
 
+CodecParams = np.ndarray | Mapping[str, np.ndarray]
+
 
 class HookVectors:
     """Decoded access to one hook folder.
@@ -44,13 +55,15 @@ class HookVectors:
         stored: ``[n_vectors, d]`` stored rows (codec dtype; typically memory-mapped).
         norms: ``[n_vectors]`` float32 norms of the decoded rows.
         codec: Storage codec name.
-        params: int8 offset/scale ``[2, d]``.
+        params: The codec's parameter arrays by file name (:func:`codec.param_files`); for
+            legacy ``int8`` also the bare ``[2, d]`` offset/scale array.
         occ_offsets, occ_entries: The occurrence table (``None``: one entry per vector).
 
     Example:
         >>> hv = HookVectors.from_folder(bank.root / "hooks/blocks.0.hook_resid_pre", "float16")
         >>> hv.decode(np.array([0, 5])).shape
         (2, 576)
+        >>> sims = hv.to_search(unit_queries) @ hv.search_rows(np.array([0, 5])).T
     """
 
     def __init__(
@@ -58,13 +71,27 @@ class HookVectors:
         stored: np.ndarray,
         norms: np.ndarray,
         codec: str,
-        params: np.ndarray | None = None,
+        params: CodecParams | None = None,
         occ_offsets: np.ndarray | None = None,
         occ_entries: np.ndarray | None = None,
     ) -> None:
-        self.stored, self.norms, self.codec, self.params = stored, norms, codec, params
-        if codec == "int8" and params is None:
-            raise ValueError("the int8 codec needs its codec.npy parameters")
+        self.stored, self.norms, self.codec = stored, norms, codec
+        names = cd.param_files(codec)
+        if isinstance(params, np.ndarray) and codec == "int8":
+            params = {"codec.npy": params}
+        arrays = dict(params or {})
+        missing = [name for name in names if name not in arrays]
+        if missing:
+            raise ValueError(f"the {codec} codec needs its parameter files {missing}")
+        #: Legacy int8 offset/scale ``[2, d]`` (``None`` for the other codecs).
+        self.params = arrays["codec.npy"] if codec == "int8" else None
+        self._rotated = None
+        if codec == "int8_rotated":
+            self._rotated = (
+                np.ascontiguousarray(arrays["codec_centre.npy"], dtype=np.float32),
+                np.ascontiguousarray(arrays["codec_rotation.npy"], dtype=np.float32),
+                arrays["codec_scales.npy"],
+            )
         self._occ = None if occ_offsets is None else (occ_offsets, occ_entries)
         self._rows: np.ndarray | None = None
         self._inv_norms: np.ndarray | None = None
@@ -78,7 +105,7 @@ class HookVectors:
         def load(name: str) -> np.ndarray:
             return np.load(folder / name, mmap_mode="r", allow_pickle=False)
 
-        params = load("codec.npy") if codec == "int8" else None
+        params = {name: load(name) for name in cd.param_files(codec)}
         occ = (None, None)
         if (folder / "occ_offsets.npy").is_file():
             occ = (load("occ_offsets.npy"), load("occ_entries.npy"))
@@ -95,6 +122,11 @@ class HookVectors:
         return int(self.stored.shape[1])
 
     @property
+    def width(self) -> int:
+        """Width of the search-space rows (``d``, or ``d + 1`` for ``int8_rotated``)."""
+        return self.d + (self._rotated is not None)
+
+    @property
     def inv_norms(self) -> Float[np.ndarray, " n"]:
         """``1 / norm`` of every stored row (0 for an all-zero row), float32, in RAM."""
         if self._inv_norms is None:
@@ -105,19 +137,52 @@ class HookVectors:
         return self._inv_norms
 
     def nbytes_decoded(self) -> int:
-        """RAM the decoded hook takes when resident."""
-        return self.n * self.d * 4
+        """RAM the resident (search-space, float32) hook takes."""
+        return self.n * self.width * 4
 
-    def resident(self) -> Float[np.ndarray, "n d"]:
-        """The whole hook decoded to unit float32 rows, kept in RAM after the first call.
+    # ---- search space -----------------------------------------------------------------------
+    def to_search(self, queries: Float[np.ndarray, "m d"]) -> Float[np.ndarray, "m w"]:
+        """Queries mapped into the search space (float32, contiguous): the identity except for
+        ``int8_rotated`` (``[y @ R, y . mu]``)."""
+        if self._rotated is None:
+            return np.ascontiguousarray(queries, dtype=np.float32)
+        centre, rotation, _ = self._rotated
+        return cd.rotated_search_queries(queries, centre, rotation)
+
+    def _search_block(self, rows: slice | np.ndarray) -> np.ndarray:
+        """Search-space unit rows decoded from storage."""
+        if self._rotated is None:
+            block = self._decode(rows)
+            block *= self.inv_norms[rows][:, None]
+            return block
+        scales = self._rotated[2]
+        return cd.rotated_search_rows(self.stored[rows], scales[rows], self.inv_norms[rows])
+
+    def search_rows(self, rows: Int[np.ndarray, " m"]) -> Float[np.ndarray, "m w"]:
+        """Rows ``rows`` in the search space (from the resident copy when there is one)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        resident = self._rows
+        if resident is not None:
+            return resident[rows]
+        return self._search_block(rows)
+
+    def search_chunks(
+        self, chunk_rows: int = CHUNK_ROWS
+    ) -> Iterator[tuple[int, Float[np.ndarray, "c w"]]]:
+        """``(start, search-space rows)`` over the whole hook, decoded from storage."""
+        for start in range(0, self.n, chunk_rows):
+            yield start, self._search_block(slice(start, min(start + chunk_rows, self.n)))
+
+    def resident(self) -> Float[np.ndarray, "n w"]:
+        """The whole hook as search-space rows (float32), kept in RAM after the first call.
 
         Exact search multiplies row blocks of this array (views) by the queries, and re-ranking
         gathers candidate rows from it instead of decoding them again.
         """
         with self._lock:
             if self._rows is None:
-                out = np.empty((self.n, self.d), dtype=np.float32)
-                for start, block in self.chunks(True):
+                out = np.empty((self.n, self.width), dtype=np.float32)
+                for start, block in self.search_chunks():
                     out[start : start + block.shape[0]] = block
                 self._rows = out
             return self._rows
@@ -131,16 +196,25 @@ class HookVectors:
         """Free the resident copy."""
         self._rows = None
 
+    # ---- the model's space ------------------------------------------------------------------
+    def _decode(self, rows: slice | np.ndarray) -> np.ndarray:
+        """Stored rows ``rows`` decoded to float32 vectors of the model's space (a new array)."""
+        if self._rotated is None:
+            return cd.decode(self.stored[rows], self.codec, self.params)
+        centre, rotation, scales = self._rotated
+        return cd.decode_rotated(self.stored[rows], scales[rows], centre, rotation)
+
     def decode(self, rows: Int[np.ndarray, " m"], unit: bool = True) -> Float[np.ndarray, "m d"]:
-        """Rows ``rows`` as float32 (divided by their norms when ``unit``)."""
+        """Rows ``rows`` as float32 vectors of the model's space (divided by their norms when
+        ``unit``)."""
         rows = np.asarray(rows, dtype=np.int64)
         resident = self._rows
-        if resident is not None:
+        if resident is not None and self._rotated is None:  # resident rows are these ones
             block = resident[rows]
             if not unit:
                 block *= np.asarray(self.norms, dtype=np.float32)[rows][:, None]
             return block
-        block = cd.decode(self.stored[rows], self.codec, self.params)
+        block = self._decode(rows)
         if unit:
             block *= self.inv_norms[rows][:, None]
         return block
@@ -148,12 +222,12 @@ class HookVectors:
     def chunks(
         self, unit: bool = True, chunk_rows: int = CHUNK_ROWS
     ) -> Iterator[tuple[int, Float[np.ndarray, "c d"]]]:
-        """``(start, decoded rows)`` over the whole hook, ``chunk_rows`` at a time, decoded from
-        storage (see :meth:`resident` for the in-RAM copy)."""
+        """``(start, decoded rows)`` of the model's space over the whole hook, ``chunk_rows`` at
+        a time, decoded from storage (search uses :meth:`search_chunks`)."""
         inv = self.inv_norms
         for start in range(0, self.n, chunk_rows):
             stop = min(start + chunk_rows, self.n)
-            block = cd.decode(self.stored[start:stop], self.codec, self.params)
+            block = self._decode(slice(start, stop))
             if unit:
                 block *= inv[start:stop, None]
             yield start, block

@@ -35,6 +35,7 @@ __all__ = [
     "BACKGROUND_LABEL",
     "Composite",
     "Stamp",
+    "list_caption",
     "load_stamps",
     "make_composite",
     "patch_labels",
@@ -206,6 +207,23 @@ def _period(text: str) -> str:
     return text if text[-1:] in ".!?" else text + "."
 
 
+def list_caption(captions: Sequence[str]) -> str:
+    """One sentence listing object captions as noun phrases.
+
+    Example:
+        >>> list_caption(["A dog.", "A cup.", "An owl."])
+        'A dog, a cup and an owl.'
+    """
+    phrases = [c.strip().rstrip(".!?").strip() for c in captions]
+    phrases = [p for p in phrases if p]
+    if not phrases:
+        return ""
+    # lower-case a leading article of the later phrases only ("A dog, a cup"); names keep case
+    rest = [re.sub(r"^(A|An|The) ", lambda m: m.group(1).lower() + " ", p) for p in phrases[1:]]
+    body = phrases[0] if not rest else f"{', '.join([phrases[0], *rest[:-1]])} and {rest[-1]}"
+    return body + "."
+
+
 def _where(cx: float, cy: float, size: int) -> str:
     col = ("left", "middle", "right")[min(2, int(3 * cx / size))]
     row = ("top", "middle", "bottom")[min(2, int(3 * cy / size))]
@@ -224,6 +242,7 @@ def make_composite(
     grid: tuple[int, int] = (7, 7),
     scale: tuple[float, float] = (0.3, 0.55),
     photo_p: float = 0.6,
+    caption_style: str = "sentences",
 ) -> Composite:
     """Paste ``n_objects`` random stamps onto a random background.
 
@@ -235,14 +254,20 @@ def make_composite(
         grid: Patch grid of the label map.
         scale: Range of a cut-out's longer side as a fraction of ``size``.
         photo_p: Probability of a scikit-image photo background (else a plain colour).
+        caption_style: ``"sentences"``: one ``"<where>: <caption>"`` sentence per visible
+            object (left to right, top to bottom), then the background; ``"objects"``: one
+            sentence listing the visible objects' captions as noun phrases in the same order,
+            nothing else (``"A dog, a cup and a tree."``, from captions ``"A dog."`` ...).
+            The random draws are the same for both styles.
 
     Returns:
-        The :class:`Composite`; its caption has one ``"<where>: <caption>"`` sentence per
-        visible object (left to right, top to bottom) and ends with the background.
+        The :class:`Composite` (see ``caption_style`` for its caption).
     """
     lo, hi = n_objects
     if not 1 <= lo <= hi:
         raise ValueError(f"n_objects must satisfy 1 <= lo <= hi, got {n_objects}")
+    if caption_style not in ("sentences", "objects"):
+        raise ValueError(f"caption_style must be 'sentences' or 'objects', got {caption_style!r}")
     canvas, bg = _background(rng, size, photo_p)
     label_map = np.full((size, size), BACKGROUND_LABEL, dtype=np.int64)
     picked = [
@@ -267,11 +292,15 @@ def make_composite(
         ys, xs = np.nonzero(label_map == k)
         centres[k] = (float(xs.mean()), float(ys.mean()))
     visible.sort(key=lambda k: (int(3 * centres[k][1] / size), centres[k][0]))
-    sentences = [f"{_where(*centres[k], size)}: {_period(picked[k].caption)}" for k in visible]
-    sentences.append(f"The background is {bg}.")
+    if caption_style == "objects":
+        caption = list_caption([picked[k].caption for k in visible])
+    else:
+        sentences = [f"{_where(*centres[k], size)}: {_period(picked[k].caption)}" for k in visible]
+        sentences.append(f"The background is {bg}.")
+        caption = " ".join(sentences)
     return Composite(
         image=canvas,
-        caption=" ".join(sentences),
+        caption=caption,
         labels=patch_labels(label_map, grid),
         stamps=tuple(picked),
         background=bg,

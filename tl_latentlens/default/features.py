@@ -80,8 +80,11 @@ class Sample:
     kind: str
 
 
-def build_samples(stamps: Sequence[Stamp], spec: SampleSpec, seed: int) -> list[Sample]:
-    """Deterministic samples (a function of ``stamps``, ``spec`` and ``seed``)."""
+def build_samples(
+    stamps: Sequence[Stamp], spec: SampleSpec, seed: int, caption_style: str = "sentences"
+) -> list[Sample]:
+    """Deterministic samples (a function of ``stamps``, ``spec`` and ``seed``); composites are
+    captioned in ``caption_style`` (:func:`~tl_latentlens.default.data.make_composite`)."""
     rng = np.random.default_rng(seed)
     out: list[Sample] = []
     for stamp in stamps:
@@ -93,8 +96,9 @@ def build_samples(stamps: Sequence[Stamp], spec: SampleSpec, seed: int) -> list[
         lo = min(2, len(stamps))
         for _ in range(spec.n_composites):
             comp = make_composite(
-                stamps, rng, (lo, min(4, len(stamps))), spec.image_size, spec.grid
-            )
+                stamps, rng, (lo, min(4, len(stamps))), spec.image_size, spec.grid,
+                caption_style=caption_style,
+            )  # fmt: skip
             out.append(Sample(comp.image, comp.caption, "composite"))
     return out
 

@@ -61,6 +61,7 @@ __all__ = [
     "identity_of",
     "load_clipart",
     "load_objects",
+    "object_caption",
     "side_of",
     "split_objects",
     "stamp_label",
@@ -346,6 +347,12 @@ def colour_name(rgba: Image.Image, dominance: float = 0.5) -> str | None:
 
 def _article(word: str) -> str:
     return "An" if word[:1].lower() in "aeiou" else "A"
+
+
+def object_caption(label: str) -> str:
+    """The object-only caption of a label: ``"A kangaroo."``, ``"An owl."`` (no colour, no
+    position; the sense suffix is dropped)."""
+    return clipart_caption(label, None)
 
 
 def clipart_caption(label: str, colour: str | None) -> str:

@@ -46,6 +46,9 @@ __all__ = ["StudyResult", "candidates_of", "run_study", "study_identity", "whole
 
 logger = logging.getLogger(__name__)
 
+#: Images explained together (one bank search for all their sampled tokens).
+STUDY_BATCH = 8
+
 
 @dataclass
 class StudyResult:
@@ -248,45 +251,84 @@ def run_study(
     hook_of = {layer: hk.hook_for_layer(layer, n_layers) for layer in layers}
     sampled = {layer: set(pairs) for layer, pairs in plan.picks.items()}
     explanations, judged = [], 0
-    bar = tqdm(list(enumerate(images)), desc="evaluate: images", unit="img")
-    for idx, im in bar:
-        patches = plan.patches_for_image(idx)
-        inputs, prepared[idx] = prepared[idx], None  # held only until this image is explained
-        if not patches:
-            continue
-        todo_layers = [layer for layer in layers if any(i == idx for i, _ in plan.picks[layer])]
-        exp_file = out / "explanations" / f"{im.id}.json"
-        exp = Explanation.load(exp_file) if exp_file.is_file() else None
-        keys = [
-            (im.id, p, float(layer), lens_)
-            for layer in todo_layers
-            for p in patches
-            if (idx, p) in sampled[layer]
-            for lens_ in LENSES
-        ]
-        if exp is None:
-            exp = lens.explain(
-                im.image,
-                config.prompt,
-                hooks=[hook_of[x] for x in todo_layers],
-                k=config.k,
-                per_layer=config.per_layer,
-                exact=config.exact,
-                patches=patches,
-                inputs=inputs,
-            )
-            if config.save_explanations:
-                exp.save(exp_file)
-        keep = [p for p in exp.patches if (idx, p.index) in sampled.get(int(p.layer), set())]
-        explanations.append(replace(exp, patches=keep))
-        cases = [c for c in _cases(exp, im, info[idx], keys, done, hook_of)]
-        judged += _judge_all(judge, cases, log, config.judge_workers)
-        bar.set_postfix(judged=judged)
+    bar = tqdm(total=len(images), desc="evaluate: images", unit="img")
+    for start in range(0, len(images), STUDY_BATCH):
+        batch = range(start, min(start + STUDY_BATCH, len(images)))
+        exps = _explain_batch(lens, images, batch, plan, layers, prepared, hook_of, config, out)
+        for idx in batch:
+            im, exp = images[idx], exps.get(idx)
+            bar.update(1)
+            if exp is None:
+                continue
+            patches = plan.patches_for_image(idx)
+            keys = [
+                (im.id, p, float(layer), lens_)
+                for layer in layers
+                for p in patches
+                if (idx, p) in sampled[layer]
+                for lens_ in LENSES
+            ]
+            keep = [p for p in exp.patches if (idx, p.index) in sampled.get(int(p.layer), set())]
+            explanations.append(replace(exp, patches=keep))
+            cases = [c for c in _cases(exp, im, info[idx], keys, done, hook_of)]
+            judged += _judge_all(judge, cases, log, config.judge_workers)
+            bar.set_postfix(judged=judged)
+    bar.close()
     table = aggregate(log.path, kinds=config.count_kinds)
     files, report = write_outputs(
         out, table, explanations, lens, images, judge, config, plan, ident
     )
     return StudyResult(table, out, files, report, plan, explanations, judged)
+
+
+def _explain_batch(
+    lens: Any,
+    images: Sequence[EvalImage],
+    batch: range,
+    plan: SamplePlan,
+    layers: list[float],
+    prepared: list,
+    hook_of: dict,
+    config: EvalConfig,
+    out: Path,
+) -> dict[int, Any]:
+    """Explanations of the images of ``batch`` that have sampled patches: read back from
+    ``out/explanations`` when a run wrote them, the others explained together
+    (:meth:`~tl_latentlens.lens.LatentLens.explain_many`: one search for all their tokens)."""
+    exps: dict[int, Any] = {}
+    todo: list[int] = []
+    for idx in batch:
+        inputs, prepared[idx] = prepared[idx], None  # held only until this batch is explained
+        if not plan.patches_for_image(idx):
+            continue
+        exp_file = out / "explanations" / f"{images[idx].id}.json"
+        if exp_file.is_file():
+            exps[idx] = Explanation.load(exp_file)
+        else:
+            todo.append(idx)
+            prepared[idx] = inputs
+    if not todo:
+        return exps
+    # every layer any image of the batch is sampled at (each image's own are a subset)
+    todo_layers = [x for x in layers if any(i in todo for i, _ in plan.picks[x])]
+    got = lens.explain_many(
+        [images[i].image for i in todo],
+        config.prompt,
+        hooks=[hook_of[x] for x in todo_layers],
+        k=config.k,
+        batch_size=len(todo),
+        per_layer=config.per_layer,
+        method="exact" if config.exact else "auto",
+        patches=[plan.patches_for_image(i) for i in todo],
+        inputs=[prepared[i] for i in todo],
+        progress=False,
+    )
+    for idx, exp in zip(todo, got):
+        prepared[idx] = None
+        exps[idx] = exp
+        if config.save_explanations:
+            exp.save(out / "explanations" / f"{images[idx].id}.json")
+    return exps
 
 
 def _cases(

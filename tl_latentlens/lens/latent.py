@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -18,6 +19,7 @@ from tl_latentlens.bank.errors import MissingHookError
 from tl_latentlens.bank.search import Method
 from tl_latentlens.capture import capture_inputs
 from tl_latentlens.lens.baselines import EmbeddingLens, LogitLens
+from tl_latentlens.lens.cache import ExplanationCache
 from tl_latentlens.lens.results import Explanation, PatchExplanation
 from tl_latentlens.models.base import VLM, ImageTokenMismatchError, VisualLayout, VLMInputs
 
@@ -162,6 +164,9 @@ class LatentLens:
         baselines: bool = True,
         method: Method = "auto",
         progress: bool = True,
+        cache_dir: str | os.PathLike | None = None,
+        patches: Sequence[Sequence[int] | None] | None = None,
+        inputs: Sequence[VLMInputs | None] | None = None,
     ) -> list[Explanation]:
         """:meth:`explain` for many images: one forward pass per image, then the bank search
         and the baselines of ``batch_size`` images at once (one product per bank chunk for all
@@ -171,13 +176,20 @@ class LatentLens:
             images: PIL images (or lists of images, one per placeholder of ``prompt``).
             batch_size: Images whose visual tokens are searched together.
             progress: Show a progress bar.
+            cache_dir: Keep every result in this folder
+                (:class:`~tl_latentlens.lens.cache.ExplanationCache`) and read back those of
+                images already explained with the same model, bank and settings, so a rerun
+                (or an interrupted run) does only the work that is new.
+            patches: Per image, the visual-token indices to explain (``None``: all).
+            inputs: Per image, ``vlm.prepare(image, prompt)`` when the caller has it already.
 
         Returns:
             One :class:`Explanation` per image, in order; ``timings`` hold each image's own
-            forward time and its share of the batch's search and baselines.
+            forward time and its share of the batch's search and baselines (as measured when
+            the result was computed, for one read from ``cache_dir``).
 
         Example:
-            >>> results = lens.explain_many(images, batch_size=16)
+            >>> results = lens.explain_many(images, batch_size=16, cache_dir="runs/cache")
         """
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
@@ -186,40 +198,93 @@ class LatentLens:
         hooks = self.vlm.validate_hooks(list(hooks) if hooks is not None else self.default_hooks())
         for hook in hooks:
             self._targets(hook, per_layer, bank_hooks)
-        out: list[Explanation] = []
+        for name, given in (("patches", patches), ("inputs", inputs)):
+            if given is not None and len(given) != len(images):
+                raise ValueError(f"{name}: {len(given)} entries for {len(images)} images")
+        want = [None if patches is None or patches[i] is None else [int(p) for p in patches[i]]
+                for i in range(len(images))]  # fmt: skip
+        cache = keys = None
+        found: dict[int, Explanation] = {}
+        if cache_dir is not None:
+            cache = ExplanationCache(cache_dir, self.identity())
+            settings = {
+                "prompt": prompt, "hooks": hooks, "k": k, "per_layer": per_layer,
+                "bank_hooks": bank_hooks, "baselines": baselines, "method": method,
+            }  # fmt: skip
+            keys = [cache.key(image, {**settings, "patches": w}) for image, w in zip(images, want)]
+            for i, key in enumerate(keys):
+                hit = cache.get(key)
+                if hit is not None:
+                    ready = inputs[i] if inputs is not None else None
+                    layout = (ready or self.vlm.prepare(images[i], prompt)).layout
+                    hit.image = _seen_images(images[i], layout)
+                    found[i] = hit
+            if found:
+                logger.info(
+                    "read %d of %d explanations from %s", len(found), len(images), cache_dir
+                )
+        todo = [i for i in range(len(images)) if i not in found]
+        computed: dict[int, Explanation] = {}
         bar = tqdm(
             total=len(images), desc="latentlens: explain", unit="image", disable=not progress
         )
+        bar.update(len(found))
         try:
-            for start in range(0, len(images), batch_size):
-                batch = list(images[start : start + batch_size])
+            for start in range(0, len(todo), batch_size):
+                batch_idx = todo[start : start + batch_size]
+                batch = [images[i] for i in batch_idx]
                 runs = []
-                for image in batch:
+                for i, image in zip(batch_idx, batch):
                     t0 = time.perf_counter()
-                    inputs = self.vlm.prepare(image, prompt)
-                    if inputs.layout.n_visual == 0:
+                    ready = inputs[i] if inputs is not None else None
+                    ready = ready if ready is not None else self.vlm.prepare(image, prompt)
+                    if ready.layout.n_visual == 0:
                         raise ImageTokenMismatchError(
                             "the prompt has no visual tokens: nothing to explain"
                         )
-                    acts = capture_inputs(self.vlm, inputs, hooks)
-                    runs.append((inputs.layout, acts, time.perf_counter() - t0))
-                out.extend(
-                    self._explain_batch(
-                        batch, runs, prompt, k, per_layer, bank_hooks, baselines, method
-                    )
-                )
+                    acts = capture_inputs(self.vlm, ready, hooks)
+                    runs.append((ready.layout, acts, time.perf_counter() - t0))
+                results = self._explain_batch(
+                    batch, runs, prompt, k, per_layer, bank_hooks, baselines, method,
+                    [want[i] for i in batch_idx],
+                )  # fmt: skip
+                for i, result in zip(batch_idx, results):
+                    computed[i] = result
+                    if cache is not None and keys is not None:
+                        cache.put(keys[i], result)
                 bar.update(len(batch))
         finally:
             bar.close()
-        return out
+        return [found[i] if i in found else computed[i] for i in range(len(images))]
+
+    def identity(self) -> dict[str, Any]:
+        """What decides this lens's results: the model fingerprint (weight digests) and the
+        bank manifest (build, hooks, routes calibration). Keys :meth:`explain_many`'s cache."""
+        manifest = self.bank.manifest
+        return {
+            "model": self.vlm.fingerprint(),
+            "bank": manifest.to_json() if hasattr(manifest, "to_json") else manifest,
+        }
 
     def _explain_batch(
-        self, batch, runs, prompt, k, per_layer, bank_hooks, baselines, method
+        self, batch, runs, prompt, k, per_layer, bank_hooks, baselines, method, want
     ) -> list[Explanation]:
         """Explain several runs with one search: their visual tokens are concatenated, then
-        the result is split back per image."""
+        the result is split back per image. ``want``: per run, its patch indices (``None``:
+        all)."""
         sizes = [layout.n_visual for layout, _, _ in runs]
         starts = np.cumsum([0] + sizes)
+        for (lay, _, _), w in zip(runs, want):
+            bad = [] if w is None else [i for i in w if not 0 <= i < lay.n_visual]
+            if bad:
+                raise ValueError(f"patch indices {bad} out of range 0..{lay.n_visual - 1}")
+        joint_idx = None
+        if any(w is not None for w in want):
+            joint_idx = [
+                int(starts[b]) + i
+                for b, w in enumerate(want)
+                for i in (range(sizes[b]) if w is None else w)
+            ]
         layout = VisualLayout(
             positions=torch.cat([lay.positions for lay, _, _ in runs]),
             rows=torch.cat([lay.rows for lay, _, _ in runs]),
@@ -238,7 +303,7 @@ class LatentLens:
         residuals = {h: torch.cat([acts.residuals[h] for _, acts, _ in runs]) for h in hook_names}
         joint = self._explain(
             residuals, layout, k=k, per_layer=per_layer, bank_hooks=bank_hooks,
-            baselines=baselines, method=method, patches=None,
+            baselines=baselines, method=method, patches=joint_idx,
             prompt=prompt if prompt is not None else self.vlm.default_prompt,
         )  # fmt: skip
         results = []

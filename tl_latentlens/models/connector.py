@@ -26,7 +26,7 @@ from tl_latentlens.models.base import (
 )
 from tl_latentlens.types import PatchFeatures, PixelBatch
 
-__all__ = ["Connector", "ConnectorVLM", "VisionEncoder"]
+__all__ = ["CONNECTOR_KINDS", "Connector", "ConnectorVLM", "VisionEncoder", "embedding_stats"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,25 +50,61 @@ class VisionEncoder(Protocol):
         """Pixel batch -> ``[batch, rows*cols, d_vision]`` patch features (row-major)."""
 
 
+#: Connector heads :class:`Connector` can build.
+CONNECTOR_KINDS = ("mlp", "linear", "mlp_embnorm")
+
+
+def embedding_stats(
+    w_e: Float[Tensor, "vocab d_model"],
+) -> tuple[Float[Tensor, " d_model"], Float[Tensor, " d_model"]]:
+    """Per-dimension mean and (population) standard deviation of a token-embedding matrix.
+
+    Example:
+        >>> mean, std = embedding_stats(bridge.W_E)
+        >>> Connector(1280, 576, kind="mlp_embnorm", embed_stats=(mean, std))
+    """
+    std, mean = torch.std_mean(w_e.detach().float(), dim=0, correction=0)
+    return mean, std
+
+
 class Connector(nn.Module):
     """Maps vision patch features to the language model's residual width.
 
     Args:
         d_vision: Input feature width.
         d_model: Output width (the language model's ``d_model``).
-        kind: ``"mlp"`` (Linear-GELU-Linear, as LLaVA-1.5 and the paper) or ``"linear"``.
+        kind: ``"mlp"`` (Linear-GELU-Linear, as LLaVA-1.5 and the paper), ``"linear"``, or
+            ``"mlp_embnorm"``: the MLP, then every output dimension standardised over the
+            visual tokens of the batch (``BatchNorm1d`` without affine: batch statistics in
+            training, running statistics in eval mode) and mapped onto the token-embedding
+            statistics, ``out = embed_mean + embed_std * BN(mlp(x))``, so that the visual
+            tokens follow the per-dimension distribution of the LM's token embeddings.
         d_hidden: Hidden width of the MLP (default ``d_model``).
+        embed_stats: ``(mean, std)`` of the LM's input embedding matrix per dimension
+            (:func:`embedding_stats`), for ``"mlp_embnorm"``; stored as buffers, so they are
+            saved with the weights. ``None`` leaves zeros / ones for ``load_state_dict`` to fill.
+
+    Raises:
+        ValueError: Unknown ``kind``, or ``embed_stats`` of the wrong shape.
 
     Example:
         >>> c = Connector(1280, 576)
         >>> c(torch.zeros(2, 49, 1280)).shape
         torch.Size([2, 49, 576])
+        >>> c = Connector(1280, 576, kind="mlp_embnorm", embed_stats=embedding_stats(W_E))
     """
 
-    def __init__(self, d_vision: int, d_model: int, kind: str = "mlp", d_hidden: int | None = None):
+    def __init__(
+        self,
+        d_vision: int,
+        d_model: int,
+        kind: str = "mlp",
+        d_hidden: int | None = None,
+        embed_stats: tuple[Tensor, Tensor] | None = None,
+    ):
         super().__init__()
-        if kind not in ("mlp", "linear"):
-            raise ValueError(f"connector kind must be 'mlp' or 'linear', got {kind!r}")
+        if kind not in CONNECTOR_KINDS:
+            raise ValueError(f"connector kind must be one of {CONNECTOR_KINDS}, got {kind!r}")
         self.kind, self.d_vision, self.d_model = kind, d_vision, d_model
         if kind == "linear":
             self.net: nn.Module = nn.Linear(d_vision, d_model)
@@ -77,12 +113,30 @@ class Connector(nn.Module):
             self.net = nn.Sequential(
                 nn.Linear(d_vision, hidden), nn.GELU(), nn.Linear(hidden, d_model)
             )
+        if kind == "mlp_embnorm":
+            self.norm = nn.BatchNorm1d(d_model, affine=False)
+            mean, std = (
+                (torch.zeros(d_model), torch.ones(d_model)) if embed_stats is None else embed_stats
+            )
+            if mean.shape != (d_model,) or std.shape != (d_model,):
+                raise ValueError(
+                    f"embed_stats must be two [{d_model}] tensors, got "
+                    f"{tuple(mean.shape)} and {tuple(std.shape)}"
+                )
+            self.register_buffer("embed_mean", mean.detach().float().clone())
+            self.register_buffer("embed_std", std.detach().float().clone())
 
     def forward(self, feats: Float[Tensor, "*batch d_vision"]) -> Float[Tensor, "*batch d_model"]:
-        return self.net(feats)
+        out = self.net(feats)
+        if self.kind != "mlp_embnorm":
+            return out
+        # statistics over every visual token of the batch (images x patches), per dimension
+        z = self.norm(out.reshape(-1, self.d_model)).reshape(out.shape)
+        return self.embed_mean + self.embed_std * z
 
     def config(self) -> dict[str, Any]:
-        """Constructor arguments, for saving next to the weights."""
+        """Constructor arguments, for saving next to the weights (the embedding statistics
+        are buffers and travel with the weights)."""
         hidden = None if self.kind == "linear" else self.net[0].out_features
         return {
             "d_vision": self.d_vision,
@@ -122,9 +176,14 @@ class ConnectorVLM(VLM):
     ) -> None:
         self.bridge, self.encoder, self.connector, self.name = bridge, encoder, connector, name
         d_model = int(bridge.cfg.d_model)
+        # probe in eval mode: a batch-statistics head cannot normalise one token, and the probe
+        # must not move its running statistics
+        was_training = connector.training
+        connector.eval()
         with torch.no_grad():
             probe = torch.zeros(1, 1, encoder.d_vision, dtype=_dtype_of(connector))
             d_out = connector(probe).shape[-1]
+        connector.train(was_training)
         if d_out != d_model:
             raise ValueError(
                 f"connector output dim {d_out} != language model d_model {d_model}: the "

@@ -27,6 +27,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from tl_latentlens.render._protocols import NeighbourLike, PatchLike
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["COMPONENT", "bundle_js", "display_tokens", "script_json", "topk_props"]
@@ -109,7 +111,7 @@ def cv_token(token: str) -> str:
     return html.escape(token, quote=False)
 
 
-def display_tokens(neighbour: Any) -> list[str]:
+def display_tokens(neighbour: NeighbourLike) -> list[str]:
     """The sentence tokens of a neighbour as they are shown (one string per token).
 
     Sub-word tokenizers decode word-initial tokens with their leading space and the tokens
@@ -127,7 +129,7 @@ def display_tokens(neighbour: Any) -> list[str]:
     return toks
 
 
-def sample_of(neighbour: Any) -> tuple[list[str], list[float]]:
+def sample_of(neighbour: NeighbourLike) -> tuple[list[str], list[float]]:
     """Tokens and activations of one neighbour's sentence for ``TopkSamples``.
 
     The matched token (``sentence_tokens[position]``) gets the similarity, all others 0.
@@ -146,7 +148,7 @@ def sample_of(neighbour: Any) -> tuple[list[str], list[float]]:
     return [cv_token(t) for t in tokens], acts
 
 
-def topk_props(patch: Any, hook_label: str, token_label: str) -> dict[str, Any] | None:
+def topk_props(patch: PatchLike, hook_label: str, token_label: str) -> dict[str, Any] | None:
     """``TopkSamples`` props for one visual token: 1 hook x 1 token x k samples x tokens.
 
     Args:

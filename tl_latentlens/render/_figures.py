@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_latentlens.render._io import atomic_write_bytes
+from tl_latentlens.render._protocols import ExplanationLike
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +79,12 @@ def outline(x: int, y: int) -> Any:
 
 
 # ---- the images of a result ------------------------------------------------------------------
-def image_indices(exp: Any) -> list[int]:
+def image_indices(exp: ExplanationLike) -> list[int]:
     """The images a result has patches of (``PatchExplanation.image_index``), ascending."""
     return sorted({int(p.image_index) for p in exp.patches}) or [0]
 
 
-def result_images(exp: Any, image: Any = None) -> list[Any]:
+def result_images(exp: ExplanationLike, image: Any = None) -> list[Any]:
     """The pictures of a result, one per image of its prompt: ``image`` if given (one or a
     list), else ``exp.image``; ``[]`` when there is none.
 
@@ -103,7 +104,7 @@ def result_images(exp: Any, image: Any = None) -> list[Any]:
     return pictures
 
 
-def image_grid(exp: Any, index: int) -> tuple[int, int]:
+def image_grid(exp: ExplanationLike, index: int) -> tuple[int, int]:
     """``(rows, cols)`` of image ``index``'s patch grid.
 
     The result's grid when it has one image. With several (images of one prompt may differ

@@ -11,6 +11,7 @@ from typing import Any
 
 from tl_latentlens.render._circuitsvis import display_tokens
 from tl_latentlens.render._figures import image_grid, image_indices, result_images, rgb_image
+from tl_latentlens.render._protocols import ExplanationLike, PatchLike
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def _thumbnail(image: Any, max_side: int = 600) -> str | None:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def search_methods_html(exp: Any) -> str:
+def search_methods_html(exp: ExplanationLike) -> str:
     """How the bank was searched: exact, or routes (approximate, proven recall) per hook."""
     methods = getattr(exp, "search", None) or {}
     if not methods:
@@ -74,7 +75,7 @@ def search_methods_html(exp: Any) -> str:
 
 
 def header_html(
-    exp: Any,
+    exp: ExplanationLike,
     title: str,
     hooks: Sequence[str],
     layers: dict[str, float],
@@ -143,7 +144,7 @@ def header_html(
 
 
 def overview_html(
-    exp: Any,
+    exp: ExplanationLike,
     hooks: Sequence[str],
     layers: dict[str, float],
     shown: dict[str, set[int]],
@@ -170,12 +171,12 @@ def overview_html(
 
 
 def _grid_table(
-    exp: Any,
+    exp: ExplanationLike,
     hook: str,
     h: int,
     image: int,
     indices: Sequence[int],
-    patches: Sequence[Any],
+    patches: Sequence[PatchLike],
     layers: dict[str, float],
     shown: dict[str, set[int]],
     root_id: str,
@@ -223,12 +224,12 @@ def _n_images(indices: Sequence[int]) -> str:
     return f" · {len(indices)} images" if len(indices) > 1 else ""
 
 
-def _image_of(patch: Any, indices: Sequence[int]) -> str:
+def _image_of(patch: PatchLike, indices: Sequence[int]) -> str:
     """`` image i`` for a result with several images, else nothing."""
     return f" image {patch.image_index}" if len(indices) > 1 else ""
 
 
-def _fallback(patch: Any) -> str:
+def _fallback(patch: PatchLike) -> str:
     """Plain sentences (matched token marked); circuitsvis replaces this when it mounts."""
     items = []
     for n in patch.latent:
@@ -243,7 +244,7 @@ def _fallback(patch: Any) -> str:
     return f'<ol class="ll-fallback">{"".join(items)}</ol>'
 
 
-def _lens_table(patch: Any) -> str:
+def _lens_table(patch: PatchLike) -> str:
     """Rank-aligned table: LatentLens (sim, text layer) | LogitLens | EmbeddingLens."""
     cols: list[tuple[str, list[tuple[str, str]]]] = [
         (
@@ -271,7 +272,9 @@ def _lens_table(patch: Any) -> str:
     return f'<table class="ll-lenses ll-n{len(cols)}">{head}</tr>{"".join(body)}</table>'
 
 
-def card_html(patch: Any, h: int, root_id: str, key: str, several_images: bool = False) -> str:
+def card_html(
+    patch: PatchLike, h: int, root_id: str, key: str, several_images: bool = False
+) -> str:
     """One visual token at one hook: circuitsvis slot (with fallback) beside the lens table
     (``several_images``: say which image of the prompt the token belongs to)."""
     top = ""

@@ -20,7 +20,7 @@ import logging
 import os
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tl_latentlens.hooks import layer_of
 from tl_latentlens.render import _circuitsvis as cv
@@ -28,9 +28,7 @@ from tl_latentlens.render._assets import INIT_JS, PAGE_CSS
 from tl_latentlens.render._figures import image_indices
 from tl_latentlens.render._io import atomic_write_text
 from tl_latentlens.render._markup import card_html, esc, fmt_layer, header_html, overview_html
-
-if TYPE_CHECKING:  # for annotations only: lens.results reaches render lazily
-    from tl_latentlens.lens.results import Explanation
+from tl_latentlens.render._protocols import ExplanationLike
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +39,7 @@ __all__ = ["explanation_html", "explanation_fragment", "show_explanation", "EAGE
 EAGER_CARDS = 60
 
 
-def _select_hooks(exp: Explanation, hooks: str | Sequence[str] | None) -> list[str]:
+def _select_hooks(exp: ExplanationLike, hooks: str | Sequence[str] | None) -> list[str]:
     if hooks is None:
         return list(exp.hooks)
     chosen = [hooks] if isinstance(hooks, str) else list(hooks)
@@ -51,7 +49,7 @@ def _select_hooks(exp: Explanation, hooks: str | Sequence[str] | None) -> list[s
     return chosen
 
 
-def _layers(exp: Explanation, hooks: Sequence[str]) -> dict[str, float]:
+def _layers(exp: ExplanationLike, hooks: Sequence[str]) -> dict[str, float]:
     layers = {p.hook: p.layer for p in exp.patches}
     out = {}
     for h in hooks:
@@ -63,7 +61,7 @@ def _layers(exp: Explanation, hooks: Sequence[str]) -> dict[str, float]:
 
 
 def explanation_fragment(
-    exp: Explanation,
+    exp: ExplanationLike,
     hooks: str | Sequence[str] | None = None,
     max_patches: int | None = None,
     title: str | None = None,
@@ -132,7 +130,7 @@ def explanation_fragment(
 
 
 def explanation_html(
-    exp: Explanation,
+    exp: ExplanationLike,
     path: str | os.PathLike | None = None,
     hooks: str | Sequence[str] | None = None,
     max_patches: int | None = None,
@@ -178,7 +176,7 @@ def explanation_html(
     return page
 
 
-def show_explanation(exp: Explanation, **kwargs: Any) -> Any:
+def show_explanation(exp: ExplanationLike, **kwargs: Any) -> Any:
     """An ``IPython.display.HTML`` object of ``exp`` for notebooks.
 
     Args:

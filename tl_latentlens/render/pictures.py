@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from tl_latentlens.render._figures import (
     save_png,
 )
 from tl_latentlens.render._markup import fmt_layer
+from tl_latentlens.render._protocols import ExplanationLike, LeapTableLike, PatchLike
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def _short(word: str, max_chars: int) -> str:
 
 
 def patch_words_png(
-    exp: Any,
+    exp: ExplanationLike,
     path: str | os.PathLike,
     hook: str | None = None,
     image: Any = None,
@@ -152,7 +153,7 @@ def patch_words_png(
 def _draw_panel(
     ax: Any,
     img: Any,
-    patches: list[Any],
+    patches: Sequence[PatchLike],
     grid: tuple[int, int],
     width: float,
     height: float,
@@ -210,7 +211,7 @@ def _draw_panel(
 
 
 def leap_heatmap_png(
-    table: Any, path: str | os.PathLike, value: str = "shares", title: str | None = None
+    table: LeapTableLike, path: str | os.PathLike, value: str = "shares", title: str | None = None
 ) -> Path:
     """Heatmap of a :class:`~tl_latentlens.lens.leap.LeapTable` with the values written in.
 

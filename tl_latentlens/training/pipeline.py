@@ -23,7 +23,8 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,28 @@ import torch
 
 from tl_latentlens.default import assets
 from tl_latentlens.default.encoder import ENCODER_ID, EfficientNetLite0Encoder
-from tl_latentlens.default.features import SampleSpec, sample_set
+from tl_latentlens.default.features import (
+    Sample,
+    SampleSpec,
+    build_samples,
+    cached_features,
+    fingerprint,
+    sample_set,
+)
 from tl_latentlens.default.lm import file_sha256, lm_spec, load_lm
 from tl_latentlens.default.loader import WEIGHTS_DIR, _read_manifest, save_connector_vlm
-from tl_latentlens.default.objects import load_objects, split_objects
-from tl_latentlens.models.connector import Connector, ConnectorVLM
+from tl_latentlens.default.objects import (
+    LabelledObject,
+    load_objects,
+    object_caption,
+    split_objects,
+)
+from tl_latentlens.models.connector import (
+    CONNECTOR_KINDS,
+    Connector,
+    ConnectorVLM,
+    embedding_stats,
+)
 from tl_latentlens.training.captioning import (
     CaptionSet,
     CaptionTemplate,
@@ -44,12 +62,21 @@ from tl_latentlens.training.captioning import (
 )
 from tl_latentlens.training.train import TrainConfig, train_connector
 
-__all__ = ["PipelineConfig", "add_arguments", "run_from_args", "train_default_connector"]
+__all__ = [
+    "CAPTION_STYLES",
+    "PipelineConfig",
+    "add_arguments",
+    "object_samples",
+    "run_from_args",
+    "train_default_connector",
+]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PROMPT = "<image>\nDescribe the image.\n"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+#: Caption recipes: the objects' own captions, or object names only (:func:`object_samples`).
+CAPTION_STYLES = ("own", "objects")
 
 
 @dataclass(frozen=True)
@@ -69,11 +96,16 @@ class PipelineConfig:
         lm_dtype: ``"bfloat16"`` or ``"float32"`` for training and the final check.
         prompt: Captioning prompt (one ``<image>``); the caption follows it, then EOS.
         max_caption_tokens: Caption length cap (EOS included).
-        connector_kind: ``"mlp"`` or ``"linear"``.
+        connector_kind: ``"mlp"``, ``"linear"`` or ``"mlp_embnorm"`` (see
+            :class:`~tl_latentlens.models.connector.Connector`; its embedding statistics are
+            those of the loaded LM's input embedding matrix).
         init_from: A connector VLM directory whose connector weights start the run (to continue
             training with a fresh schedule); ``None`` starts from a seeded random init.
         sources: Object sources (``"tuxpaint"``, ``"openclipart"``).
         per_identity: Clip-art files kept per object identity.
+        captions: ``"own"``: each object's caption (a stamp's line, ``"A <colour> <label>."``
+            for clip art) and composite captions with positions and background; ``"objects"``:
+            object names only (``"A kangaroo."``; composites ``"A dog, a cup and a tree."``).
     """
 
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -90,8 +122,15 @@ class PipelineConfig:
     init_from: str | None = None
     sources: tuple[str, ...] = ("tuxpaint",)
     per_identity: int | None = 4
+    captions: str = "own"
 
     def __post_init__(self) -> None:
+        if self.captions not in CAPTION_STYLES:
+            raise ValueError(f"captions must be one of {CAPTION_STYLES}, got {self.captions!r}")
+        if self.connector_kind not in CONNECTOR_KINDS:
+            raise ValueError(
+                f"connector_kind must be one of {CONNECTOR_KINDS}, got {self.connector_kind!r}"
+            )
         if self.lm_dtype not in _DTYPES:
             raise ValueError(f"lm_dtype must be one of {sorted(_DTYPES)}, got {self.lm_dtype!r}")
         if self.max_caption_tokens < 2:
@@ -103,6 +142,23 @@ def _caption_set(vlm, template, samples, feats, max_tokens) -> CaptionSet:
         tuple(template.encode_caption(vlm.tokenizer, s.caption, max_tokens)) for s in samples
     )
     return CaptionSet(feats, caps, tuple(s.kind for s in samples))
+
+
+def object_samples(
+    encoder, objects: Sequence[LabelledObject], spec: SampleSpec, seed: int, part: str
+) -> tuple[list[Sample], torch.Tensor, str]:
+    """:func:`~tl_latentlens.default.features.sample_set` with object-only captions.
+
+    Every object is captioned ``"A <label>."`` and every composite lists its visible objects
+    in reading order (``"A dog, a cup and a tree."``). The images (and so the cached features)
+    are those :func:`~tl_latentlens.default.features.build_samples` makes for the same
+    objects, spec and seed.
+    """
+    named = [replace(o, caption=object_caption(o.label)) for o in objects]
+    samples = build_samples(named, spec, seed, caption_style="objects")
+    fp = fingerprint(named, spec, seed, ENCODER_ID + "|object-captions")
+    path = assets.cache_dir() / "features" / f"{part}-{fp}.safetensors"
+    return samples, cached_features(encoder, samples, path, f"encoding {part}"), fp
 
 
 def _init_connector(connector: Connector, init_from: str | None) -> dict[str, Any] | None:
@@ -142,11 +198,10 @@ def train_default_connector(
     parts = split_objects(objects, config.held_out_frac, config.held_out_frac)
     train_st, held_st = list(parts.train), list(parts.validation)
     encoder = EfficientNetLite0Encoder()
+    make = object_samples if config.captions == "objects" else sample_set
     sets = {
-        "train": sample_set(encoder, train_st, config.train_samples, config.data_seed, "train"),
-        "held_out": sample_set(
-            encoder, held_st, config.held_samples, config.data_seed + 1, "held_out"
-        ),
+        "train": make(encoder, train_st, config.train_samples, config.data_seed, "train"),
+        "held_out": make(encoder, held_st, config.held_samples, config.data_seed + 1, "held_out"),
     }
     timings["data_s"] = round(time.perf_counter() - t0, 1)
 
@@ -154,7 +209,10 @@ def train_default_connector(
     bridge = load_lm(config.lm, dtype=_DTYPES[config.lm_dtype])
     timings["lm_load_s"] = round(time.perf_counter() - t0, 1)
     torch.manual_seed(config.train.seed)
-    connector = Connector(encoder.d_vision, int(bridge.cfg.d_model), kind=config.connector_kind)
+    stats = embedding_stats(bridge.W_E) if config.connector_kind == "mlp_embnorm" else None
+    connector = Connector(
+        encoder.d_vision, int(bridge.cfg.d_model), kind=config.connector_kind, embed_stats=stats
+    )
     previous = _init_connector(connector, config.init_from)
     vlm = ConnectorVLM(bridge, encoder, connector, name=f"{config.lm}+efficientnet-lite0")
     template = CaptionTemplate.from_vlm(vlm, config.prompt)
@@ -168,7 +226,8 @@ def train_default_connector(
         "train_fingerprint": sets["train"][2], "held_out_fingerprint": sets["held_out"][2],
         "train_samples": asdict(config.train_samples), "held_samples": asdict(config.held_samples),
         "split_seed": config.split_seed, "data_seed": config.data_seed, "lm_dtype": config.lm_dtype,
-        "init_from": previous,
+        "init_from": previous, "captions": config.captions,
+        "connector_kind": config.connector_kind,
     }  # fmt: skip
     result = train_connector(
         vlm, template, train_set, held_set, config.train, work, resume, data_info
@@ -252,6 +311,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--init-from", default=None, metavar="DIR",
                         help="start from the connector of a connector VLM directory")  # fmt: skip
+    parser.add_argument("--connector-kind", choices=CONNECTOR_KINDS, default="mlp",
+                        help="connector head (mlp_embnorm: output mapped onto the LM's "
+                        "token-embedding statistics)")  # fmt: skip
+    parser.add_argument("--captions", choices=CAPTION_STYLES, default="own",
+                        help="own: the objects' captions; objects: object names only")  # fmt: skip
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -278,6 +342,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         init_from=args.init_from,
         sources=tuple(args.sources),
         per_identity=args.per_identity,
+        connector_kind=args.connector_kind,
+        captions=args.captions,
     )
     work = Path(args.work_dir) if args.work_dir else assets.cache_dir() / "train_connector"
     export = (

@@ -1,0 +1,225 @@
+"""The 1-byte codecs: ``int8_rotated`` (centred unit rows, random rotation, per-row scale) and
+the legacy per-dimension ``int8``.
+
+The synthetic vectors have the structure that makes residual streams hard to quantise: a large
+common component, anisotropic heavy-tailed dimensions, a few outlier dimensions and rare rows
+with massive activations; queries are held-out text-like vectors and shifted "visual" ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tiny_models import WORDS
+from tl_latentlens.bank import Bank, build_bank, codec
+from tl_latentlens.bank import manifest as mf
+from tl_latentlens.bank.calibrate import calibrate_hook, unit_rows
+from tl_latentlens.bank.exact import exact_rows, exact_top_k
+from tl_latentlens.bank.finalize import finalize_hook
+from tl_latentlens.bank.recall import tie_aware_recall
+from tl_latentlens.bank.routes import Routes
+from tl_latentlens.bank.search import HookSearcher
+from tl_latentlens.bank.vectors import HookVectors
+
+CODECS = ["float16", "float32", "int8", "int8_rotated"]
+
+
+def _hook(folder, x: np.ndarray, dtype: str) -> HookVectors:
+    """Write raw float16/float32 rows as the encoding pass does and finalize them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    raw, _, _ = codec.encode(torch.from_numpy(x), codec.raw_codec(dtype))
+    np.save(folder / "vectors.npy", raw)
+    finalize_hook(folder, dtype)
+    return HookVectors.from_folder(folder, dtype)
+
+
+def _residual_like(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(stored, held-out text queries, shifted visual queries)`` with residual-stream
+    structure."""
+    rng = np.random.default_rng(seed)
+    scales = np.exp(rng.standard_normal(d) * 0.7).astype(np.float32)  # anisotropic
+    common = rng.standard_normal(d).astype(np.float32) * 4  # large common component
+    basis = rng.standard_normal((8, d)).astype(np.float32)
+
+    def text(m: int, r: np.random.Generator) -> np.ndarray:
+        z = r.standard_t(3, (m, d)).astype(np.float32) * scales  # heavy tails
+        out = common + z + r.standard_normal((m, 8)).astype(np.float32) @ basis
+        out[:, :3] += r.standard_normal((m, 3)).astype(np.float32) * 3  # outlier dimensions
+        out[np.ix_(r.random(m) < 0.01, [0, 1, 2])] += 150  # rare massive activations
+        return out.astype(np.float32)
+
+    x = text(n, rng)
+    shift = rng.standard_normal(d).astype(np.float32) * 4
+    visual = shift + 0.5 * text(300, np.random.default_rng(seed + 2))
+    return x, text(300, np.random.default_rng(seed + 1)), visual.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def residuals():
+    return _residual_like(4000, 64, 0)
+
+
+def test_rotated_codec_round_trip_and_search_space(residuals):
+    x, text, _ = residuals
+    x = np.concatenate([x[:500], np.zeros((1, x.shape[1]), np.float32)])  # and an all-zero row
+    centre, rot = codec.fit_centre([x[:200], x[200:]]), codec.rotation_matrix(x.shape[1])
+    np.testing.assert_allclose(rot @ rot.T, np.eye(x.shape[1]), atol=1e-5)
+    np.testing.assert_array_equal(rot, codec.rotation_matrix(x.shape[1]))  # seeded
+    q, scales = codec.encode_rotated(x, centre, rot)
+    assert q.dtype == np.int8 and np.abs(q).max() == 127
+    dec = codec.decode_rotated(q, scales, centre, rot)
+    assert not dec[-1].any()  # the zero row stays zero
+    cos = (
+        (dec[:-1] * x[:-1]).sum(1)
+        / np.linalg.norm(dec[:-1], axis=1)
+        / np.linalg.norm(x[:-1], axis=1)
+    )
+    assert cos.min() > 0.9995, cos.min()
+    np.testing.assert_allclose(np.linalg.norm(dec, axis=1), np.linalg.norm(x, axis=1), rtol=1e-2)
+    # the search-space product is the cosine with the decoded vector, without rotating rows back
+    norms = np.linalg.norm(dec, axis=1)
+    inv = np.where(norms > 0, 1 / np.maximum(norms, 1e-30), 0).astype(np.float32)
+    y = unit_rows(text[:20])
+    got = codec.rotated_search_queries(y, centre, rot) @ codec.rotated_search_rows(q, scales, inv).T
+    want = y @ (dec * inv[:, None]).T
+    np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+def test_rotated_hook_files_and_decoding(tmp_path, residuals):
+    x, _, _ = residuals
+    hv = _hook(tmp_path / "h", x[:1000], "int8_rotated")
+    names = {p.name for p in (tmp_path / "h").iterdir()}
+    assert set(codec.param_files("int8_rotated")) <= names and "codec.npy" not in names
+    assert hv.stored.dtype == np.int8 and hv.width == hv.d + 1
+    params = {n: np.load(tmp_path / "h" / n) for n in codec.param_files("int8_rotated")}
+    assert codec.params_problem("int8_rotated", params, hv.n, hv.d) is None
+    params["codec_scales.npy"] = params["codec_scales.npy"][:-1]
+    assert "codec_scales.npy" in codec.params_problem("int8_rotated", params, hv.n, hv.d)
+    dec = hv.decode(np.arange(hv.n), unit=False)
+    np.testing.assert_allclose(np.linalg.norm(dec, axis=1), hv.norms, rtol=1e-5)
+    cos = (dec * x[:1000]).sum(1) / np.linalg.norm(dec, axis=1) / np.linalg.norm(x[:1000], axis=1)
+    assert cos.min() > 0.9995
+    # decoded vectors do not depend on a resident (search-space) copy
+    hv.resident()
+    np.testing.assert_array_equal(hv.decode(np.arange(5), unit=False), dec[:5])
+    with pytest.raises(ValueError, match="parameter files"):
+        HookVectors(hv.stored, hv.norms, "int8_rotated")
+
+
+@pytest.mark.parametrize("dtype", CODECS)
+def test_exact_search_equals_search_over_decoded_vectors(tmp_path, residuals, dtype):
+    x, text, visual = residuals
+    hv = _hook(tmp_path / "h", x[:3000], dtype)
+    dec = hv.decode(np.arange(hv.n), unit=True)
+    q = unit_rows(np.concatenate([text[:30], visual[:30]]))
+    full = q @ dec.T
+    want = -np.sort(-full, axis=1)[:, :10]
+    for chunk in (700, 5000):
+        sims, rows = exact_top_k(hv, q, 10, chunk_rows=chunk)
+        np.testing.assert_allclose(sims, want, atol=2e-6)
+        np.testing.assert_allclose(np.take_along_axis(full, rows, 1), sims, atol=2e-6)
+    hv.resident()
+    sims, rows = exact_top_k(hv, q, 10)
+    np.testing.assert_allclose(sims, want, atol=2e-6)
+    assert tie_aware_recall(np.take_along_axis(full, rows, 1), want, tol=2e-6) == 1.0
+
+
+@pytest.mark.parametrize("dtype", CODECS)
+def test_device_path_equals_cpu_path_for_every_codec(tmp_path, residuals, dtype):
+    x, text, visual = residuals
+    hv = _hook(tmp_path / "h", x[:2500], dtype)
+    q = unit_rows(np.concatenate([text[:20], visual[:20]]))
+    cpu_s, cpu_r = exact_top_k(hv, q, 10)
+    for dev in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        for cache in ({}, None):
+            s, r = exact_top_k(hv, q, 10, device=dev, device_cache=cache)
+            np.testing.assert_array_equal(r, cpu_r)
+            np.testing.assert_allclose(s, cpu_s, rtol=1e-5, atol=1e-5)
+
+
+def test_rerank_and_routes_equal_exact_on_a_small_rotated_bank(tmp_path, residuals):
+    x, text, visual = residuals
+    small = x[:600]
+    hv = _hook(tmp_path / "h", small, "int8_rotated")
+    q = unit_rows(np.concatenate([visual[:40], text[:20]]))
+    want_s, want_r = exact_top_k(hv, q, 10)
+    cands = np.tile(np.arange(hv.n), (q.shape[0], 1))
+    s, r = exact_rows(hv, q, cands, 10)
+    np.testing.assert_array_equal(r, want_r)
+    np.testing.assert_allclose(s, want_s, atol=1e-6)
+    cal = calibrate_hook(
+        tmp_path / "h", "int8_rotated", visual[100:300], {"visual": visual[40:100]},
+        text_samples=100, list_len=600, probes=(2,), progress=False,
+    )  # fmt: skip
+    hits = HookSearcher(hv, Routes(tmp_path / "h", hv.d), cal.params).search(q, 10, "routes")
+    np.testing.assert_array_equal(hits.rows, want_r)
+    np.testing.assert_allclose(hits.sims, want_s, atol=1e-6)
+
+
+def test_rotated_codec_keeps_recall_where_per_dimension_int8_does_not(tmp_path):
+    """recall@10 against exact float32 search >= 0.98 for held-out (in-distribution) and
+    shifted (out-of-distribution) queries; the legacy per-dimension int8 is clearly worse."""
+    recall: dict[str, list[float]] = {"int8_rotated": [], "int8": []}
+    for seed in (0, 1):
+        x, text, visual = _residual_like(4000, 64, seed)
+        ref = _hook(tmp_path / f"f32-{seed}", x, "float32")
+        ref_x = ref.decode(np.arange(ref.n))
+        for dtype, got in recall.items():
+            hv = _hook(tmp_path / f"{dtype}-{seed}", x, dtype)
+            for q in (unit_rows(text), unit_rows(visual)):
+                truth, _ = exact_top_k(ref, q, 10)
+                _, rows = exact_top_k(hv, q, 10)
+                got.append(tie_aware_recall(np.take_along_axis(q @ ref_x.T, rows, 1), truth))
+    msg = f"recall@10 [text, visual] x 2 seeds: {recall}"
+    assert min(recall["int8_rotated"]) >= 0.98, msg
+    assert np.mean(recall["int8"]) <= np.mean(recall["int8_rotated"]) - 0.015, msg
+
+
+def test_legacy_int8_hook_still_opens_and_searches(tmp_path, residuals):
+    """A hook folder of the old per-dimension int8 format (``codec.npy`` [2, d])."""
+    x, text, _ = residuals
+    hv = _hook(tmp_path / "h", x[:1500], "int8")
+    names = {p.name for p in (tmp_path / "h").iterdir()}
+    assert "codec.npy" in names and not names & set(codec.param_files("int8_rotated"))
+    assert hv.params.shape == (2, hv.d) and hv.width == hv.d
+    raw = x[:1500].astype(np.float16).astype(np.float32)
+    err = np.abs(hv.decode(np.arange(hv.n), unit=False) - raw).max(axis=0)
+    assert (err <= hv.params[1] * 0.5001 + 1e-6).all()  # at most half a quantisation step
+    # the bare [2, d] array (how banks passed it) still works
+    old = HookVectors(hv.stored, hv.norms, "int8", np.load(tmp_path / "h" / "codec.npy"))
+    q = unit_rows(text[:10])
+    np.testing.assert_array_equal(exact_top_k(old, q, 5)[1], exact_top_k(hv, q, 5)[1])
+
+
+def test_manifest_lists_each_codecs_files():
+    hook = "blocks.0.hook_resid_pre"
+    base = {f"hooks/{hook}/{n}" for n in ("vectors.npy", "norms.npy", "occ_offsets.npy", "occ_entries.npy")}  # fmt: skip
+    assert set(mf.hook_files(hook, "float16")) == base
+    assert set(mf.hook_files(hook, "int8")) == base | {f"hooks/{hook}/codec.npy"}
+    rot = set(mf.hook_files(hook, "int8_rotated")) - base
+    assert rot == {f"hooks/{hook}/{n}" for n in codec.param_files("int8_rotated")}
+
+
+def test_rotated_bank_search_equals_search_over_its_decoded_vectors(tiny_vlm, tmp_path):
+    """A whole bank stored as ``int8_rotated``: files checksummed, exact search equal to a
+    search over the vectors it decodes, which are the float32 bank's up to quantisation."""
+    hooks = ["blocks.0.hook_resid_pre", "blocks.2.hook_resid_post"]
+    rng = np.random.default_rng(0)
+    sents = [" ".join(rng.choice(WORDS, rng.integers(2, 10))) for _ in range(30)]
+    build_bank(tiny_vlm, sents, tmp_path / "i8r", hooks, dtype="int8_rotated", progress=False)
+    b8 = Bank.open(tmp_path / "i8r", verify="full")
+    b32 = build_bank(tiny_vlm, sents, tmp_path / "f32", hooks, dtype="float32", progress=False)
+    assert b8.dtype == "int8_rotated" and b8.vectors(hooks[1]).dtype == np.int8
+    a, b = b8.entry_vectors(hooks[1]), b32.entry_vectors(hooks[1])
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.999
+    dec = unit_rows(b8.decoded(hooks[1]))
+    q = unit_rows(np.random.default_rng(1).standard_normal((12, b8.d_model)))
+    want = -np.sort(-(q @ dec.T), axis=1)[:, :10]
+    for device in (None, "cpu"):
+        hits = b8.search_rows(q, hooks[1], 10, "exact", device)
+        np.testing.assert_allclose(hits.sims, want, atol=2e-6)
+    got = b8.search(q[0], hook=hooks[1], k=3)[0]
+    np.testing.assert_allclose([n.similarity for n in got], want[0, :3], atol=2e-6)
