@@ -244,11 +244,22 @@ def test_auto_is_exact_on_a_small_bank_and_routes_are_calibrated(bank_dir, tmp_p
     }
     cal = calibrate_bank(path, samples, held, list_len=64, progress=False)
     assert set(cal) == set(HOOKS[1:])
-    for c in cal.values():  # every probe measured; the cheapest one meeting the bar chosen
-        assert set(c.frontier) == set(c.cost) == {2, 4, 8, 16, 32}
+    from tl_latentlens.bank.calibrate import expected_cost
+
+    opened = Bank.open(path)
+    for hook, c in cal.items():
+        n = opened.searcher(hook).vectors.n
+        # the cheapest probe meeting the bar; bigger ones skipped only when their candidates
+        # alone cost more than it
+        probes = [2, 4, 8, 16, 32]
+        assert set(c.frontier) == set(c.cost) == set(probes[: len(c.frontier)])
         meeting = [p for p, r in c.frontier.items() if min(r.values()) >= 0.98]
         if meeting:
             assert c.params.probe == min(meeting, key=lambda p: (c.cost[p], p))
+            for p in probes[len(c.frontier) :]:
+                assert expected_cost(p, c.list_len, n, {}) >= c.cost[c.params.probe]
+        else:
+            assert set(c.frontier) == set(probes)
         assert c.to_dict()["policy"] == 2
     bank = Bank.open(path, verify="full")  # route files are listed with checksums
     info = bank.hook_info(HOOKS[1])["routes"]

@@ -218,6 +218,11 @@ def calibrate_hook(
     taus: dict[int, float] = {}
     cost: dict[int, float] = {}
     for probe in sorted(probes):
+        best = min(
+            (cost[p] for p in frontier if min(frontier[p].values()) >= RECALL_BAR), default=None
+        )
+        if best is not None and expected_cost(probe, lists.shape[1], hv.n, {}) >= best:
+            break  # its candidates alone cost more than the best probe so far: so do all bigger
         params = RouteParams(probe=probe, list_len=lists.shape[1], min_sample_similarity=-1.0)
         per_query = {}
         for name, q in sets.items():
