@@ -41,8 +41,9 @@ RECALL_BAR = 0.98
 
 #: Queries re-ranked together by routes (one decoded union of candidates per group). Each
 #: query of a group multiplies the group's whole union, so smaller groups multiply less but
-#: gather more rows; measured on the demo bank (490 cross-layer visual queries x 10 hooks,
-#: 1 thread, CPU time): groups of 8: 748 ms, 16: 597, 32: 543, 64: 607, 128: 663.
+#: gather more rows; measured on the demo bank (cross-layer visual queries x 10 hooks, 1 thread,
+#: CPU time; benchmarks/bench_routes_batching.py): 490 queries, k=5: groups of 8: 748 ms,
+#: 16: 597, 32: 543, 64: 607, 128: 663; 980 queries, k=10: 1835, 1456, 1326, 1319, 1307.
 RERANK_GROUP = 32
 
 #: Cost of gathering one candidate row for re-ranking, in query-row products: gathering a
