@@ -229,7 +229,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
 def _study(lens: Any, images: list[Any], k: int, out: Path) -> Any:
     """The per-layer study of the annotated images: graded mask judge, strict headline, exact
-    search (the approximate index's recall on visual queries is low at layer 0; see issue 12).
+    search for every interpretability number (issue 12).
     A study of another model or bank in ``out`` is replaced."""
     config = EvalConfig(
         patches_per_layer=100, k=k, seed=0, plots=True, exact=True, count_kinds=("concrete",)

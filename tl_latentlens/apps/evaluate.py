@@ -111,7 +111,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--per-layer", action="store_true", help="LatentLens searches only the same text layer"
     )
-    p.add_argument("--exact", action="store_true", help="exact search instead of HNSW")
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="exact search for every hook (default: routes where calibration proved them)",
+    )
     p.add_argument("--prompt", default=None, help="prompt with the image placeholder")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the study in --out")

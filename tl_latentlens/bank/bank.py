@@ -43,7 +43,7 @@ DEFAULT_RESIDENT_BYTES = 2 << 30
 
 
 class Bank:
-    """A contextual text bank: per hook, residuals of corpus tokens plus an HNSW index.
+    """A contextual text bank: per hook, residuals of corpus tokens searched exactly or by routes.
 
     Open one with :meth:`open`; build one with :func:`~tl_latentlens.bank.build_bank`.
 

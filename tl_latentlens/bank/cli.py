@@ -45,7 +45,7 @@ def add_build_bank_parser(subparsers: Any) -> argparse.ArgumentParser:
         "build-bank",
         help="build a contextual text bank (nearest-neighbour targets) from a corpus",
         description="Run the model's language model over a corpus and store, per hook, the "
-        "residuals of its tokens (deduplicated by prefix, capped per token id) with an HNSW index.",
+        "residuals of its tokens (deduplicated by prefix, capped per token id), searched exactly or by calibrated routes.",
     )
     p.add_argument(
         "corpus", help=".txt (one sentence per line), .jsonl/.csv, a saved or hub HF dataset"

@@ -236,6 +236,13 @@ def encode_rotated(
     return q, np.stack([step, norms], axis=1).astype("<f4")
 
 
+def _rotated_codes(q: np.ndarray, scales: RowScales) -> tuple[np.ndarray, np.ndarray]:
+    """``(scales, q * step)`` in float64: a float32 product's last bits depend on how many rows
+    BLAS is given at once, and a vector should decode the same whichever rows come with it."""
+    scales = np.asarray(scales, dtype=np.float64)
+    return scales, np.asarray(q, dtype=np.float64) * scales[:, :1]
+
+
 def decode_rotated(
     q: Int8[np.ndarray, "n d"],
     scales: RowScales,
@@ -243,10 +250,7 @@ def decode_rotated(
     rotation: Float[np.ndarray, "d d"],
 ) -> Float[np.ndarray, "n d"]:
     """``int8_rotated`` codes -> float32 vectors in the model's space: ``|x| ((q s) R^T + mu)``."""
-    # float64: a float32 product's last bits depend on how many rows BLAS is given at once, and
-    # a vector should decode the same whichever rows are asked for with it.
-    scales = np.asarray(scales, dtype=np.float64)
-    z = np.asarray(q, dtype=np.float64) * scales[:, :1]
+    scales, z = _rotated_codes(q, scales)
     out = z @ np.asarray(rotation, dtype=np.float64).T
     out += centre
     out *= scales[:, 1:]
@@ -261,8 +265,7 @@ def rotated_norms(
 ) -> Float[np.ndarray, " n"]:
     """Norms of the :func:`decode_rotated` vectors without rotating them back (``R`` is
     orthogonal: ``|(q s) R^T + mu|^2 = |q s|^2 + 2 (q s) . (mu R) + |mu|^2``), float32."""
-    scales = np.asarray(scales, dtype=np.float64)
-    z = np.asarray(q, dtype=np.float64) * scales[:, :1]
+    scales, z = _rotated_codes(q, scales)
     mu = np.asarray(centre, dtype=np.float64)
     mu_r = mu @ np.asarray(rotation, dtype=np.float64)
     sq = np.einsum("nd,nd->n", z, z) + 2 * (z @ mu_r) + mu @ mu

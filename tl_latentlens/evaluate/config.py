@@ -47,7 +47,7 @@ class EvalConfig:
         per_layer: LatentLens searches only the bank layer equal to the visual layer (default:
             every bank layer, which the mid-layer-leap heatmap needs).
         prompt: Prompt with the image placeholder (``None``: the model's default).
-        exact: Exact nearest-neighbour search instead of HNSW.
+        exact: Exact nearest-neighbour search for every hook (default: the bank's ``auto``).
         min_label_fraction: Share of a patch one label must cover for the patch to count as
             labelled (pixel masks only).
         count_kinds: Verdict kinds counted as interpretable in the table.

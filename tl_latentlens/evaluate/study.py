@@ -296,17 +296,17 @@ def _explain_batch(
     ``out/explanations`` when a run wrote them, the others explained together
     (:meth:`~tl_latentlens.lens.LatentLens.explain_many`: one search for all their tokens)."""
     exps: dict[int, Any] = {}
-    todo: list[int] = []
+    inputs: dict[int, Any] = {}  # prepared inputs of the images to explain, held for this batch
     for idx in batch:
-        inputs, prepared[idx] = prepared[idx], None  # held only until this batch is explained
+        ready, prepared[idx] = prepared[idx], None
         if not plan.patches_for_image(idx):
             continue
         exp_file = out / "explanations" / f"{images[idx].id}.json"
         if exp_file.is_file():
             exps[idx] = Explanation.load(exp_file)
         else:
-            todo.append(idx)
-            prepared[idx] = inputs
+            inputs[idx] = ready
+    todo = list(inputs)
     if not todo:
         return exps
     # every layer any image of the batch is sampled at (each image's own are a subset)
@@ -320,11 +320,10 @@ def _explain_batch(
         per_layer=config.per_layer,
         method="exact" if config.exact else "auto",
         patches=[plan.patches_for_image(i) for i in todo],
-        inputs=[prepared[i] for i in todo],
+        inputs=[inputs[i] for i in todo],
         progress=False,
     )
     for idx, exp in zip(todo, got):
-        prepared[idx] = None
         exps[idx] = exp
         if config.save_explanations:
             exp.save(out / "explanations" / f"{images[idx].id}.json")

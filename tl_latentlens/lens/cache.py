@@ -24,7 +24,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tl_latentlens._io import atomic_write_bytes
 from tl_latentlens.lens.results import FORMAT_VERSION, Explanation
 
 __all__ = ["ExplanationCache", "image_digest"]
@@ -89,12 +88,8 @@ class ExplanationCache:
             return None
 
     def put(self, key: str, explanation: Explanation) -> Path:
-        """Store ``explanation`` under ``key`` (atomic write)."""
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = json.dumps(explanation.to_dict(), ensure_ascii=False).encode("utf-8")
-        atomic_write_bytes(path, data)
-        return path
+        """Store ``explanation`` under ``key`` (:meth:`Explanation.save`: an atomic write)."""
+        return explanation.save(self.path(key))
 
 
 def _digest(obj: Any) -> str:
