@@ -14,17 +14,34 @@ vectors against exact float32 search, for
 A codec may replace float16 only where every query set reaches recall@10 >= 0.98.
 
 Then the *bank's* codecs, as a build writes them (``finalize_hook``: distinct rows, codec
-parameter files, norms) and as the bank searches them (``exact_top_k``; for ``int8_rotated`` in
-the rotated search space): ``float16``, legacy ``int8`` and ``int8_rotated``, with the same
-recall against exact float32 search over the same distinct vectors, disk bytes per stored
-vector (every file of the hook folder: vectors, norms, occurrence table, codec parameters) and
-the finalize time.
+parameter files, norms) and as the bank searches them (``exact_top_k``; for ``int8_rotated``
+and ``int8_pca`` in their search spaces): ``float16``, legacy ``int8``, ``int8_rotated`` and
+``int8_pca`` (``--pca`` principal directions, one bank per value), with the same recall against
+exact float32 search over the same distinct vectors, disk bytes per stored vector (every file
+of the hook folder: vectors, norms, occurrence table, codec parameters) and the finalize time.
 
 Usage::
 
     python benchmarks/search_data.py
     python benchmarks/bench_int8_codecs.py --hook blocks.4.hook_resid_pre --n 200000
     python benchmarks/bench_int8_codecs.py --n 500000 --skip-inline
+    python benchmarks/bench_int8_codecs.py --n 500000 --skip-inline \\
+        --codecs float16,int8_rotated,int8_pca --pca 64,96,128
+
+Measured (2 shared cores, 1 thread; ``--n 500000 --skip-inline --queries 1000 --codecs
+float16,int8_rotated,int8_pca --pca 64,96,128``; 457,730 distinct vectors of 500k entries; the
+photos set has 392 queries)::
+
+    blocks.4      heldout composites photos  text   B/vector  finalize  search (3,392 q)
+    float16        1.0000   1.0000   1.0000  1.0000   1168.4     2.2s    24.4s
+    int8_rotated   0.9856   0.9791   0.9855  0.9918    603.3    12.4s    20.1s
+    int8_pca P=64  0.9908   0.9841   0.9893  0.9974    731.6    15.5s    22.7s
+    int8_pca P=96  0.9907   0.9870   0.9918  0.9973    795.8    16.4s    23.2s
+    int8_pca P=128 0.9905   0.9889   0.9929  0.9980    859.9    18.5s    24.8s
+    blocks.2 (--pca 64,96): int8_rotated 0.9849 0.9803 0.9837 0.9922;
+      P=64 0.9890 0.9854 0.9901 0.9969; P=96 0.9901 0.9880 0.9926 0.9977
+    blocks.0 (23,434 distinct): int8_rotated 0.9853 0.9865 0.9898 0.9906;
+      P=64 0.9916 0.9892 0.9911 0.9983; P=96 0.9875 0.9874 0.9895 0.9987
 """
 
 from __future__ import annotations
@@ -39,12 +56,13 @@ import torch
 from bench_bank_common import dir_size, machine
 from search_data import HOOKS, default_out
 
+from tl_latentlens.bank import codec
 from tl_latentlens.bank.exact import exact_top_k
 from tl_latentlens.bank.finalize import finalize_hook, remove_raw
 from tl_latentlens.bank.recall import tie_aware_recall
 from tl_latentlens.bank.vectors import HookVectors
 
-BANK_CODECS = ("float16", "int8", "int8_rotated")
+BANK_CODECS = ("float16", "int8", "int8_rotated", "int8_pca")
 
 
 def unit(a: np.ndarray) -> np.ndarray:
@@ -81,7 +99,26 @@ def main() -> None:
     p.add_argument("--n", type=int, default=200_000, help="stored vectors")
     p.add_argument("--queries", type=int, default=300, help="queries per set")
     p.add_argument("--skip-inline", action="store_true", help="only the bank's codecs")
+    p.add_argument(
+        "--codecs",
+        default=",".join(BANK_CODECS),
+        help="bank codecs to measure, comma-separated (float16, the reference, always runs)",
+    )
+    p.add_argument(
+        "--pca",
+        default=str(codec.PCA_COMPONENTS),
+        help="int8_pca principal directions, comma-separated (one bank each)",
+    )
     args = p.parse_args()
+    bad = set(args.codecs.split(",")) - set(BANK_CODECS)
+    if bad:
+        p.error(f"unknown --codecs {sorted(bad)}; known: {', '.join(BANK_CODECS)}")
+    variants = [("float16", "float16", None)]
+    for name in args.codecs.split(","):
+        if name == "int8_pca":
+            variants += [(f"int8_pca P={k}", name, int(k)) for k in args.pca.split(",")]
+        elif name != "float16":
+            variants.append((name, name, None))
     torch.set_grad_enabled(False)
     print(machine())
     data = default_out()
@@ -96,7 +133,7 @@ def main() -> None:
         raw = np.asarray(text[: args.n], dtype=np.float32)
         inline(raw, unit(raw), sets)
         del raw
-    bank_codecs(text, args.n, sets, data)
+    bank_codecs(text, args.n, sets, data, variants)
 
 
 def inline(raw: np.ndarray, x: np.ndarray, sets: dict[str, np.ndarray]) -> None:
@@ -124,14 +161,22 @@ def inline(raw: np.ndarray, x: np.ndarray, sets: dict[str, np.ndarray]) -> None:
         print(f"{label:32s} " + " ".join(f"{r:11.4f}" for r in recalls))
 
 
-def bank_codecs(text: np.ndarray, n: int, sets: dict[str, np.ndarray], data: Path) -> None:
-    """The bank's own codecs: written by ``finalize_hook``, searched by ``exact_top_k``."""
+def bank_codecs(
+    text: np.ndarray,
+    n: int,
+    sets: dict[str, np.ndarray],
+    data: Path,
+    variants: list[tuple[str, str, int | None]],
+) -> None:
+    """The bank's own codecs: written by ``finalize_hook``, searched by ``exact_top_k``;
+    ``variants`` lists ``(label, codec, int8_pca directions)``, float16 (the reference) first."""
     print("\n== the bank's codecs (finalize_hook + exact_top_k over the distinct vectors) ==")
     with tempfile.TemporaryDirectory(dir=data) as tmp:
         hooks: dict[str, HookVectors] = {}
         seconds: dict[str, float] = {}
-        for codec in BANK_CODECS:
-            folder = Path(tmp) / codec
+        folders: dict[str, Path] = {}
+        for i, (label, name, n_components) in enumerate(variants):
+            folder = folders[label] = Path(tmp) / str(i)
             folder.mkdir()
             raw = np.lib.format.open_memmap(
                 folder / "vectors.npy", mode="w+", dtype="<f2", shape=(n, text.shape[1])
@@ -141,10 +186,10 @@ def bank_codecs(text: np.ndarray, n: int, sets: dict[str, np.ndarray], data: Pat
             raw.flush()
             del raw
             t0 = time.perf_counter()
-            finalize_hook(folder, codec)
-            seconds[codec] = time.perf_counter() - t0
+            finalize_hook(folder, name, n_components)
+            seconds[label] = time.perf_counter() - t0
             remove_raw(folder)
-            hooks[codec] = HookVectors.from_folder(folder, codec)
+            hooks[label] = HookVectors.from_folder(folder, name)
         # exact float32 search over the same distinct vectors (the float16 raw rows, widened)
         ref = hooks["float16"].decode(np.arange(hooks["float16"].n), unit=True)
         n_vec = ref.shape[0]
@@ -153,9 +198,9 @@ def bank_codecs(text: np.ndarray, n: int, sets: dict[str, np.ndarray], data: Pat
         print(f"{n:,} entries -> {n_vec:,} distinct stored vectors; tie-aware recall@10 "
               "against exact float32 search; disk bytes per stored vector (whole hook folder: "
               "vectors, norms, occurrence table, codec parameters); finalize seconds")  # fmt: skip
-        print(f"{'bank codec':14s} " + " ".join(f"{m:>11s}" for m in sets)
+        print(f"{'bank codec':16s} " + " ".join(f"{m:>11s}" for m in sets)
               + f" {'B/vector':>9s} {'B/entry':>8s} {'finalize':>9s} {'search':>7s}")  # fmt: skip
-        for codec, hv in hooks.items():
+        for label, hv in hooks.items():
             assert hv.n == n_vec
             recalls, t_search = [], 0.0
             for name, q in sets.items():
@@ -164,9 +209,9 @@ def bank_codecs(text: np.ndarray, n: int, sets: dict[str, np.ndarray], data: Pat
                 t_search += time.perf_counter() - t0
                 got = np.einsum("qd,qkd->qk", q, ref[rows])
                 recalls.append(tie_aware_recall(got, truth[name].values.numpy()))
-            size = dir_size(Path(tmp) / codec)
-            print(f"{codec:14s} " + " ".join(f"{r:11.4f}" for r in recalls)
-                  + f" {size / n_vec:9.1f} {size / n:8.1f} {seconds[codec]:8.1f}s"
+            size = dir_size(folders[label])
+            print(f"{label:16s} " + " ".join(f"{r:11.4f}" for r in recalls)
+                  + f" {size / n_vec:9.1f} {size / n:8.1f} {seconds[label]:8.1f}s"
                   + f" {t_search:6.1f}s")  # fmt: skip
         print("official latentlens format (float16 + metadata, measured earlier): "
               "1,205 bytes per vector")  # fmt: skip

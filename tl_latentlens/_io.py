@@ -1,5 +1,5 @@
-"""Durable file operations shared by the package: atomic writes, SHA-256, directory replacement
-and inter-process file locks.
+"""Durable file operations shared by the package: atomic writes, SHA-256 (and a memo of digests
+by file stamp, :class:`DigestMemo`), directory replacement and inter-process file locks.
 
 * Atomic writes go to a unique temporary file in the target's directory, are fsynced and then
   renamed over the target (``os.replace``), so a reader sees the old file or the whole new one.
@@ -19,16 +19,19 @@ import ctypes.util
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+
+from tl_latentlens.packaged_data import cache_dir
 
 try:  # POSIX
     import fcntl
@@ -36,13 +39,16 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
+    "DigestMemo",
     "FileLock",
     "LockedError",
     "atomic_save_npy",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
+    "digest_memo",
     "fsync_dir",
+    "file_stamp",
     "fsync_tree",
     "locked",
     "read_json",
@@ -53,6 +59,8 @@ __all__ = [
 ]
 
 _CHUNK = 1 << 23
+
+logger = logging.getLogger(__name__)
 
 
 # ---- atomic writes ---------------------------------------------------------------------------
@@ -135,6 +143,93 @@ def sha256_bytes(data: Any) -> str:
     for start in range(0, len(view), _CHUNK):
         h.update(view[start : start + _CHUNK])
     return h.hexdigest()
+
+
+#: ``(device, inode, size, mtime_ns, ctime_ns)`` of a file: any write to it, a rename over it
+#: or a ``touch`` changes it (the status-change time cannot be set back by the user).
+Stamp = tuple[int, int, int, int, int]
+
+
+def file_stamp(st: os.stat_result) -> Stamp:
+    """The :data:`Stamp` of a ``stat`` / ``fstat`` result."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class DigestMemo:
+    """SHA-256 digests already computed, remembered across processes by the file's stamp.
+
+    Hashing a 7B bank's hook files on every open costs seconds; a file whose :data:`Stamp` is
+    the one it had when it was hashed still holds those bytes (short of a disk fault, which only
+    a full re-hash would catch). The memo is a small JSON file (``{stamp: sha256}``, newest last,
+    at most :attr:`MAX_ENTRIES`); an unreadable memo counts as empty and a failed write is
+    ignored: it only saves time, it never decides that a file is right on its own.
+
+    Example:
+        >>> memo = DigestMemo(cache_dir() / "digests.json")
+        >>> memo.sha256("bank/hooks/blocks.0.hook_resid_pre/vectors.npy")  # hashed once
+        '3f…'
+        >>> memo.lookup(file_stamp(os.stat(path)))  # later processes: no hashing
+        '3f…'
+    """
+
+    MAX_ENTRIES = 4096
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._entries: dict[str, str] | None = None
+
+    @staticmethod
+    def _key(stamp: Stamp) -> str:
+        return ":".join(map(str, stamp))
+
+    def _read(self) -> dict[str, str]:
+        try:
+            data = read_json(self.path)
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+
+    def lookup(self, stamp: Stamp | None) -> str | None:
+        """The digest recorded for a file with this stamp, if any."""
+        if stamp is None:
+            return None
+        if self._entries is None:
+            self._entries = self._read()
+        return self._entries.get(self._key(stamp))
+
+    def record(self, items: Iterable[tuple[Stamp, str]]) -> None:
+        """Remember ``(stamp, sha256)`` pairs (merged with what other processes wrote)."""
+        entries = self._read()
+        for stamp, digest in items:
+            key = self._key(stamp)
+            entries.pop(key, None)
+            entries[key] = digest
+        entries = dict(list(entries.items())[-self.MAX_ENTRIES :])
+        self._entries = entries
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.path, json.dumps(entries).encode("utf-8"))
+        except OSError as err:  # a read-only cache only costs time
+            logger.debug("could not write the digest memo %s: %s", self.path, err)
+
+    def sha256(self, path: str | os.PathLike) -> str:
+        """:func:`sha256_file` of ``path``, hashed only when its stamp is not in the memo."""
+        stamp = file_stamp(os.stat(path))
+        known = self.lookup(stamp)
+        if known is not None:
+            return known
+        digest = sha256_file(path)
+        if file_stamp(os.stat(path)) == stamp:  # not written while it was read
+            self.record([(stamp, digest)])
+        return digest
+
+
+def digest_memo() -> DigestMemo:
+    """The user's memo of file digests (``<cache>/digests.json``): bank files and packaged
+    weights are hashed once, not on every start, while their stamp is unchanged."""
+    return DigestMemo(cache_dir() / "digests.json")
 
 
 # ---- replacing a directory -------------------------------------------------------------------

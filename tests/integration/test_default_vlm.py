@@ -127,3 +127,18 @@ def test_fast_caption_loss_equals_hooked_bridge(vlm, held_stamps):
         slow, n2 = caption_losses(vlm, tpl, vis, caps, via_bridge=True)
     assert torch.equal(n1, n2)
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-3)
+
+
+def test_second_load_reads_the_kept_weight_digests(vlm, monkeypatch):
+    """The default loader keeps the LM's weight digests beside its cached weights; the next
+    load reads them instead of hashing every weight (issue 10 item 9)."""
+    import tl_latentlens.models.base as base_mod
+    from tl_latentlens.default import load_default_vlm
+
+    want = vlm.fingerprint()
+
+    def refuse(parts):
+        raise AssertionError("the weights were hashed again")
+
+    monkeypatch.setattr(base_mod, "digest_parts", refuse)
+    assert load_default_vlm().fingerprint() == want

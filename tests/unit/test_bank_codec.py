@@ -1,5 +1,6 @@
-"""The 1-byte codecs: ``int8_rotated`` (centred unit rows, random rotation, per-row scale) and
-the legacy per-dimension ``int8``.
+"""The 1-byte codecs: ``int8_pca`` (float16 principal coefficients + ``int8_rotated`` residual),
+``int8_rotated`` (centred unit rows, random rotation, per-row scale) and the legacy
+per-dimension ``int8``.
 
 The synthetic vectors have the structure that makes residual streams hard to quantise: a large
 common component, anisotropic heavy-tailed dimensions, a few outlier dimensions and rare rows
@@ -16,6 +17,7 @@ from tiny_models import WORDS
 from tl_latentlens.bank import Bank, build_bank, codec
 from tl_latentlens.bank import manifest as mf
 from tl_latentlens.bank.calibrate import calibrate_hook, unit_rows
+from tl_latentlens.bank.errors import BankError
 from tl_latentlens.bank.exact import exact_rows, exact_top_k
 from tl_latentlens.bank.finalize import finalize_hook
 from tl_latentlens.bank.recall import tie_aware_recall
@@ -23,7 +25,7 @@ from tl_latentlens.bank.routes import Routes
 from tl_latentlens.bank.search import HookSearcher
 from tl_latentlens.bank.vectors import HookVectors
 
-CODECS = ["float16", "float32", "int8", "int8_rotated"]
+CODECS = ["float16", "float32", "int8", "int8_rotated", "int8_pca"]
 
 
 def _hook(folder, x: np.ndarray, dtype: str) -> HookVectors:
@@ -87,16 +89,92 @@ def test_rotated_codec_round_trip_and_search_space(residuals):
     np.testing.assert_allclose(got, want, atol=2e-6)
 
 
-def test_rotated_hook_files_and_decoding(tmp_path, residuals):
+def test_pca_codec_round_trip_and_search_space(residuals):
+    x, text, visual = residuals
+    x = np.concatenate([x[:500], np.zeros((1, x.shape[1]), np.float32)])  # and an all-zero row
+    d, p = x.shape[1], 12
+    centre, rot = codec.fit_centre([x]), codec.rotation_matrix(d)
+    comp = codec.fit_components(x, centre, p)
+    assert comp.shape == (p, d) and comp.dtype == np.float32
+    np.testing.assert_allclose(comp @ comp.T, np.eye(p), atol=1e-5)  # orthonormal
+    np.testing.assert_array_equal(comp, codec.fit_components(x, centre, p))  # deterministic
+    # largest variance first: the first direction explains more than the last
+    c = codec._unit(x[:-1])[0] - centre
+    var = ((c @ comp.T) ** 2).mean(0)
+    assert (np.diff(var) <= 1e-7).all(), var
+    q, scales, coeffs = codec.encode_pca(x, centre, rot, comp)
+    assert q.dtype == np.int8 and coeffs.dtype == np.float16 and coeffs.shape == (x.shape[0], p)
+    dec = codec.decode_rotated(q, scales, centre, rot, coeffs, comp)
+    assert not dec[-1].any()  # the zero row stays zero
+    cos = lambda a, b: (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)  # noqa: E731
+    q_r, sc_r = codec.encode_rotated(x, centre, rot)
+    dec_r = codec.decode_rotated(q_r, sc_r, centre, rot)
+    # the principal part takes most of the row's spread off the int8 codes: a smaller error
+    err, err_r = 1 - cos(dec[:-1], x[:-1]), 1 - cos(dec_r[:-1], x[:-1])
+    assert err.mean() < 0.8 * err_r.mean(), (err.mean(), err_r.mean())
+    # norms without rotating back == norms of the decoded vectors
+    norms = codec.rotated_norms(q, scales, centre, rot, coeffs, comp)
+    np.testing.assert_allclose(norms, np.linalg.norm(dec, axis=1), rtol=1e-5, atol=1e-6)
+    # the search-space product is the cosine with the decoded vector
+    inv = np.where(norms > 0, 1 / np.maximum(norms, 1e-30), 0).astype(np.float32)
+    y = unit_rows(np.concatenate([text[:20], visual[:20]]))
+    sq = codec.rotated_search_queries(y, centre, rot, comp)
+    sr = codec.rotated_search_rows(q, scales, inv, coeffs=coeffs)
+    assert sq.shape[1] == sr.shape[1] == d + p + 1
+    np.testing.assert_allclose(sq @ sr.T, y @ (dec * inv[:, None]).T, atol=2e-6)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 64, 65, 2.5])
+def test_pca_components_out_of_range_is_a_clear_error(tmp_path, residuals, bad):
+    x, _, _ = residuals  # d = 64
+    folder = tmp_path / "h"
+    folder.mkdir()
+    raw, _, _ = codec.encode(torch.from_numpy(x[:300]), "float16")
+    np.save(folder / "vectors.npy", raw)
+    with pytest.raises(BankError, match=r"1 <= n_components < d_model = 64.*int8_rotated"):
+        finalize_hook(folder, "int8_pca", n_components=bad)
+    assert issubclass(BankError, ValueError)
+    assert not list(folder.glob("codec*"))  # refused before writing anything
+    assert codec.default_components(576) == 64 and codec.default_components(64) == 16
+    assert codec.default_components(3) == 1
+
+
+def test_pca_parameter_files_are_checked(tmp_path, residuals):
     x, _, _ = residuals
-    hv = _hook(tmp_path / "h", x[:1000], "int8_rotated")
+    folder = tmp_path / "h"
+    folder.mkdir()
+    raw, _, _ = codec.encode(torch.from_numpy(x[:1000]), "float16")
+    np.save(folder / "vectors.npy", raw)
+    finalize_hook(folder, "int8_pca", n_components=20)
+    hv = HookVectors.from_folder(folder, "int8_pca")
+    assert hv.width == hv.d + 20 + 1
+    params = {n: np.load(folder / n) for n in codec.param_files("int8_pca")}
+    assert params["codec_coeffs.npy"].dtype == np.float16
+    assert params["codec_components.npy"].shape == (20, hv.d)
+    assert codec.params_problem("int8_pca", params, hv.n, hv.d) is None
+    bad = dict(params, **{"codec_coeffs.npy": params["codec_coeffs.npy"][:, :-1]})
+    assert "codec_coeffs.npy" in codec.params_problem("int8_pca", bad, hv.n, hv.d)
+    bad = dict(params, **{"codec_coeffs.npy": params["codec_coeffs.npy"].astype(np.float32)})
+    assert "float16" in codec.params_problem("int8_pca", bad, hv.n, hv.d)
+    full = {"codec_components.npy": np.zeros((hv.d, hv.d), np.float32)}
+    full["codec_coeffs.npy"] = np.zeros((hv.n, hv.d), np.float16)
+    assert "directions" in codec.params_problem("int8_pca", dict(params, **full), hv.n, hv.d)
+
+
+@pytest.mark.parametrize("dtype", ["int8_rotated", "int8_pca"])
+def test_rotated_hook_files_and_decoding(tmp_path, residuals, dtype):
+    x, _, _ = residuals
+    hv = _hook(tmp_path / "h", x[:1000], dtype)
     names = {p.name for p in (tmp_path / "h").iterdir()}
-    assert set(codec.param_files("int8_rotated")) <= names and "codec.npy" not in names
-    assert hv.stored.dtype == np.int8 and hv.width == hv.d + 1
-    params = {n: np.load(tmp_path / "h" / n) for n in codec.param_files("int8_rotated")}
-    assert codec.params_problem("int8_rotated", params, hv.n, hv.d) is None
+    assert set(codec.param_files(dtype)) <= names and "codec.npy" not in names
+    pca = {"codec_components.npy", "codec_coeffs.npy"}
+    assert pca <= names if dtype == "int8_pca" else not pca & names
+    p = codec.default_components(hv.d) if dtype == "int8_pca" else 0
+    assert hv.stored.dtype == np.int8 and hv.width == hv.d + p + 1
+    params = {n: np.load(tmp_path / "h" / n) for n in codec.param_files(dtype)}
+    assert codec.params_problem(dtype, params, hv.n, hv.d) is None
     params["codec_scales.npy"] = params["codec_scales.npy"][:-1]
-    assert "codec_scales.npy" in codec.params_problem("int8_rotated", params, hv.n, hv.d)
+    assert "codec_scales.npy" in codec.params_problem(dtype, params, hv.n, hv.d)
     dec = hv.decode(np.arange(hv.n), unit=False)
     np.testing.assert_allclose(np.linalg.norm(dec, axis=1), hv.norms, rtol=1e-5)
     cos = (dec * x[:1000]).sum(1) / np.linalg.norm(dec, axis=1) / np.linalg.norm(x[:1000], axis=1)
@@ -105,7 +183,7 @@ def test_rotated_hook_files_and_decoding(tmp_path, residuals):
     hv.resident()
     np.testing.assert_array_equal(hv.decode(np.arange(5), unit=False), dec[:5])
     with pytest.raises(ValueError, match="parameter files"):
-        HookVectors(hv.stored, hv.norms, "int8_rotated")
+        HookVectors(hv.stored, hv.norms, dtype)
 
 
 @pytest.mark.parametrize("dtype", CODECS)
@@ -127,6 +205,23 @@ def test_exact_search_equals_search_over_decoded_vectors(tmp_path, residuals, dt
 
 
 @pytest.mark.parametrize("dtype", CODECS)
+def test_resident_rows_are_the_streamed_search_rows_bit_for_bit(
+    tmp_path, residuals, monkeypatch, dtype
+):
+    """The resident copy (one torch kernel per chunk for the float codecs) holds exactly the
+    rows that streaming search decodes, across a chunk boundary."""
+    from tl_latentlens.bank import vectors
+
+    monkeypatch.setattr(vectors, "CHUNK_ROWS", 700)
+    x, _, _ = residuals
+    hv = _hook(tmp_path / "h", x[:2000], dtype)
+    streamed = np.concatenate([block for _, block in hv.search_chunks()])
+    resident = hv.resident()
+    assert resident.dtype == np.float32 and resident.flags.c_contiguous
+    np.testing.assert_array_equal(resident, streamed)
+
+
+@pytest.mark.parametrize("dtype", CODECS)
 def test_device_path_equals_cpu_path_for_every_codec(tmp_path, residuals, dtype):
     x, text, visual = residuals
     hv = _hook(tmp_path / "h", x[:2500], dtype)
@@ -139,10 +234,11 @@ def test_device_path_equals_cpu_path_for_every_codec(tmp_path, residuals, dtype)
             np.testing.assert_allclose(s, cpu_s, rtol=1e-5, atol=1e-5)
 
 
-def test_rerank_and_routes_equal_exact_on_a_small_rotated_bank(tmp_path, residuals):
+@pytest.mark.parametrize("dtype", ["int8_rotated", "int8_pca"])
+def test_rerank_and_routes_equal_exact_on_a_small_rotated_bank(tmp_path, residuals, dtype):
     x, text, visual = residuals
     small = x[:600]
-    hv = _hook(tmp_path / "h", small, "int8_rotated")
+    hv = _hook(tmp_path / "h", small, dtype)
     q = unit_rows(np.concatenate([visual[:40], text[:20]]))
     want_s, want_r = exact_top_k(hv, q, 10)
     cands = np.tile(np.arange(hv.n), (q.shape[0], 1))
@@ -150,7 +246,7 @@ def test_rerank_and_routes_equal_exact_on_a_small_rotated_bank(tmp_path, residua
     np.testing.assert_array_equal(r, want_r)
     np.testing.assert_allclose(s, want_s, atol=1e-6)
     cal = calibrate_hook(
-        tmp_path / "h", "int8_rotated", visual[100:300], {"visual": visual[40:100]},
+        tmp_path / "h", dtype, visual[100:300], {"visual": visual[40:100]},
         text_samples=100, list_len=600, probes=(2,), progress=False,
     )  # fmt: skip
     hits = HookSearcher(hv, Routes(tmp_path / "h", hv.d), cal.params).search(q, 10, "routes")
@@ -160,8 +256,9 @@ def test_rerank_and_routes_equal_exact_on_a_small_rotated_bank(tmp_path, residua
 
 def test_rotated_codec_keeps_recall_where_per_dimension_int8_does_not(tmp_path):
     """recall@10 against exact float32 search >= 0.98 for held-out (in-distribution) and
-    shifted (out-of-distribution) queries; the legacy per-dimension int8 is clearly worse."""
-    recall: dict[str, list[float]] = {"int8_rotated": [], "int8": []}
+    shifted (out-of-distribution) queries, int8_pca at least as good as int8_rotated on every
+    set; the legacy per-dimension int8 is clearly worse."""
+    recall: dict[str, list[float]] = {"int8_pca": [], "int8_rotated": [], "int8": []}
     for seed in (0, 1):
         x, text, visual = _residual_like(4000, 64, seed)
         ref = _hook(tmp_path / f"f32-{seed}", x, "float32")
@@ -174,6 +271,8 @@ def test_rotated_codec_keeps_recall_where_per_dimension_int8_does_not(tmp_path):
                 got.append(tie_aware_recall(np.take_along_axis(q @ ref_x.T, rows, 1), truth))
     msg = f"recall@10 [text, visual] x 2 seeds: {recall}"
     assert min(recall["int8_rotated"]) >= 0.98, msg
+    assert min(recall["int8_pca"]) >= 0.98, msg
+    assert all(p >= r for p, r in zip(recall["int8_pca"], recall["int8_rotated"])), msg
     assert np.mean(recall["int8"]) <= np.mean(recall["int8_rotated"]) - 0.015, msg
 
 
@@ -198,20 +297,26 @@ def test_manifest_lists_each_codecs_files():
     base = {f"hooks/{hook}/{n}" for n in ("vectors.npy", "norms.npy", "occ_offsets.npy", "occ_entries.npy")}  # fmt: skip
     assert set(mf.hook_files(hook, "float16")) == base
     assert set(mf.hook_files(hook, "int8")) == base | {f"hooks/{hook}/codec.npy"}
-    rot = set(mf.hook_files(hook, "int8_rotated")) - base
-    assert rot == {f"hooks/{hook}/{n}" for n in codec.param_files("int8_rotated")}
+    for dtype in ("int8_rotated", "int8_pca"):
+        extra = set(mf.hook_files(hook, dtype)) - base
+        assert extra == {f"hooks/{hook}/{n}" for n in codec.param_files(dtype)}
+    assert {"codec_components.npy", "codec_coeffs.npy"} < set(codec.param_files("int8_pca"))
 
 
-def test_rotated_bank_search_equals_search_over_its_decoded_vectors(tiny_vlm, tmp_path):
-    """A whole bank stored as ``int8_rotated``: files checksummed, exact search equal to a
-    search over the vectors it decodes, which are the float32 bank's up to quantisation."""
+@pytest.mark.parametrize("dtype", ["int8_rotated", "int8_pca"])
+def test_rotated_bank_search_equals_search_over_its_decoded_vectors(tiny_vlm, tmp_path, dtype):
+    """A whole bank stored as ``int8_rotated``/``int8_pca``: files checksummed, exact search
+    equal to a search over the vectors it decodes, which are the float32 bank's up to
+    quantisation."""
     hooks = ["blocks.0.hook_resid_pre", "blocks.2.hook_resid_post"]
     rng = np.random.default_rng(0)
     sents = [" ".join(rng.choice(WORDS, rng.integers(2, 10))) for _ in range(30)]
-    build_bank(tiny_vlm, sents, tmp_path / "i8r", hooks, dtype="int8_rotated", progress=False)
+    build_bank(tiny_vlm, sents, tmp_path / "i8r", hooks, dtype=dtype, progress=False)
     b8 = Bank.open(tmp_path / "i8r", verify="full")
     b32 = build_bank(tiny_vlm, sents, tmp_path / "f32", hooks, dtype="float32", progress=False)
-    assert b8.dtype == "int8_rotated" and b8.vectors(hooks[1]).dtype == np.int8
+    assert b8.dtype == dtype and b8.vectors(hooks[1]).dtype == np.int8
+    for name in codec.param_files(dtype):  # checksummed with the rest
+        assert f"hooks/{hooks[1]}/{name}" in b8.manifest.files
     a, b = b8.entry_vectors(hooks[1]), b32.entry_vectors(hooks[1])
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() > 0.999

@@ -116,6 +116,38 @@ def _flip(path, offset=-100):
     path.write_bytes(bytes(data))
 
 
+def test_lazy_open_hashes_each_file_once_per_user_until_it_changes(copy, tmp_path, monkeypatch):
+    """A file confirmed once is not hashed again by later opens (its stamp is remembered in
+    the cache directory); a write to it, or ``verify="full"``, hashes it again."""
+    from tl_latentlens.bank import manifest as mf
+
+    monkeypatch.setenv("TL_LATENTLENS_CACHE", str(tmp_path / "cache"))
+    hashed: list[str] = []
+    real = mf.verify_files
+
+    def counting(root, manifest, paths, full, opened=None):
+        if full:
+            hashed.extend(paths)
+        return real(root, manifest, paths, full, opened)
+
+    monkeypatch.setattr(mf, "verify_files", counting)
+    q = np.ones(64, dtype=np.float32)
+    vec = f"hooks/{HOOKS[1]}/vectors.npy"
+    Bank.open(copy).search(q, hook=HOOKS[1], exact=True)
+    assert vec in hashed and "entries.npy" in hashed
+    hashed.clear()
+    Bank.open(copy).search(q, hook=HOOKS[1], exact=True)
+    assert hashed == []
+    Bank.open(copy, verify="full")
+    assert vec in hashed
+    hashed.clear()
+    _flip(copy / vec)
+    bank = Bank.open(copy)
+    with pytest.raises(CorruptBankError, match="checksum"):
+        bank.search(q, hook=HOOKS[1], exact=True)
+    assert hashed == [vec]  # only the changed file
+
+
 def test_corrupted_vectors_detected(copy):
     _flip(copy / "hooks" / HOOKS[1] / "vectors.npy")
     with pytest.raises(CorruptBankError, match="checksum"):

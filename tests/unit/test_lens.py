@@ -189,6 +189,48 @@ def test_embedding_lens_is_nearest_embedding_row(tiny_vlm):
     )
 
 
+class _EmbeddingOnly:
+    """The part of a VLM EmbeddingLens.top_k reads."""
+
+    def __init__(self, emb: torch.Tensor) -> None:
+        self._emb = emb
+        self.d_model = emb.shape[1]
+
+    def embedding_matrix(self) -> torch.Tensor:
+        return self._emb
+
+
+@pytest.mark.parametrize("near_ties", [False, True])
+def test_embedding_lens_bf16_scan_returns_the_float32_top_k(monkeypatch, near_ties):
+    """The bfloat16 scan (forced here: it runs on any CPU, fast only on some) gives the float32
+    scan's top-k: proved rows from the re-scored candidates, the others re-scanned. Near-tie
+    embeddings (many rows closer than bfloat16 can tell apart) exercise the re-scan."""
+    from tl_latentlens.lens import baselines
+
+    gen = torch.Generator().manual_seed(0)
+    emb = torch.randn(3000, 64, generator=gen)
+    queries = torch.randn(40, 64, generator=gen)
+    if near_ties:  # the first 600 rows all within 1e-3 of the queries' common direction
+        emb[:600] = queries.mean(0) + 1e-3 * torch.randn(600, 64, generator=gen)
+        queries = queries.mean(0) + 0.3 * queries
+    lens = EmbeddingLens(_EmbeddingOnly(emb))  # type: ignore[arg-type]
+    unit = torch.nn.functional.normalize(queries, dim=-1)
+    want = torch.topk(unit @ lens.unit_embeddings.T, k=5, dim=-1)
+    rescans = []
+    real_topk = torch.topk
+
+    def counting_topk(x, k, dim=-1):
+        rescans.append(x.shape[0] if x.dtype == torch.float32 and x.shape[1] == 3000 else 0)
+        return real_topk(x, k=k, dim=dim)
+
+    monkeypatch.setattr(baselines, "_bf16_is_fast", lambda device: True)
+    monkeypatch.setattr(baselines.torch, "topk", counting_topk)
+    values, ids = lens.top_k(unit, 5)
+    assert torch.equal(ids, want.indices)
+    torch.testing.assert_close(values, want.values, atol=1e-6, rtol=0)
+    assert (sum(rescans) > 0) == near_ties  # only near ties need the float32 re-scan
+
+
 def test_explain_vectors_from_cache_and_tensor(tiny_vlm, lens, bank):
     _, cache = tiny_vlm.bridge.run_with_cache("the red cat sits", names_filter=HOOKS)
     hook = "blocks.0.hook_resid_post"

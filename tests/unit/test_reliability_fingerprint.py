@@ -145,3 +145,37 @@ def clone_hf(vlm):
     from tl_latentlens.models.hf_vlm import HFVLM
 
     return HFVLM(copy.deepcopy(vlm.bridge).to(torch.bfloat16), name="elsewhere")
+
+
+def test_kept_fingerprint_is_read_by_the_next_load_of_the_same_source(
+    tiny_vlm, tmp_path, monkeypatch
+):
+    """A loader that knows its weights' source keeps the digests on disk; the next handle
+    loaded from that source reads them instead of hashing, unless anything differs."""
+    calls = []
+    real = base_mod.digest_parts
+    monkeypatch.setattr(base_mod, "digest_parts", lambda parts: calls.append(1) or real(parts))
+    store, source = tmp_path / "fp" / "fingerprint.json", {"gguf_sha256": "ab", "dtype": "f32"}
+    first = clone(tiny_vlm)
+    first.keep_fingerprint(store, source)
+    want = first.fingerprint()
+    assert len(calls) == 1 and store.is_file()
+
+    second = clone(tiny_vlm)
+    second.keep_fingerprint(store, source)
+    assert second.fingerprint() == want and len(calls) == 1  # read, not hashed
+
+    other = clone(tiny_vlm)
+    other.keep_fingerprint(store, {**source, "gguf_sha256": "cd"})  # another source
+    assert other.fingerprint() == want and len(calls) == 2
+
+    edited = clone(tiny_vlm)
+    edited.keep_fingerprint(store, {**source, "gguf_sha256": "cd"})
+    with torch.no_grad():  # changed after loading: the kept digests no longer apply
+        edited.bridge.blocks[0].mlp.original_component.down_proj.weight.mul_(2.0)
+    assert edited.fingerprint() != want and len(calls) == 3
+
+    store.write_text('{"source": {"gguf_sha256": "ab", "dtype": "f32"}, "parts": [1]}')
+    broken = clone(tiny_vlm)
+    broken.keep_fingerprint(store, source)
+    assert broken.fingerprint() == want and len(calls) == 4  # malformed: hashed again

@@ -99,3 +99,34 @@ def test_recover_replace_finishes_an_interrupted_replace(tmp_path):
     assert (dst / "v").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bank"]
     assert not _io.recover_replace(dst)
+
+
+# ---- digests remembered by file stamp ------------------------------------------------------
+def test_digest_memo_hashes_a_file_once_and_again_after_any_write(tmp_path, monkeypatch):
+    hashed = []
+    real = _io.sha256_file
+    monkeypatch.setattr(_io, "sha256_file", lambda p: hashed.append(p) or real(p))
+    f = tmp_path / "vectors.npy"
+    f.write_bytes(b"a" * 1000)
+    memo_file = tmp_path / "memo" / "digests.json"
+    first = _io.DigestMemo(memo_file).sha256(f)
+    assert first == real(f) and len(hashed) == 1
+    assert _io.DigestMemo(memo_file).sha256(f) == first and len(hashed) == 1  # another process
+    # same size, mtime put back: the status-change time still moves, so it is hashed again
+    st = os.stat(f)
+    f.write_bytes(b"b" * 1000)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert _io.DigestMemo(memo_file).sha256(f) == real(f) != first and len(hashed) == 2
+
+
+def test_digest_memo_survives_garbage_and_stays_small(tmp_path, monkeypatch):
+    memo_file = tmp_path / "digests.json"
+    memo_file.write_text("{not json")
+    memo = _io.DigestMemo(memo_file)
+    assert memo.lookup((1, 2, 3, 4, 5)) is None
+    monkeypatch.setattr(_io.DigestMemo, "MAX_ENTRIES", 3)
+    memo.record([((i, 0, 0, 0, 0), f"d{i}") for i in range(5)])
+    again = _io.DigestMemo(memo_file)
+    assert [again.lookup((i, 0, 0, 0, 0)) for i in range(5)] == [None, None, "d2", "d3", "d4"]
+    memo_file.write_text('["a list"]')
+    assert _io.DigestMemo(memo_file).lookup((4, 0, 0, 0, 0)) is None

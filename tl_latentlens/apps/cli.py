@@ -9,10 +9,12 @@ reported before any model loads.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
+from typing import NoReturn
 
 from tl_latentlens.apps import (
     build_bank,
@@ -26,7 +28,7 @@ from tl_latentlens.apps import (
 from tl_latentlens.apps._args import HelpFormatter
 from tl_latentlens.packaged_data import MissingDataError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "run"]
 
 # In the order --help lists them.
 SUBCOMMANDS = (explain, build_bank, calibrate_bank, evaluate, demo, train_connector, fetch_data)
@@ -80,5 +82,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def run() -> NoReturn:
+    """Console-script entry (``tl-latentlens``, ``python -m tl_latentlens``): :func:`main`, then
+    exit with its status.
+
+    The interpreter's shutdown runs a full garbage collection over every tracked object, about
+    500,000 after torch, transformers and TransformerLens are imported: 1.5-1.8 s at the end of
+    a one-image ``explain``. Freezing them first leaves that collection nothing to traverse
+    (0.2 s); the objects are still released as the interpreter tears down. Tests call
+    :func:`main`, which does not freeze.
+    """
+    status = main()
+    gc.freeze()
+    raise SystemExit(status)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from tl_latentlens import hooks as hk
-from tl_latentlens._io import FileLock, LockedError, recover_replace
+from tl_latentlens._io import FileLock, LockedError, Stamp, digest_memo, file_stamp, recover_replace
 from tl_latentlens.bank import codec
 from tl_latentlens.bank import manifest as mf
 from tl_latentlens.bank.config import Verify
@@ -62,7 +62,7 @@ class Bank:
         manifest: mf.BankManifest,
         verify: Verify,
         maps: dict[str, Any] | None = None,
-        stats: dict[str, tuple[int, int, int]] | None = None,
+        stats: dict[str, Stamp] | None = None,
     ) -> None:
         self.root = root
         self._manifest = manifest
@@ -106,7 +106,7 @@ class Bank:
         every = mf.shared_files() + [f for h in bank.hooks for f in bank._hook_files(h)]
         mf.verify_files(root, manifest, every, full=False, opened=bank._bytes)
         if verify != "size":
-            mf.verify_files(root, manifest, mf.shared_files(), full=True, opened=bank._bytes)
+            bank._check_digests(mf.shared_files())
         if verify == "full":
             for hook in bank.hooks:
                 bank._ensure_verified(hook)
@@ -137,7 +137,7 @@ class Bank:
         path = self.root / rel
         try:
             st = os.stat(path)
-            same = (st.st_dev, st.st_ino, st.st_size) == self._stats.get(rel)
+            same = file_stamp(st) == self._stats.get(rel)
         except OSError:
             same = False
         if same:
@@ -246,14 +246,29 @@ class Bank:
         if hook in self._verified:
             return
         if self._verify != "size":
-            mf.verify_files(
-                self.root,
-                self._manifest,
-                self._hook_files(hook),
-                full=True,
-                opened=self._bytes,
-            )
+            self._check_digests(self._hook_files(hook))
         self._verified.add(hook)
+
+    def _check_digests(self, paths: list[str]) -> None:
+        """SHA-256 check of ``paths`` (as mapped at open). ``"lazy"`` skips a file whose stamp
+        at open is one it had when its digest was last confirmed (:class:`DigestMemo`): the
+        demo bank's 10 hooks re-hashed on every process start cost 0.7 s."""
+        memo = digest_memo() if self._verify == "lazy" else None
+        records = self._manifest.files
+        todo = list(paths)
+        if memo is not None:
+            todo = [
+                rel
+                for rel in todo
+                if rel not in records or memo.lookup(self._stats.get(rel)) != records[rel].sha256
+            ]
+        if not todo:
+            return
+        mf.verify_files(self.root, self._manifest, todo, full=True, opened=self._bytes)
+        if memo is not None:
+            memo.record(
+                (self._stats[rel], records[rel].sha256) for rel in todo if rel in self._stats
+            )
 
     def check_model(self, vlm: Any) -> None:
         """Raise unless ``vlm`` has the weights the bank was built with.
@@ -747,18 +762,17 @@ def _finish_interrupted_replace(root: Path) -> None:
         pass  # its builder is alive and will finish it
 
 
-def _map_files(
-    root: Path, manifest: mf.BankManifest
-) -> tuple[dict[str, Any], dict[str, tuple[int, int, int]]]:
+def _map_files(root: Path, manifest: mf.BankManifest) -> tuple[dict[str, Any], dict[str, Stamp]]:
     """Memory-map every file the manifest lists (read-only; the descriptors are closed at
-    once, the mappings keep the files readable even after the directory is replaced)."""
+    once, the mappings keep the files readable even after the directory is replaced), with
+    each file's stamp as opened."""
     maps: dict[str, Any] = {}
-    stats: dict[str, tuple[int, int, int]] = {}
+    stats: dict[str, Stamp] = {}
     for rel in manifest.files:
         try:
             with open(root / rel, "rb") as f:
                 st = os.fstat(f.fileno())
-                stats[rel] = (st.st_dev, st.st_ino, st.st_size)
+                stats[rel] = file_stamp(st)
                 maps[rel] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if st.st_size else b""
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             continue  # reported as missing by verify_files

@@ -12,10 +12,13 @@ __all__ = ["BankConfig", "STORAGE_DTYPES", "FORMAT_VERSION", "Verify"]
 FORMAT_VERSION = 2
 
 #: Vector storage dtypes offered by :class:`BankConfig`: name -> bytes per component.
-#: ``int8_rotated`` is the compact codec (unit rows centred, randomly rotated, one scale per row;
-#: recall@10 >= 0.98 against float32 on real residuals); ``int8`` (per-dimension scale) is the
-#: legacy 1-byte codec, below that bar (see :mod:`tl_latentlens.bank.codec`).
-STORAGE_DTYPES = {"float32": 4, "float16": 2, "int8_rotated": 1, "int8": 1}
+#: ``int8_pca`` is the compact codec (unit rows centred, 64 principal coefficients in float16,
+#: the rest randomly rotated with one int8 scale per row; recall@10 >= 0.98 with margin against
+#: float32 on real residuals); ``int8_rotated`` (no principal part) is at the bar on some
+#: visual queries; ``int8`` (per-dimension scale) is the legacy 1-byte codec, below that bar
+#: (see :mod:`tl_latentlens.bank.codec`). Bytes per component exclude ``int8_pca``'s
+#: coefficients (2 P bytes per vector).
+STORAGE_DTYPES = {"float32": 4, "float16": 2, "int8_pca": 1, "int8_rotated": 1, "int8": 1}
 
 #: How :meth:`~tl_latentlens.bank.Bank.open` checks a bank. ``"full"``: hash every file at
 #: open; ``"lazy"``: check sizes at open, hash the shared tables at open and a hook's files on
@@ -41,11 +44,13 @@ class BankConfig:
         max_per_token: At most this many stored occurrences (distinct prefixes) per token id,
             chosen by seeded reservoir sampling; ``None`` stores every distinct prefix.
         seed: Seed of the reservoir sampling and of the HNSW graph.
-        dtype: Vector storage: ``"float16"`` (default), ``"float32"`` or ``"int8_rotated"``
-            (1 byte per component: unit rows centred, randomly rotated, one scale per row;
-            tie-aware recall@10 0.98-0.99 against float32 on real residuals, see
-            benchmarks/bench_int8_codecs.py). ``"int8"`` (per-dimension scale, recall@10
-            0.93-0.96) is the legacy 1-byte codec, kept so that existing banks still open.
+        dtype: Vector storage: ``"float16"`` (default), ``"float32"``, ``"int8_pca"`` (the
+            compact codec: 1 byte per component plus 64 float16 principal coefficients per
+            vector, about 730 bytes per vector; tie-aware recall@10 0.984-0.998 against float32
+            on real residuals, see benchmarks/bench_int8_codecs.py) or ``"int8_rotated"``
+            (unit rows centred, randomly rotated, one scale per row; recall@10 0.98-0.99, at the
+            bar on some visual queries). ``"int8"`` (per-dimension scale, recall@10 0.93-0.96)
+            is the legacy 1-byte codec, kept so that existing banks still open.
         hnsw_M: hnswlib graph degree of the routes' sample index (:func:`calibrate_bank`).
         ef_construction: Its build-time candidate list size.
         ef_search: Its query-time candidate list size.

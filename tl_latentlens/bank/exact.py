@@ -3,8 +3,9 @@
 One matrix product per block for all queries of a call (float32 accumulation), blocks taken
 as views of the resident decoded copy when there is one (:meth:`HookVectors.resident`) or
 decoded from the memory-mapped file otherwise. Rows and queries are multiplied in the hook's
-search space (:meth:`HookVectors.to_search`: the identity except for ``int8_rotated``, whose
-stored rows are never rotated back). On the CPU the products run in numpy's BLAS;
+search space (:meth:`HookVectors.to_search`: the identity except for ``int8_rotated`` and
+``int8_pca``, whose stored rows are never rotated back). On the CPU the products run in numpy's
+BLAS;
 on a device (or on the CPU with a device cache) the same blocks run through torch, moved to
 the device (or the whole decoded hook is kept there when asked).
 Ties are broken by the lower row, so results do not depend on chunking or device.

@@ -21,7 +21,10 @@ A bank directory::
     hooks/<hook>/occ_entries.npy       int32 [n_entries]     / occ_entries[off[v]:off[v+1]]
     hooks/<hook>/codec.npy             float32 [2, d_model] offset/scale (legacy int8 only)
     hooks/<hook>/codec_centre.npy      float32 [d_model], [d_model, d_model], [n_vectors, 2]:
-        codec_rotation.npy, codec_scales.npy   centre, rotation, row step + norm (int8_rotated)
+        codec_rotation.npy, codec_scales.npy   centre, rotation, row step + norm (int8_rotated,
+                                               int8_pca)
+    hooks/<hook>/codec_components.npy  float32 [P, d_model] principal directions (int8_pca only)
+    hooks/<hook>/codec_coeffs.npy      float16 [n_vectors, P] principal coefficients (int8_pca)
     hooks/<hook>/routes/               optional query-sample routes (bank.routes, calibrate_bank):
                                        samples.npy, lists.npy, samples.hnsw (hnswlib, space='ip')
 """

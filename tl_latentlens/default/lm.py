@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from typing import Any
 
 import torch
 
-from tl_latentlens._io import sha256_file
+from tl_latentlens._io import digest_memo, sha256_file
 from tl_latentlens.default import assets
 
 __all__ = ["LM_SPECS", "LMSpec", "file_sha256", "gguf_sha256", "load_hf_lm", "load_lm", "lm_spec",
@@ -85,14 +84,9 @@ file_sha256 = sha256_file
 
 
 def gguf_sha256(path: str | Path) -> str:
-    """:func:`file_sha256` of a file, memoised per (path, size, mtime) in this process."""
-    st = os.stat(path)
-    return _sha256_memo(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _sha256_memo(path: str, size: int, mtime_ns: int) -> str:
-    return sha256_file(path)
+    """:func:`file_sha256` of a file, hashed once while its stamp is unchanged
+    (:func:`~tl_latentlens.packaged_data.digest_memo`)."""
+    return digest_memo().sha256(path)
 
 
 def weights_cache_dir(spec: LMSpec, sha256: str) -> Path:
