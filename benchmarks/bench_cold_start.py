@@ -1,18 +1,30 @@
-"""Cold start of the embedded default VLM: GGUF dequantisation vs the cached safetensors weights.
+"""Cold start of the embedded default VLM and of a one-image ``tl-latentlens explain``.
 
 Measured side by side in one run, in one process each (so nothing is warm in memory but the
-OS page cache): loading the language model from the packaged GGUF (``cache=False``) and from the
-weights cache (``cache=True``, filled on the first run), then ``load_default_vlm`` whole, and
-a one-image ``explain`` with the demo bank if it is already built.
+OS page cache):
 
-    python benchmarks/bench_cold_start.py
+* loading the language model from the packaged GGUF (``cache=False``) and from the weights
+  cache (``cache=True``, filled on the first run), then ``load_default_vlm`` whole;
+* when the demo bank is built (``tl-latentlens demo``): the one-image ``tl-latentlens explain``
+  command (wall clock, median of ``--runs``), and each start-up saving against its absence:
+  the console entry's heap freeze before exit vs calling ``main`` plainly; a bank open with
+  its file digests remembered vs hashed again (an empty digest memo); the default LM's kept
+  weight digests vs hashing them; resident hooks allocated by torch vs ``np.empty`` (numpy
+  asks for transparent huge pages).
+
+    python benchmarks/bench_cold_start.py [--runs 3] [--image photo.png]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import statistics
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 CHILD = r"""
 import json, sys, time
@@ -32,6 +44,42 @@ print(json.dumps({"what": what, "import_s": t_import, "load_s": time.perf_counte
 """
 
 
+# One start-up saving with and without, in a fresh process: prints {"with": s, "without": s}.
+PARTS = r"""
+import json, sys, time
+import numpy as np, torch
+from tl_latentlens import _io
+from tl_latentlens.bank import Bank, vectors
+from tl_latentlens.bank import bank as bank_mod
+from tl_latentlens.default.loader import load_default_vlm
+what, bank_dir, memo = sys.argv[1], sys.argv[2], sys.argv[3]
+out = {}
+if what == "fingerprint":
+    load_default_vlm().fingerprint()  # keeps the digests on a first run
+    vlm = load_default_vlm()
+    t = time.perf_counter(); vlm.fingerprint(); out["with"] = time.perf_counter() - t
+    t = time.perf_counter(); vlm.fingerprint(refresh=True); out["without"] = time.perf_counter() - t
+elif what == "digests":
+    def open_all():
+        bank = Bank.open(bank_dir)
+        for h in bank.hooks:
+            bank.hook_vectors(h)
+    open_all()  # the user's memo now knows every file
+    t = time.perf_counter(); open_all(); out["with"] = time.perf_counter() - t
+    bank_mod.digest_memo = lambda: _io.DigestMemo(memo)  # empty: every file hashed again
+    t = time.perf_counter(); open_all(); out["without"] = time.perf_counter() - t
+else:  # resident hooks: torch's allocator (with) or np.empty (without), in separate processes
+    if what == "resident-np":
+        vectors.torch.empty = lambda shape, dtype: torch.from_numpy(np.empty(shape, np.float32))
+    bank = Bank.open(bank_dir)
+    t = time.perf_counter()
+    for h in bank.hooks:
+        bank.hook_vectors(h).resident()
+    out["s"] = time.perf_counter() - t
+print(json.dumps(out))
+"""
+
+
 def run(what: str) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", CHILD, what], capture_output=True, text=True, check=True
@@ -39,15 +87,81 @@ def run(what: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def part(what: str, bank: Path, memo: Path) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", PARTS, what, str(bank), str(memo)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def cli_wall(argv: list[str], entry: str, runs: int) -> float:
+    """Median wall seconds of ``tl-latentlens`` with ``argv`` through ``run`` (the console
+    entry: heap frozen before exit) or plain ``main``."""
+    code = "import sys; from tl_latentlens.apps import cli; " + (
+        "cli.run()" if entry == "run" else "raise SystemExit(cli.main())"
+    )
+    walls = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code, *argv], check=True, capture_output=True)
+        walls.append(time.perf_counter() - t)
+    return statistics.median(walls)
+
+
+def explain_section(runs: int, image: str | None) -> None:
+    from tl_latentlens.apps.demo import default_bank_dir
+    from tl_latentlens.default.loader import load_default_vlm
+    from tl_latentlens.evaluate.default_set import voc_image
+
+    bank = default_bank_dir(load_default_vlm())
+    if not (bank / "manifest.json").is_file():
+        print("(no demo bank yet: run `tl-latentlens demo` once for the explain figures)")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        if image is None:
+            image = str(Path(tmp) / "photo.png")
+            voc_image().image.save(image)
+        argv = ["explain", "--model", "default", "--bank", str(bank), "--images", image]
+        argv += ["--out", str(Path(tmp) / "out")]
+        cli_wall(argv, "run", 1)  # warm the page cache and the digest memo
+        fast, plain = cli_wall(argv, "run", runs), cli_wall(argv, "main", runs)
+        print(f"one-image `tl-latentlens explain` (median of {runs}): {fast:5.1f} s")
+        print(
+            f"  exit: heap frozen {fast:5.1f} s vs plain main {plain:5.1f} s ({plain - fast:+.1f} s)"
+        )
+        memo = Path(tmp) / "empty-memo.json"
+        fp, dg = part("fingerprint", bank, memo), part("digests", bank, memo)
+        torch_alloc = part("resident-torch", bank, memo)["s"]
+        numpy_alloc = part("resident-np", bank, memo)["s"]
+    rows = [
+        ("LM weight digests: kept vs hashed", fp["with"], fp["without"]),
+        ("bank open + every hook: digests remembered vs hashed", dg["with"], dg["without"]),
+        ("resident hooks: torch.empty vs np.empty", torch_alloc, numpy_alloc),
+    ]
+    for name, with_, without in rows:
+        print(f"  {name}: {with_:6.2f} s vs {without:6.2f} s ({without / max(with_, 1e-9):.1f}x)")
+
+
 def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=3, help="CLI runs per variant (median)")
+    p.add_argument("--image", help="image for the explain runs (default: a packaged photo)")
+    p.add_argument("--skip-gguf", action="store_true", help="skip the GGUF load (~40 s)")
+    args = p.parse_args()
     run("cache")  # fill the cache (first run) and warm the page cache for both paths
-    gguf, cache, vlm = run("gguf"), run("cache"), run("vlm")
-    print(f"LM from GGUF (dequantise):   {gguf['load_s']:6.1f} s")
-    print(f"LM from the weights cache:   {cache['load_s']:6.1f} s")
-    print(f"speed-up:                    {gguf['load_s'] / cache['load_s']:6.1f}x")
+    if not args.skip_gguf:
+        gguf, cache = run("gguf"), run("cache")
+        print(f"LM from GGUF (dequantise):   {gguf['load_s']:6.1f} s")
+        print(f"LM from the weights cache:   {cache['load_s']:6.1f} s")
+        print(f"speed-up:                    {gguf['load_s'] / cache['load_s']:6.1f}x")
+    vlm = run("vlm")
     print(
         f"load_default_vlm (cached):   {vlm['load_s']:6.1f} s  (+ {vlm['import_s']:.1f} s import)"
     )
+    explain_section(args.runs, args.image)
 
 
 if __name__ == "__main__":

@@ -189,18 +189,18 @@ def test_resume_after_interruption_while_finalizing(tiny_vlm, tmp_path, monkeypa
     real = build_mod.finalize_hook
     done = []
 
-    def flaky(folder, dtype):
+    def flaky(folder, dtype, n_components=None):
         if len(done) == 1:
             if crash_in == "after_rename":  # raw rows moved aside, nothing written yet
                 real_save = fin_mod.atomic_save_npy
                 monkeypatch.setattr(fin_mod, "atomic_save_npy", _raise)
                 try:
-                    real(folder, dtype)
+                    real(folder, dtype, n_components)
                 finally:
                     monkeypatch.setattr(fin_mod, "atomic_save_npy", real_save)
             raise KeyboardInterrupt
         done.append(folder)
-        return real(folder, dtype)
+        return real(folder, dtype, n_components)
 
     monkeypatch.setattr(build_mod, "finalize_hook", flaky)
     with pytest.raises(KeyboardInterrupt):

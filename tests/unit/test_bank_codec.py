@@ -303,6 +303,28 @@ def test_manifest_lists_each_codecs_files():
     assert {"codec_components.npy", "codec_coeffs.npy"} < set(codec.param_files("int8_pca"))
 
 
+def test_bank_build_takes_the_number_of_principal_directions(tiny_vlm, tmp_path):
+    """``pca_components`` reaches the codec, is recorded with the content options (a build
+    with another P is another bank), and is refused with any other codec."""
+    from tl_latentlens.bank import BankConfig
+
+    hook = "blocks.1.hook_resid_post"
+    sents = [" ".join(WORDS[i : i + 5]) for i in range(0, 40, 2)]
+    bank = build_bank(
+        tiny_vlm, sents, tmp_path / "p8", [hook], dtype="int8_pca", pca_components=8,
+        progress=False,
+    )  # fmt: skip
+    assert bank.manifest.build.content["pca_components"] == 8
+    comps = np.load(tmp_path / "p8" / "hooks" / hook / "codec_components.npy")
+    assert comps.shape == (8, tiny_vlm.d_model)
+    Bank.open(tmp_path / "p8", verify="full")
+    assert "pca_components" not in BankConfig(dtype="int8_pca").content_options
+    with pytest.raises(ValueError, match="applies to dtype=.int8_pca. only"):
+        BankConfig(dtype="float16", pca_components=8)
+    with pytest.raises(ValueError, match="positive int"):
+        BankConfig(dtype="int8_pca", pca_components=0)
+
+
 @pytest.mark.parametrize("dtype", ["int8_rotated", "int8_pca"])
 def test_rotated_bank_search_equals_search_over_its_decoded_vectors(tiny_vlm, tmp_path, dtype):
     """A whole bank stored as ``int8_rotated``/``int8_pca``: files checksummed, exact search

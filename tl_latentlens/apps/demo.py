@@ -43,7 +43,7 @@ from tl_latentlens.models.base import VLM
 from tl_latentlens.models.load import load_vlm
 from tl_latentlens.render.pictures import leap_heatmap_png
 
-__all__ = ["DemoConfig", "add_parser", "default_bank", "run", "run_demo", "validate"]
+__all__ = ["DemoConfig", "add_parser", "default_bank", "default_bank_dir", "run", "run_demo", "validate"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,22 +88,23 @@ class DemoConfig:
         return min(self.corpus_sentences, 1500) if self.quick else self.corpus_sentences
 
 
+def default_bank_dir(vlm: VLM, max_sentences: int = 12000, max_per_token: int = 20) -> Path:
+    """Where :func:`default_bank` keeps the default corpus bank of ``vlm`` (in the cache)."""
+    fp = vlm.fingerprint()
+    name = (
+        f"default-{CORPUS_VERSION}-v{FORMAT_VERSION}-{fp['embedding_sha256']}-"
+        f"{fp['weight_processing']}-{max_sentences}-{max_per_token}"
+    )
+    return cache_dir() / "banks" / name
+
+
 def default_bank(vlm: VLM, max_sentences: int = 12000, max_per_token: int = 20) -> Bank:
     """The default corpus bank of ``vlm`` in the cache, built on first use.
 
     The directory name carries the model fingerprint and the corpus size, so a different model
     or size gets its own bank; an interrupted build resumes.
     """
-    fp = vlm.fingerprint()
-    out = (
-        cache_dir()
-        / "banks"
-        / (
-            f"default-{CORPUS_VERSION}-v{FORMAT_VERSION}-{fp['embedding_sha256']}-"
-            f"{fp['weight_processing']}"
-            f"-{max_sentences}-{max_per_token}"
-        )
-    )
+    out = default_bank_dir(vlm, max_sentences, max_per_token)
     if (out / "manifest.json").is_file():
         bank = Bank.open(out, vlm)
     else:

@@ -55,7 +55,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--hooks", nargs="*", default=None, help="visual hooks (default: bank layers)")
     p.add_argument("-k", type=int, default=5, help="neighbours per patch")
     p.add_argument("--per-layer", action="store_true", help="search only the same text layer")
-    p.add_argument("--exact", action="store_true", help="exact search instead of hnswlib")
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="exact search at every hook (default: routes where the bank proved them)",
+    )
     p.add_argument("--out", default="latentlens_out", help="output directory")
     p.add_argument("--device", default=None, help="torch device (default: CUDA if present)")
     p.set_defaults(func=run, validate=validate)

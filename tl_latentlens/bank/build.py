@@ -92,8 +92,8 @@ def build_bank(
             :class:`~tl_latentlens.bank.BankConfig`.
         resume: Continue an interrupted build of the same bank from ``<out>.partial``.
         overwrite: Replace an existing, different bank (or other directory) at ``out_dir``.
-        **options: Further :class:`BankConfig` fields (``ef_search``, ``text_column``,
-            ``split``, ``shard_batches``, ``num_threads``, ``progress``).
+        **options: Further :class:`BankConfig` fields (``pca_components``, ``ef_search``,
+            ``text_column``, ``split``, ``shard_batches``, ``num_threads``, ``progress``).
 
     Returns:
         The opened :class:`~tl_latentlens.bank.Bank` (on every rank of a multi-rank job:
@@ -472,7 +472,7 @@ def _finish_stage(
     for hook in hooks:
         folder = stage / mf.hook_dir(hook)
         if hook not in finals:
-            finals[hook] = finalize_hook(folder, cfg.dtype)
+            finals[hook] = finalize_hook(folder, cfg.dtype, cfg.pca_components)
             atomic_write_json(state_path, state)
         remove_raw(folder)
     manifest = mf.build_manifest(vlm, hooks, cfg, selection, state["counts"], corpus, finals)

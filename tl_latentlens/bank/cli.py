@@ -76,6 +76,12 @@ def add_build_bank_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     p.add_argument("--dtype", choices=sorted(STORAGE_DTYPES), default=_DEFAULTS.dtype)
+    p.add_argument(
+        "--pca-components",
+        type=int,
+        default=None,
+        help="int8_pca: principal directions per hook (default: 64; 96 or 128 keep more)",
+    )
     p.add_argument("--hnsw-m", dest="hnsw_M", type=int, default=_DEFAULTS.hnsw_M)
     p.add_argument("--ef-construction", type=int, default=_DEFAULTS.ef_construction)
     p.add_argument("--ef-search", type=int, default=_DEFAULTS.ef_search)
@@ -117,6 +123,7 @@ def run_build_bank(args: argparse.Namespace) -> int:
         max_per_token=args.max_per_token,
         seed=args.seed,
         dtype=args.dtype,
+        pca_components=args.pca_components,
         hnsw_M=args.hnsw_M,
         ef_construction=args.ef_construction,
         resume=args.resume,
