@@ -29,3 +29,36 @@ def test_index_has_levels_and_hubness(tmp_path):
     text = page.read_text(encoding="utf-8")
     assert "Per-layer table" in text and "Hubness" in text and "dreidel×3" in text
     assert "whole word" in text
+
+
+def test_default_bank_is_built_by_the_encoder_and_opened_for_the_model(
+    tiny_vlm, tmp_path, monkeypatch
+):
+    """The demo builds its bank with a bfloat16 copy of the model on a CPU: ``encoder`` runs
+    the forward passes (recorded in the manifest), only when the bank is missing, and the bank
+    opens for the float32 model (dtype-independent weight digests)."""
+    import copy
+
+    import torch
+
+    from tiny_models import WORDS
+    from tl_latentlens.apps import demo
+    from tl_latentlens.models.connector import ConnectorVLM
+
+    monkeypatch.setenv("TL_LATENTLENS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(demo, "default_bank_dir", lambda vlm, n, m: tmp_path / "bank")
+    monkeypatch.setattr(
+        demo, "default_corpus", lambda n: [" ".join(WORDS[i : i + 6]) for i in range(n)]
+    )
+    calls = []
+
+    def encoder():
+        calls.append(1)
+        bridge = copy.deepcopy(tiny_vlm.bridge).to(torch.bfloat16)
+        return ConnectorVLM(bridge, tiny_vlm.encoder, tiny_vlm.connector, name=tiny_vlm.name)
+
+    bank = demo.default_bank(tiny_vlm, 20, 20, encoder)
+    assert calls == [1] and bank.manifest.build.forward_dtype == "bfloat16"
+    bank.check_model(tiny_vlm)
+    demo.default_bank(tiny_vlm, 20, 20, encoder)  # built: opened, not built again
+    assert calls == [1]

@@ -79,7 +79,7 @@ def test_counts_reach_the_manifest_and_the_log(tiny_vlm, tmp_path, caplog):
         bank = build_bank(
             tiny_vlm, tmp_path / "c.jsonl", tmp_path / "b", HOOKS, max_tokens=8, progress=False
         )
-    corpus = bank.manifest["corpus"]
+    corpus = bank.manifest.corpus
     assert corpus["n_sentences"] == 2
     assert corpus["n_truncated"] == 1
     assert corpus["skipped"] == {"null": 1, "empty": 1}
@@ -87,5 +87,5 @@ def test_counts_reach_the_manifest_and_the_log(tiny_vlm, tmp_path, caplog):
     # a sentence of exactly max_tokens tokens is not counted as cut
     exact = " ".join(["cat"] * 7)  # + BOS = 8 tokens
     bank = build_bank(tiny_vlm, [exact], tmp_path / "e", HOOKS, max_tokens=8, progress=False)
-    assert bank.manifest["corpus"]["n_truncated"] == 0
+    assert bank.manifest.corpus["n_truncated"] == 0
     assert len(bank.sentence_token_ids(0)) == 8

@@ -68,7 +68,7 @@ def killed(status: int) -> bool:
 
 
 def file_digests(path: Path) -> dict[str, str]:
-    return {rel: rec["sha256"] for rel, rec in Bank.open(path).manifest["files"].items()}
+    return {rel: rec.sha256 for rel, rec in Bank.open(path).manifest.files.items()}
 
 
 def leftovers(out: Path) -> list[str]:
@@ -340,7 +340,7 @@ def test_open_bank_keeps_reading_it_after_a_replace(tiny_vlm, tmp_path):
         build_bank(tiny_vlm, corpus(seed=1), out, HOOKS, overwrite=True, **OPTS)
 
     assert os.WIFEXITED(in_child(child))
-    assert Bank.open(out).manifest["generation"] != old.manifest["generation"]
+    assert Bank.open(out).manifest.generation != old.manifest.generation
     for bank in (old, fresh):
         for exact in (True, False):
             got = [[(n.sentence, n.token, n.similarity) for n in row] for row in bank.search(q, k=3, exact=exact)]  # fmt: skip

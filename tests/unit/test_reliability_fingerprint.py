@@ -95,7 +95,7 @@ def test_rebuilding_with_the_same_weights_elsewhere_reuses_the_bank(bf16_exact, 
     with caplog.at_level("INFO", logger="tl_latentlens.bank"):
         bank = build_bank(other, sents, bank_dir, HOOKS, max_per_token=None, progress=False)
     assert "an identical bank exists" in caplog.text
-    assert bank.manifest["model"]["name"] == "hub/tiny"
+    assert bank.manifest.model["name"] == "hub/tiny"
 
 
 def test_one_changed_block_weight_is_refused_naming_the_block(bf16_exact, bank_dir):

@@ -20,12 +20,15 @@ import html
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
 
 from tl_latentlens._io import atomic_write_bytes
@@ -43,7 +46,15 @@ from tl_latentlens.models.base import VLM
 from tl_latentlens.models.load import load_vlm
 from tl_latentlens.render.pictures import leap_heatmap_png
 
-__all__ = ["DemoConfig", "add_parser", "default_bank", "default_bank_dir", "run", "run_demo", "validate"]
+__all__ = [
+    "DemoConfig",
+    "add_parser",
+    "default_bank",
+    "default_bank_dir",
+    "run",
+    "run_demo",
+    "validate",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -98,11 +109,23 @@ def default_bank_dir(vlm: VLM, max_sentences: int = 12000, max_per_token: int = 
     return cache_dir() / "banks" / name
 
 
-def default_bank(vlm: VLM, max_sentences: int = 12000, max_per_token: int = 20) -> Bank:
+def default_bank(
+    vlm: VLM,
+    max_sentences: int = 12000,
+    max_per_token: int = 20,
+    encoder: Callable[[], VLM] | None = None,
+) -> Bank:
     """The default corpus bank of ``vlm`` in the cache, built on first use.
 
     The directory name carries the model fingerprint and the corpus size, so a different model
     or size gets its own bank; an interrupted build resumes.
+
+    Args:
+        vlm: The model the bank is for (and calibrated with).
+        max_sentences: Default-corpus sentences.
+        max_per_token: Stored contexts per token type.
+        encoder: Makes the model that runs the build's forward passes (default: ``vlm``), called
+            only when the bank must be built; the demo passes a bfloat16 copy on a CPU.
     """
     out = default_bank_dir(vlm, max_sentences, max_per_token)
     if (out / "manifest.json").is_file():
@@ -110,7 +133,10 @@ def default_bank(vlm: VLM, max_sentences: int = 12000, max_per_token: int = 20) 
     else:
         corpus = default_corpus(max_sentences)
         logger.info("building the default bank (%d sentences) at %s", len(corpus), out)
-        bank = build_bank(vlm, corpus, out, max_per_token=max_per_token, batch_size=32)
+        builder = encoder() if encoder is not None else vlm
+        bank = build_bank(builder, corpus, out, max_per_token=max_per_token, batch_size=32)
+        if builder is not vlm:
+            bank = Bank.open(out, vlm)  # the same weights (dtype-independent digests)
     # routes missing, or chosen under an older calibration policy: calibrate (again)
     if max_sentences >= CALIBRATE_FROM and not all(
         (bank.hook_info(h).get("routes") or {}).get("policy", 1) >= CALIBRATION_POLICY
@@ -180,10 +206,15 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     vlm = load_vlm(cfg.model, device=cfg.device)
     t_model = time.perf_counter()
+    # On a CPU the bank's forward passes run in bfloat16: 1.3-1.9x faster than float32 with
+    # cosine >= 0.9999 to its residuals (the manifest records the dtype); queries stay float32.
+    encoder = None
+    if vlm.device.type == "cpu":
+        encoder = partial(load_vlm, cfg.model, device=cfg.device, dtype=torch.bfloat16)
     bank = (
         Bank.open(cfg.bank, vlm)
         if cfg.bank
-        else default_bank(vlm, cfg.effective_sentences, cfg.max_per_token)
+        else default_bank(vlm, cfg.effective_sentences, cfg.max_per_token, encoder)
     )
     t_bank = time.perf_counter()
     lens = LatentLens(vlm, bank)

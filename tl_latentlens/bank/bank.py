@@ -32,14 +32,11 @@ from tl_latentlens.bank.results import Neighbour, SearchReport
 from tl_latentlens.bank.routes import RouteParams, Routes
 from tl_latentlens.bank.search import HookHits, HookSearcher, Method
 from tl_latentlens.bank.store import NpyFormatError, RaggedReader, npy_from_buffer
-from tl_latentlens.bank.vectors import HookVectors
+from tl_latentlens.bank.vectors import DEFAULT_RESIDENT_BYTES, HookVectors
 
 __all__ = ["Bank", "Verify"]
 
 logger = logging.getLogger(__name__)
-
-#: Default :attr:`Bank.resident_bytes`: decoded hooks kept in RAM by exact search.
-DEFAULT_RESIDENT_BYTES = 2 << 30
 
 
 class Bank:

@@ -40,7 +40,7 @@ from jaxtyping import Float, Int
 
 from tl_latentlens.bank import codec as cd
 
-__all__ = ["HookVectors"]
+__all__ = ["DEFAULT_RESIDENT_BYTES", "HookVectors"]
 
 #: Rows decoded at once when streaming.
 CHUNK_ROWS = 32768
@@ -50,8 +50,12 @@ CHUNK_ROWS = 32768
 #: blocks 461 ms, 131,072 516 ms; [d, c] column blocks of 131,072 564 ms.
 RESIDENT_BLOCK = 262144
 
+#: Default RAM for decoded hooks kept resident (:attr:`Bank.resident_bytes
+#: <tl_latentlens.bank.Bank.resident_bytes>`, calibration).
+DEFAULT_RESIDENT_BYTES = 2 << 30
+
 #: Codecs whose resident rows are widened and scaled in one pass (:meth:`HookVectors.resident`).
-_TORCH_WIDENED = ("float16", "float32")
+_WIDENED = ("float16", "float32")
 
 CodecParams = np.ndarray | Mapping[str, np.ndarray]
 
@@ -209,7 +213,7 @@ class HookVectors:
                 # pages on large arrays, and faulting those in (with compaction) took 0.27 s
                 # per 107 MB hook here, 2.6 s for the demo bank against 0.8 s with 4 KiB pages.
                 out = torch.empty((self.n, self.width), dtype=torch.float32).numpy()
-                if self._rotated is None and self.codec in _TORCH_WIDENED:
+                if self._rotated is None and self.codec in _WIDENED:
                     self._fill_widened(out)
                 else:
                     for start, block in self.search_chunks():
@@ -221,9 +225,10 @@ class HookVectors:
         """Float rows times their inverse norms, written straight into ``out``.
 
         One numpy pass per chunk widens, scales and stores (decoding first needs a decoded copy,
-        a scaling pass and a copy into ``out``): the same float32 products, 2.5x less time on
-        the demo bank's 10 hooks (1.40 -> 0.54 s, 2 cores). Not torch: its two threads were
-        faster on an idle machine (0.45 s) but slower than this under load (0.82 s).
+        a scaling pass and a copy into ``out``): the same float32 products in 0.54 s instead of
+        0.98 s for the demo bank's 10 hooks (measured one after the other on the loaded 2-core
+        machine). Not torch: its two threads were faster on an idle machine (0.45 s) but slower
+        than this under load (0.82 s).
         """
         inv = self.inv_norms
         for start in range(0, self.n, CHUNK_ROWS):

@@ -164,7 +164,8 @@ def _keep_fingerprint(vlm: ConnectorVLM, spec: LMSpec, dtype: torch.dtype) -> No
     except OSError:
         return  # no cache (it could not be written): nothing stable to key on
     source = {"gguf_sha256": sha, "dtype": str(dtype), "weights_stamp": list(stamp)}
-    vlm.keep_fingerprint(folder / "fingerprint.json", source)
+    name = str(dtype).removeprefix("torch.")  # one file per dtype: the digests differ
+    vlm.keep_fingerprint(folder / f"fingerprint-{name}.json", source)
 
 
 def load_default_vlm(

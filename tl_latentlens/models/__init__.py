@@ -7,11 +7,18 @@ from tl_latentlens.models.base import (
     VisualLayout,
     VLMInputs,
 )
-from tl_latentlens.models.connector import Connector, ConnectorVLM, VisionEncoder
+from tl_latentlens.models.connector import (
+    CONNECTOR_KINDS,
+    Connector,
+    ConnectorVLM,
+    VisionEncoder,
+    embedding_stats,
+)
 from tl_latentlens.models.hf_vlm import HFVLM
 from tl_latentlens.models.load import load_vlm
 
 __all__ = [
+    "CONNECTOR_KINDS",
     "HFVLM",
     "VLM",
     "Connector",
@@ -21,5 +28,6 @@ __all__ = [
     "VLMInputs",
     "VisionEncoder",
     "VisualLayout",
+    "embedding_stats",
     "load_vlm",
 ]
