@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from bank_fixtures import hook_from_rows as _hook
 
 from tiny_models import WORDS
 from tl_latentlens.bank import Bank, build_bank, codec
@@ -26,15 +27,6 @@ from tl_latentlens.bank.search import HookSearcher
 from tl_latentlens.bank.vectors import HookVectors
 
 CODECS = ["float16", "float32", "int8", "int8_rotated", "int8_pca"]
-
-
-def _hook(folder, x: np.ndarray, dtype: str) -> HookVectors:
-    """Write raw float16/float32 rows as the encoding pass does and finalize them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    raw, _, _ = codec.encode(torch.from_numpy(x), codec.raw_codec(dtype))
-    np.save(folder / "vectors.npy", raw)
-    finalize_hook(folder, dtype)
-    return HookVectors.from_folder(folder, dtype)
 
 
 def _residual_like(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -9,25 +9,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from bank_fixtures import hook_from_rows as _hook
 
 from tl_latentlens.bank import codec
 from tl_latentlens.bank.calibrate import calibrate_hook, unit_rows
 from tl_latentlens.bank.dedup import group_identical, occurrence_table
 from tl_latentlens.bank.exact import exact_rows, exact_top_k
-from tl_latentlens.bank.finalize import finalize_hook
 from tl_latentlens.bank.recall import tie_aware_recall
 from tl_latentlens.bank.routes import RouteParams, Routes
 from tl_latentlens.bank.search import HookSearcher, routes_pay
 from tl_latentlens.bank.vectors import HookVectors
-
-
-def _hook(folder, x: np.ndarray, dtype: str) -> HookVectors:
-    """Write raw float16/float32 rows as the encoding pass does and finalize them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    raw, _, _ = codec.encode(torch.from_numpy(x), codec.raw_codec(dtype))
-    np.save(folder / "vectors.npy", raw)
-    finalize_hook(folder, dtype)
-    return HookVectors.from_folder(folder, dtype)
 
 
 def _brute(hv: HookVectors, q: np.ndarray, k: int):
