@@ -174,8 +174,9 @@ class DigestMemo:
 
     MAX_ENTRIES = 4096
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike | None) -> None:
+        #: The memo file; ``None``: a memo that remembers nothing.
+        self.path = None if path is None else Path(path)
         self._entries: dict[str, str] | None = None
 
     @staticmethod
@@ -183,6 +184,8 @@ class DigestMemo:
         return ":".join(map(str, stamp))
 
     def _read(self) -> dict[str, str]:
+        if self.path is None:
+            return {}
         try:
             data = read_json(self.path)
         except (OSError, ValueError):
@@ -208,6 +211,8 @@ class DigestMemo:
             entries[key] = digest
         entries = dict(list(entries.items())[-self.MAX_ENTRIES :])
         self._entries = entries
+        if self.path is None:
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.path, json.dumps(entries).encode("utf-8"))
@@ -228,8 +233,13 @@ class DigestMemo:
 
 def digest_memo() -> DigestMemo:
     """The user's memo of file digests (``<cache>/digests.json``): bank files and packaged
-    weights are hashed once, not on every start, while their stamp is unchanged."""
-    return DigestMemo(cache_dir() / "digests.json")
+    weights are hashed once, not on every start, while their stamp is unchanged. Without a
+    usable cache directory (read-only home) the memo is empty and remembers nothing."""
+    try:
+        return DigestMemo(cache_dir() / "digests.json")
+    except OSError as err:
+        logger.debug("no digest memo (cache directory unusable: %s)", err)
+        return DigestMemo(None)
 
 
 # ---- replacing a directory -------------------------------------------------------------------

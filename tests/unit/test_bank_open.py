@@ -148,6 +148,17 @@ def test_lazy_open_hashes_each_file_once_per_user_until_it_changes(copy, tmp_pat
     assert hashed == [vec]  # only the changed file
 
 
+def test_bank_opens_without_a_usable_cache_directory(copy, monkeypatch):
+    from tl_latentlens import _io
+
+    def refuse():
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(_io, "cache_dir", refuse)
+    hits = Bank.open(copy).search(np.ones(64, dtype=np.float32), hook=HOOKS[1], k=2)
+    assert len(hits[0]) == 2
+
+
 def test_corrupted_vectors_detected(copy):
     _flip(copy / "hooks" / HOOKS[1] / "vectors.npy")
     with pytest.raises(CorruptBankError, match="checksum"):

@@ -130,3 +130,17 @@ def test_digest_memo_survives_garbage_and_stays_small(tmp_path, monkeypatch):
     assert [again.lookup((i, 0, 0, 0, 0)) for i in range(5)] == [None, None, "d2", "d3", "d4"]
     memo_file.write_text('["a list"]')
     assert _io.DigestMemo(memo_file).lookup((4, 0, 0, 0, 0)) is None
+
+
+def test_no_usable_cache_directory_means_no_memo_not_an_error(tmp_path, monkeypatch):
+    """A read-only home must not stop a bank from opening: the memo is then empty."""
+
+    def refuse():
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(_io, "cache_dir", refuse)
+    memo = _io.digest_memo()
+    f = tmp_path / "x.bin"
+    f.write_bytes(b"abc")
+    assert memo.path is None and memo.sha256(f) == _io.sha256_file(f)
+    assert not list(tmp_path.glob("*.json"))  # nothing written anywhere
