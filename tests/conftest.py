@@ -2,6 +2,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -31,3 +32,13 @@ def tiny_vlm(tiny_bridge):
     torch.manual_seed(1)
     conn = Connector(enc.d_vision, tiny_bridge.cfg.d_model)
     return ConnectorVLM(tiny_bridge, enc, conn, name="tiny-connector-vlm")
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: tiny models run fastest so (and do not fight a busy
+    machine for cores). Modules opt in with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

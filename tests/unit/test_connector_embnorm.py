@@ -20,13 +20,7 @@ from tl_latentlens.default.objects import object_caption
 from tl_latentlens.models.connector import Connector, ConnectorVLM, embedding_stats
 from tl_latentlens.training.pipeline import PipelineConfig
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _stats(d=6, seed=0):

@@ -52,13 +52,7 @@ def _data(vlm, template, n, seed):
     return CaptionSet(encode_images(vlm.encoder, images, batch_size=8), tuple(caps))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight a busy machine for cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()

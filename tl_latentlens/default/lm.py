@@ -85,7 +85,7 @@ file_sha256 = sha256_file
 
 def gguf_sha256(path: str | Path) -> str:
     """:func:`file_sha256` of a file, hashed once while its stamp is unchanged
-    (:func:`~tl_latentlens.packaged_data.digest_memo`)."""
+    (:func:`~tl_latentlens._io.digest_memo`)."""
     return digest_memo().sha256(path)
 
 
