@@ -388,3 +388,54 @@ def test_calibrate_with_images_refuses_bad_held_out_text(bank_dir, tiny_vlm):
         calibrate_bank_with_images(
             bank, tiny_vlm, images, held_out_text=["the red car"], max_text_tokens=0
         )
+
+
+def test_routes_proven_for_another_connector_are_not_used_by_auto(bank_dir, tiny_vlm, tmp_path):
+    from tiny_models import random_image
+    from tl_latentlens.bank.calibrate import calibrate_bank_with_images
+    from tl_latentlens.lens import LatentLens
+    from tl_latentlens.models.connector import Connector, ConnectorVLM
+
+    path = tmp_path / "bank"
+    shutil.copytree(bank_dir, path)
+    bank = Bank.open(path, tiny_vlm)
+    images = [random_image(seed) for seed in range(4)]
+    calibrate_bank_with_images(bank, tiny_vlm, images, list_len=32, progress=False)
+    bank = Bank.open(path, tiny_vlm)
+    mine = tiny_vlm.visual_fingerprint()
+    assert {bank.hook_info(h)["routes"]["queries_from"] for h in bank.hooks} == {mine}
+    lens = LatentLens(tiny_vlm, bank)
+    assert lens.routes_for_other_queries() == []
+    assert lens._method_for(bank.hooks, "auto") == "auto"
+    # the same language model with a retrained connector: same bank, other visual tokens
+    torch.manual_seed(7)
+    conn = Connector(tiny_vlm.encoder.d_vision, tiny_vlm.d_model)
+    other = ConnectorVLM(tiny_vlm.bridge, tiny_vlm.encoder, conn, name="retrained")
+    assert other.fingerprint()["weights"] == tiny_vlm.fingerprint()["weights"]
+    assert other.visual_fingerprint() != mine
+    other_lens = LatentLens(other, bank)
+    assert other_lens.routes_for_other_queries() == list(bank.hooks)
+    assert other_lens._method_for(bank.hooks[:1], "auto") == "exact"
+    assert other_lens._method_for(bank.hooks[:1], "routes") == "routes"  # asked for explicitly
+    assert other_lens.identity() != lens.identity()  # explanation caches tell them apart
+
+
+def test_visual_fingerprint_ignores_dtype_and_sees_every_connector_tensor(tiny_vlm):
+    import copy
+
+    from tl_latentlens.models.connector import ConnectorVLM
+
+    fp = tiny_vlm.visual_fingerprint()
+    assert fp == tiny_vlm.visual_fingerprint() and len(fp) == 16
+    half = copy.deepcopy(tiny_vlm.connector).to(torch.bfloat16)
+    as_bf16 = ConnectorVLM(tiny_vlm.bridge, tiny_vlm.encoder, half, name="bf16 copy")
+    assert as_bf16.visual_fingerprint() == fp
+    names = [n for n, _ in tiny_vlm.visual_state()]
+    assert any(n.startswith("connector.") for n in names)
+    assert any(n.startswith("encoder.") for n in names)
+    text = {id(t) for part in tiny_vlm.fingerprint_parts().values() for _, t in part}
+    assert not any(id(t) in text for _, t in tiny_vlm.visual_state())
+    bumped = copy.deepcopy(tiny_vlm.connector)
+    with torch.no_grad():
+        next(bumped.parameters()).add_(0.5)
+    assert ConnectorVLM(tiny_vlm.bridge, tiny_vlm.encoder, bumped).visual_fingerprint() != fp

@@ -134,3 +134,27 @@ def test_cache_dir_env(tmp_path, monkeypatch):
     assert assets.cache_dir() == tmp_path / "c" and (tmp_path / "c").is_dir()
     assert assets.package_dir("numpy") is not None
     assert assets.package_dir("surely_not_a_module_xyz") is None
+
+
+def test_composite_samples_carry_each_objects_patches(tmp_path, monkeypatch):
+    from tl_latentlens.default import data as data_mod
+    from tl_latentlens.default.features import SampleSpec, build_samples, composite_regions
+
+    # plain backgrounds only: no photo files needed for a unit test
+    plain = data_mod._background
+    monkeypatch.setattr(data_mod, "_background", lambda rng, size, p: plain(rng, size, 0.0))
+    stamps = load_stamps(_fake_stamps(tmp_path))
+    samples = build_samples(stamps, SampleSpec(views_per_stamp=1, n_composites=6), seed=3)
+    comps = [s for s in samples if s.kind == "composite"]
+    assert len(comps) == 6 and all(not s.regions for s in samples if s.kind != "composite")
+    for seed in range(6):
+        comp = make_composite(stamps, np.random.default_rng(seed), (2, 3), photo_p=0.0)
+        regions = composite_regions(comp)
+        flat = comp.labels.reshape(-1)
+        covered = {k for k in flat.tolist() if k != BACKGROUND_LABEL}
+        assert len(regions) == len(covered)
+        for caption, cells in regions:
+            k = next(i for i, st in enumerate(comp.stamps) if st.caption == caption)
+            assert cells == tuple(np.flatnonzero(flat == k).tolist())
+    # the samples' regions are those of the composites build_samples draws
+    assert all(cells for s in comps for _, cells in s.regions)

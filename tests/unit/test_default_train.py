@@ -188,3 +188,101 @@ def test_grounding_eval_by_kind_and_other_image_shift(setup):
     assert g["other_image"] == pytest.approx(mean_caption_loss(vlm, tpl, swapped, 3), rel=1e-5)
     with pytest.raises(ValueError):
         mean_caption_loss(vlm, tpl, held, visual="nothing")
+
+
+def _without_patches(tpl: CaptionTemplate, keep: list[int]) -> CaptionTemplate:
+    """The layout of an image that has only the patches ``keep`` (reference for regions)."""
+    dropped = {p for j, p in enumerate(tpl.visual_positions) if j not in keep}
+    ids = [t for p, t in enumerate(tpl.prefix_ids) if p not in dropped]
+    shift = [sum(d < p for d in dropped) for p in tpl.visual_positions]
+    vis = tuple(p - shift[j] for j, p in enumerate(tpl.visual_positions) if j in keep)
+    return CaptionTemplate(tpl.prompt, tuple(ids), vis, tpl.eos_id, tpl.pad_id)
+
+
+def test_region_loss_equals_an_image_of_only_those_patches(setup):
+    vlm, tpl, data, _ = setup
+    n_vis = len(tpl.visual_positions)
+    assert n_vis >= 4
+    regions = [(1, 2), (), (n_vis - 1,)]
+    with torch.no_grad():
+        vis = vlm.connector(data.features[:3])
+        caps = data.captions[:3]
+        packed, n_packed = caption_losses(vlm, tpl, vis, caps, keep=regions)
+        whole, n_whole = caption_losses(vlm, tpl, vis, caps)
+        for b, keep in enumerate(regions):
+            if keep:
+                ref_tpl, ref_vis = _without_patches(tpl, list(keep)), vis[b : b + 1, list(keep)]
+            else:
+                ref_tpl, ref_vis = tpl, vis[b : b + 1]
+            ref, n_ref = caption_losses(vlm, ref_tpl, ref_vis, caps[b : b + 1])
+            torch.testing.assert_close(packed[b : b + 1], ref, rtol=1e-5, atol=1e-5)
+            assert int(n_packed[b]) == int(n_ref[0]) == int(n_whole[b])
+        # a sample that sees all its patches is unchanged by its neighbours' regions
+        torch.testing.assert_close(packed[1], whole[1], rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(packed[0], whole[0])
+        with pytest.raises(ValueError, match="via_bridge"):
+            caption_losses(vlm, tpl, vis, caps, via_bridge=True, keep=regions)
+        with pytest.raises(ValueError, match="outside"):
+            caption_losses(vlm, tpl, vis, caps, keep=[(n_vis,), (), ()])
+
+
+def test_caption_set_regions_share_feature_rows(setup):
+    vlm, tpl, data, _ = setup
+    caps = data.captions[:2] + data.captions[:1]
+    regional = CaptionSet(data.features[:2], caps, ("composite", "composite", "patch"),
+                          rows=(0, 1, 0), patches=((), (), (2,)))  # fmt: skip
+    feats, got_caps, keep = regional.batch([2, 1])
+    assert torch.equal(feats[0], data.features[0]) and torch.equal(feats[1], data.features[1])
+    assert got_caps == [caps[2], caps[1]] and keep == [(2,), ()]
+    sub = regional.subset([2])
+    assert sub.rows == (0,) and sub.patches == ((2,),) and len(sub) == 1
+    assert mean_caption_loss(vlm, tpl, sub) != pytest.approx(
+        mean_caption_loss(vlm, tpl, data.subset([0]))
+    )
+    with pytest.raises(ValueError, match="row index"):
+        CaptionSet(data.features[:2], caps, rows=(0, 1, 2))
+    with pytest.raises(ValueError, match="patch lists"):
+        CaptionSet(data.features[:3], caps, patches=((),))
+    with pytest.raises(ValueError, match="feature rows"):
+        CaptionSet(data.features[:2], caps)
+
+
+def test_pipeline_region_samples_read_their_composites_rows(setup):
+    from tl_latentlens.default.features import Sample
+    from tl_latentlens.training.pipeline import PipelineConfig, _caption_set
+
+    vlm, tpl, data, _ = setup
+    img = Image.new("RGB", (32, 32))
+    samples = [
+        Sample(img, "a red cat .", "stamp"),
+        Sample(img, "a cat and a dog .", "composite",
+               (("a cat .", (0, 1, 4)), ("a dog .", (3,)))),
+    ]  # fmt: skip
+    feats = data.features[:2]
+    plain = _caption_set(vlm, tpl, samples, feats, 16)
+    assert len(plain) == 2 and plain.patches == ((), ()) and plain.rows == (0, 1)
+    both = _caption_set(vlm, tpl, samples, feats, 16, regions="objects+patch", seed=0)
+    assert both.kinds == ("stamp", "composite", "region", "patch", "patch")
+    assert both.rows == (0, 1, 1, 1, 1)
+    assert both.patches[2] == (0, 1, 4) and both.patches[3][0] in (0, 1, 4)
+    assert both.patches[4:] == ((3,),)  # a one-patch object is not repeated
+    cat = tuple(tpl.encode_caption(vlm.tokenizer, "a cat .", 16))
+    assert both.captions[2] == both.captions[3] == cat
+    objects = _caption_set(vlm, tpl, samples, feats, 16, regions="objects")
+    assert objects.kinds == ("stamp", "composite", "region", "patch")
+    assert objects.patches[3] == (3,)
+    again = _caption_set(vlm, tpl, samples, feats, 16, regions="objects+patch", seed=0)
+    assert again.patches == both.patches  # the single patch is a seeded choice
+    with pytest.raises(ValueError, match="regions"):
+        PipelineConfig(regions="pixels")
+
+
+def test_grouped_losses_equal_one_padded_batch(setup):
+    vlm, tpl, data, _ = setup
+    keep = [(), (0, 2), (), (1,)]
+    with torch.no_grad():
+        vis = vlm.connector(data.features[:4])
+        one, n_one = caption_losses(vlm, tpl, vis, data.captions[:4], keep=keep)
+        grouped, n_grouped = train_mod._grouped_losses(vlm, tpl, vis, data.captions[:4], keep)
+    assert torch.equal(n_one, n_grouped)
+    torch.testing.assert_close(one, grouped, rtol=1e-5, atol=1e-5)

@@ -141,10 +141,12 @@ def default_bank(
         bank = build_bank(builder, corpus, out, max_per_token=max_per_token, batch_size=32)
         if builder is not vlm:
             bank = Bank.open(out, vlm)  # the same weights (dtype-independent digests)
-    # routes missing, or chosen under an older calibration policy: calibrate (again)
+    # routes missing, chosen under an older calibration policy, or proven on another model's
+    # visual tokens (a new connector): calibrate (again)
+    mine = vlm.visual_fingerprint()
+    routes = [bank.hook_info(h).get("routes") or {} for h in bank.hooks]
     if max_sentences >= CALIBRATE_FROM and not all(
-        (bank.hook_info(h).get("routes") or {}).get("policy", 1) >= CALIBRATION_POLICY
-        for h in bank.hooks
+        r.get("policy", 1) >= CALIBRATION_POLICY and r.get("queries_from") == mine for r in routes
     ):
         calibrate_default_bank(bank, vlm, max_sentences)
         bank = Bank.open(out, vlm)

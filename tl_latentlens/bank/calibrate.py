@@ -290,6 +290,8 @@ def calibrate_bank(
     path: str | os.PathLike,
     samples: Mapping[str, np.ndarray],
     held_out: Mapping[str, Mapping[str, np.ndarray]],
+    *,
+    queries_from: str | None = None,
     **options: object,
 ) -> dict[str, HookCalibration]:
     """Give a bank's hooks routes calibrated on sample queries (in place, atomically).
@@ -300,6 +302,9 @@ def calibrate_bank(
             the visual tokens of every layer that will be searched against this hook).
         held_out: Set name -> bank hook -> ``[q, d]`` held-out queries (other images; images
             unlike the samples) whose recall decides whether ``auto`` may use the routes.
+        queries_from: What produced the queries (:meth:`VLM.visual_fingerprint` for visual
+            tokens), recorded with the routes: the proof holds for that model's queries, so
+            ``LatentLens`` searches exactly when another model's visual tokens come.
         **options: :func:`calibrate_hook` options (``list_len``, ``probes``, ``text_samples``,
             ``seed``, ``progress``).
 
@@ -327,7 +332,10 @@ def calibrate_bank(
             folder = root / mf.hook_dir(name)
             sets = {s: q[name] for s, q in held_out.items() if name in q}
             cal = calibrate_hook(folder, manifest.dtype, samples[name], sets, **options)  # type: ignore[arg-type]
-            hooks[i] = replace(entry, routes=cal.to_dict())
+            record = cal.to_dict()
+            if queries_from is not None:
+                record["queries_from"] = queries_from
+            hooks[i] = replace(entry, routes=record)
             for rel in ROUTE_FILES:
                 record = file_record(folder / rel)
                 files[f"{mf.hook_dir(name)}/{rel}"] = mf.FileRecord.from_json(record)
@@ -358,7 +366,8 @@ def calibrate_bank_with_images(
     visual tokens of *all* layers (at most ``max_samples``, drawn at random). A share of the
     images is held out (whole images, so held-out tokens are not neighbours of their own
     image's samples); ``unlike`` adds further held-out sets (e.g. ``{"photos": [...]}``: images
-    unlike the calibration images) that routes must also pass. ``held_out_text`` (sentences
+    unlike the calibration images) that routes must also pass. The routes record
+    ``vlm.visual_fingerprint()`` as ``queries_from``. ``held_out_text`` (sentences
     that are not in the bank) adds a text set: the residuals of their tokens (at most
     ``max_text_tokens``) at each hook, searched against that hook, as a text-only user would.
 
@@ -399,7 +408,14 @@ def calibrate_bank_with_images(
     held = {name: {h: q for h in bank.hooks} for name, q in sets.items()}
     if held_out_text:
         held["held-out text"] = _text_tokens(vlm, held_out_text, bank.hooks, hooks, max_text_tokens)
-    return calibrate_bank(bank.root, {h: train for h in bank.hooks}, held, seed=seed, **options)
+    return calibrate_bank(
+        bank.root,
+        {h: train for h in bank.hooks},
+        held,
+        queries_from=vlm.visual_fingerprint(),
+        seed=seed,
+        **options,
+    )
 
 
 def _text_tokens(

@@ -28,7 +28,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from tl_latentlens.default import assets
-from tl_latentlens.default.data import Stamp, make_composite, single_stamp_image
+from tl_latentlens.default.data import Composite, Stamp, make_composite, single_stamp_image
 from tl_latentlens.default.encoder import ENCODER_ID
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "SampleSpec",
     "build_samples",
     "cached_features",
+    "composite_regions",
     "encode_images",
     "fingerprint",
 ]
@@ -73,11 +74,16 @@ class Sample:
         image: RGB image.
         caption: Target text.
         kind: ``"stamp"`` (centred on white), ``"stamp_view"`` or ``"composite"``.
+        regions: For a composite, one ``(caption, patches)`` per visible object: the object's
+            own caption and the flat indices (row-major on the spec's grid) of the patches it
+            covers most of; empty for other kinds. Region captioning (``region_samples``)
+            trains on them.
     """
 
     image: Image.Image
     caption: str
     kind: str
+    regions: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
 
 def build_samples(
@@ -99,8 +105,22 @@ def build_samples(
                 stamps, rng, (lo, min(4, len(stamps))), spec.image_size, spec.grid,
                 caption_style=caption_style,
             )  # fmt: skip
-            out.append(Sample(comp.image, comp.caption, "composite"))
+            out.append(Sample(comp.image, comp.caption, "composite", composite_regions(comp)))
     return out
+
+
+def composite_regions(comp: Composite) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """``(caption, patches)`` of every object that covers most of at least one patch.
+
+    Objects come in paste order; ``patches`` are flat row-major indices into the label grid.
+    """
+    flat = comp.labels.reshape(-1)
+    out = []
+    for k, stamp in enumerate(comp.stamps):
+        patches = tuple(int(i) for i in np.flatnonzero(flat == k))
+        if patches:
+            out.append((stamp.caption, patches))
+    return tuple(out)
 
 
 def fingerprint(stamps: Sequence[Stamp], spec: SampleSpec, seed: int, encoder_id: str) -> str:

@@ -258,11 +258,13 @@ class LatentLens:
         return [found[i] if i in found else computed[i] for i in range(len(images))]
 
     def identity(self) -> dict[str, Any]:
-        """What decides this lens's results: the model fingerprint (weight digests) and the
-        bank manifest (build, hooks, routes calibration). Keys :meth:`explain_many`'s cache."""
+        """What decides this lens's results: the model fingerprint (text weight digests), its
+        visual fingerprint (encoder, connector, unembedding) and the bank manifest (build,
+        hooks, routes calibration). Keys :meth:`explain_many`'s cache."""
         manifest = self.bank.manifest
         return {
             "model": self.vlm.fingerprint(),
+            "visual": self.vlm.visual_fingerprint(),
             "bank": manifest.to_json() if hasattr(manifest, "to_json") else manifest,
         }
 
@@ -431,7 +433,8 @@ class LatentLens:
         for targets, members in groups.items():
             stacked = torch.cat([residuals[h][sel] for h in members])
             t0 = time.perf_counter()
-            report = self.bank.query(stacked, hook=list(targets), k=k, method=method, device=device)
+            how = self._method_for(targets, method)
+            report = self.bank.query(stacked, hook=list(targets), k=k, method=how, device=device)
             timings["search"] += time.perf_counter() - t0
             methods.update(report.methods)
             for name, n in report.exact_fallback.items():
@@ -482,6 +485,34 @@ class LatentLens:
             search=methods,
             exact_fallback=fallback,
         )
+
+    def routes_for_other_queries(self) -> list[str]:
+        """Bank hooks whose routes were calibrated on another model's visual tokens.
+
+        Routes are proven for the queries they were calibrated on (their ``queries_from``,
+        :meth:`VLM.visual_fingerprint`); ``method="auto"`` searches these hooks exactly.
+        Routes without that record (calibrated before it existed) are trusted.
+        """
+        mine = self.vlm.visual_fingerprint()
+        out = []
+        for hook in self.bank.hooks:
+            source = (self.bank.hook_info(hook).get("routes") or {}).get("queries_from")
+            if source is not None and source != mine:
+                out.append(hook)
+        return out
+
+    def _method_for(self, targets: Sequence[str], method: str) -> str:
+        if method != "auto":
+            return method
+        if not hasattr(self, "_foreign_routes"):
+            self._foreign_routes = set(self.routes_for_other_queries())
+            if self._foreign_routes:
+                logger.warning(
+                    "the bank's routes at %s were calibrated on another model's visual tokens: "
+                    "searching exactly there (recalibrate: tl-latentlens calibrate-bank)",
+                    sorted(self._foreign_routes),
+                )
+        return "exact" if self._foreign_routes.intersection(targets) else method
 
     def _search_device(self) -> str | None:
         """Search on the model's device when it is not the CPU (exact search runs there)."""

@@ -273,6 +273,38 @@ class VLM(ABC):
             },
         }
 
+    def visual_state(self) -> list[tuple[str, torch.Tensor]]:
+        """Tensors besides the text weights that decide this model's lens results: the vision
+        side (encoder, connector or projector) and the final norm and unembedding.
+
+        Default: every parameter and buffer of the wrapped model that :meth:`fingerprint_parts`
+        does not list. Subclasses that keep the vision side outside the bridge extend this.
+        """
+        text = {id(t) for part in self.fingerprint_parts().values() for _, t in part}
+        model = getattr(self.bridge, "original_model", self.bridge)
+        items = list(model.named_parameters()) + list(model.named_buffers())
+        return [(name, t) for name, t in items if id(t) not in text]
+
+    def visual_fingerprint(self) -> str:
+        """Dtype-independent digest of :meth:`visual_state` (hex, 16 characters).
+
+        :meth:`fingerprint` identifies the text side, which is all a bank depends on; this
+        identifies the rest, which decides the visual tokens: an explanation cache and a
+        bank's routes (calibrated on this model's visual tokens) are keyed on it. Computed
+        once per handle and again when a tensor is replaced, cast or written in place.
+
+        Example:
+            >>> vlm.visual_fingerprint()
+            '3f1c…'
+        """
+        state = self.visual_state()
+        key = parts_key({"visual": state})
+        cached = getattr(self, "_visual_fingerprint_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, digest_parts({"visual": state})["visual"]["bf16"])
+            self._visual_fingerprint_cache = cached
+        return cached[1]
+
     def keep_fingerprint(self, path: str | os.PathLike, source: Mapping[str, Any]) -> None:
         """Keep the weight digests of :meth:`fingerprint` in the file ``path`` across processes.
 

@@ -250,6 +250,17 @@ class ConnectorVLM(VLM):
             image_index=torch.tensor(image_index, dtype=torch.long),
         )
 
+    def visual_state(self) -> list[tuple[str, torch.Tensor]]:
+        """The language model's non-text tensors, the connector's and the encoder's (their
+        parameters and buffers: a batch-statistics head's running statistics count)."""
+        items = super().visual_state()
+        for prefix, module in (("connector", self.connector), ("encoder", self.encoder)):
+            if isinstance(module, nn.Module):
+                items += [
+                    (f"{prefix}.{n}", t) for n, t in module.state_dict(keep_vars=True).items()
+                ]
+        return items
+
     def visual_tokens(self, pixels: PixelBatch) -> Float[Tensor, "batch patches d_model"]:
         """Connector output for a pixel batch (encoder frozen, connector keeps autograd)."""
         with torch.no_grad():

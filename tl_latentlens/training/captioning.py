@@ -120,21 +120,37 @@ class CaptionTemplate:
 class CaptionSet:
     """Precomputed frozen-encoder features with their tokenised captions.
 
+    A sample may caption only a *region* of its image: ``patches[i]`` lists the visual tokens
+    the language model sees for sample ``i`` (the others are left out of its sequence), and
+    ``rows[i]`` says which feature row the sample reads, so the regions of one composite share
+    its features instead of copying them.
+
     Attributes:
-        features: ``[n, patches, d_vision]`` (any float dtype; cast on use).
+        features: ``[n_rows, patches, d_vision]`` (any float dtype; cast on use).
         captions: Caption token ids (EOS included) per sample.
-        kinds: Sample kind per sample (``"stamp"``, ``"stamp_view"``, ``"composite"``).
+        kinds: Sample kind per sample (``"stamp"``, ``"stamp_view"``, ``"composite"``,
+            ``"region"``).
+        rows: Feature row per sample; empty: sample ``i`` reads row ``i``.
+        patches: Visual tokens seen per sample (flat patch indices, ``()`` = all); empty: every
+            sample sees all its patches.
     """
 
     features: Tensor
     captions: tuple[tuple[int, ...], ...]
     kinds: tuple[str, ...] = ()
+    rows: tuple[int, ...] = ()
+    patches: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.features.shape[0] != len(self.captions):
-            raise ValueError(
-                f"{self.features.shape[0]} feature rows for {len(self.captions)} captions"
-            )
+        n_rows = self.features.shape[0]
+        if not self.rows and n_rows != len(self.captions):
+            raise ValueError(f"{n_rows} feature rows for {len(self.captions)} captions")
+        if self.rows and len(self.rows) != len(self.captions):
+            raise ValueError(f"{len(self.rows)} row indices for {len(self.captions)} captions")
+        if self.rows and not all(0 <= r < n_rows for r in self.rows):
+            raise ValueError(f"a row index is outside the {n_rows} feature rows")
+        if self.patches and len(self.patches) != len(self.captions):
+            raise ValueError(f"{len(self.patches)} patch lists for {len(self.captions)} captions")
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -144,6 +160,26 @@ class CaptionSet:
         """Number of predicted caption tokens."""
         return sum(len(c) for c in self.captions)
 
+    def batch(
+        self, idx: Sequence[int]
+    ) -> tuple[Tensor, list[tuple[int, ...]], list[tuple[int, ...]]]:
+        """``(features [b, patches, d_vision], captions, patches)`` of samples ``idx``."""
+        idx = [int(i) for i in idx]
+        rows = [self.rows[i] for i in idx] if self.rows else idx
+        keep = [self.patches[i] for i in idx] if self.patches else [() for _ in idx]
+        return self.features[torch.as_tensor(rows)], [self.captions[i] for i in idx], keep
+
+    def subset(self, idx: Sequence[int]) -> CaptionSet:
+        """The samples ``idx`` as a set of their own (features shared by reference)."""
+        idx = [int(i) for i in idx]
+        return CaptionSet(
+            self.features,
+            tuple(self.captions[i] for i in idx),
+            tuple(self.kinds[i] for i in idx) if self.kinds else (),
+            tuple(self.rows[i] for i in idx) if self.rows else tuple(idx),
+            tuple(self.patches[i] for i in idx) if self.patches else (),
+        )
+
 
 def caption_losses(
     vlm: ConnectorVLM,
@@ -151,6 +187,7 @@ def caption_losses(
     visual_embeds: Tensor,
     captions: Sequence[Sequence[int]],
     via_bridge: bool = False,
+    keep: Sequence[Sequence[int]] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Summed caption cross-entropy and token count per sample.
 
@@ -159,7 +196,11 @@ def caption_losses(
         template: Layout of the sequences.
         visual_embeds: ``[batch, patches, d_model]`` visual tokens (keeps autograd).
         captions: Caption ids per sample (EOS included).
-        via_bridge: Run through ``vlm.forward`` (the hooked bridge) instead of the fast path.
+        via_bridge: Run through ``vlm.forward`` (the hooked bridge) instead of the fast path
+            (whole images only).
+        keep: Per sample, the visual tokens its sequence holds (flat patch indices; ``()``:
+            all of them). The others are left out of the sequence, so the caption is predicted
+            from that region of the image alone (region captioning).
 
     Returns:
         ``(loss_sum [batch], n_tokens [batch])``.
@@ -167,7 +208,10 @@ def caption_losses(
     ids, mask, target = template.collate(captions)
     dev = vlm.device
     ids, mask, target = ids.to(dev), mask.to(dev), target.to(dev)
+    regional = keep is not None and any(len(k) for k in keep)
     if via_bridge:
+        if regional:
+            raise ValueError("via_bridge runs whole images only; drop keep= or via_bridge=")
         rows = [
             vlm.forward(template.inputs(cap, visual_embeds[b : b + 1]))[0]
             for b, cap in enumerate(captions)
@@ -180,6 +224,8 @@ def caption_losses(
         emb = hf.get_input_embeddings()(ids)
         pos = torch.tensor(template.visual_positions, device=dev)
         emb = emb.index_copy(1, pos, visual_embeds.to(emb.dtype))
+        if regional:
+            ids, mask, target, emb = _pack_regions(template, keep, ids, mask, target, emb)
         hidden = hf.get_decoder()(inputs_embeds=emb, attention_mask=mask).last_hidden_state
         pred = hf.get_output_embeddings()(hidden[:, :-1][target[:, 1:]])
     gold = ids[:, 1:][target[:, 1:]]
@@ -188,6 +234,43 @@ def caption_losses(
     n_tok = target[:, 1:].sum(1)
     loss_sum = torch.zeros(len(captions), device=dev).index_add(0, owner, tok_loss)
     return loss_sum, n_tok
+
+
+def _pack_regions(
+    template: CaptionTemplate,
+    keep: Sequence[Sequence[int]],
+    ids: Tensor,
+    mask: Tensor,
+    target: Tensor,
+    emb: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Drop each sample's unseen visual positions and close the gaps (right padding).
+
+    The kept visual tokens stay in their raster order, followed by the prompt text and the
+    caption, exactly as if the image had only those patches.
+    """
+    n_vis = len(template.visual_positions)
+    orders = []
+    for b, k in enumerate(keep):
+        seen = set(range(n_vis)) if not len(k) else {int(j) for j in k}
+        if not seen <= set(range(n_vis)):
+            raise ValueError(f"keep[{b}] has patch indices outside 0..{n_vis - 1}: {sorted(k)}")
+        dropped = {template.visual_positions[j] for j in range(n_vis) if j not in seen}
+        orders.append([t for t in range(int(mask[b].sum())) if t not in dropped])
+    width = max(len(o) for o in orders)
+    sel = torch.zeros((len(orders), width), dtype=torch.long)
+    valid = torch.zeros((len(orders), width), dtype=torch.bool)
+    for b, order in enumerate(orders):
+        sel[b, : len(order)] = torch.tensor(order)
+        valid[b, : len(order)] = True
+    sel, valid = sel.to(ids.device), valid.to(ids.device)
+    packed_emb = emb.gather(1, sel[..., None].expand(-1, -1, emb.shape[-1]))
+    return (
+        ids.gather(1, sel),
+        mask.gather(1, sel) * valid,
+        target.gather(1, sel) & valid,
+        packed_emb,
+    )
 
 
 def other_index(data: CaptionSet) -> Tensor:
@@ -225,13 +308,16 @@ def sample_caption_losses(
     other = other_index(data)
     sums, counts = [], []
     for start in range(0, n, batch_size):
-        idx = torch.arange(start, min(n, start + batch_size))
-        src = other[idx] if visual == "other" else idx
-        feats = data.features[src].to(vlm.device)
+        idx = list(range(start, min(n, start + batch_size)))
+        feats, caps, keep = data.batch(idx)
+        if visual == "other":
+            # the other sample's image in this sample's region (the same patches)
+            feats = data.batch(other[idx].tolist())[0]
+        feats = feats.to(vlm.device)
         vis = vlm.connector(feats.to(next(vlm.connector.parameters()).dtype))
         if visual == "zeros":
             vis = torch.zeros_like(vis)
-        loss, ntok = caption_losses(vlm, template, vis, [data.captions[i] for i in idx])
+        loss, ntok = caption_losses(vlm, template, vis, caps, keep=keep)
         sums.append(loss.float().cpu())
         counts.append(ntok.cpu())
     return torch.cat(sums), torch.cat(counts)

@@ -20,14 +20,17 @@ Example:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from tl_latentlens.default import assets
@@ -64,6 +67,7 @@ from tl_latentlens.training.train import TrainConfig, train_connector
 
 __all__ = [
     "CAPTION_STYLES",
+    "REGION_STYLES",
     "PipelineConfig",
     "add_arguments",
     "object_samples",
@@ -77,6 +81,8 @@ DEFAULT_PROMPT = "<image>\nDescribe the image.\n"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 #: Caption recipes: the objects' own captions, or object names only (:func:`object_samples`).
 CAPTION_STYLES = ("own", "objects")
+#: Region captioning: none, each composite object from its own patches, and from one patch too.
+REGION_STYLES = ("none", "objects", "objects+patch")
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,11 @@ class PipelineConfig:
         captions: ``"own"``: each object's caption (a stamp's line, ``"A <colour> <label>."``
             for clip art) and composite captions with positions and background; ``"objects"``:
             object names only (``"A kangaroo."``; composites ``"A dog, a cup and a tree."``).
+        regions: Region captioning on top of the whole-image samples: ``"objects"`` adds, for
+            every visible object of every composite, a sample that captions the object (its
+            caption in the ``captions`` style) from the visual tokens of its own patches only;
+            ``"objects+patch"`` also from one of those patches alone. Captioning still, but a
+            patch has to carry what it shows.
     """
 
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -123,8 +134,11 @@ class PipelineConfig:
     sources: tuple[str, ...] = ("tuxpaint",)
     per_identity: int | None = 4
     captions: str = "own"
+    regions: str = "none"
 
     def __post_init__(self) -> None:
+        if self.regions not in REGION_STYLES:
+            raise ValueError(f"regions must be one of {REGION_STYLES}, got {self.regions!r}")
         if self.captions not in CAPTION_STYLES:
             raise ValueError(f"captions must be one of {CAPTION_STYLES}, got {self.captions!r}")
         if self.connector_kind not in CONNECTOR_KINDS:
@@ -137,11 +151,33 @@ class PipelineConfig:
             raise ValueError("max_caption_tokens must be >= 2")
 
 
-def _caption_set(vlm, template, samples, feats, max_tokens) -> CaptionSet:
-    caps = tuple(
-        tuple(template.encode_caption(vlm.tokenizer, s.caption, max_tokens)) for s in samples
+def _caption_set(vlm, template, samples, feats, max_tokens, regions="none", seed=0) -> CaptionSet:
+    """Every sample captioned whole, then (``regions`` != ``"none"``) its region samples.
+
+    ``"objects"``: each visible object of a composite captioned from its own patches alone;
+    ``"objects+patch"``: also from one of its patches alone (seeded choice) when it has more
+    than one. Region samples read their composite's feature row.
+    """
+    enc = functools.lru_cache(maxsize=None)(
+        lambda text: tuple(template.encode_caption(vlm.tokenizer, text, max_tokens))
     )
-    return CaptionSet(feats, caps, tuple(s.kind for s in samples))
+    caps = [enc(s.caption) for s in samples]
+    kinds = [s.kind for s in samples]
+    rows = list(range(len(samples)))
+    patches: list[tuple[int, ...]] = [() for _ in samples]
+    if regions != "none":
+        rng = np.random.default_rng([seed, 7])
+        for i, sample in enumerate(samples):
+            for caption, cells in sample.regions:
+                views = [cells]
+                if regions == "objects+patch" and len(cells) > 1:
+                    views.append((cells[int(rng.integers(len(cells)))],))
+                for view in views:
+                    caps.append(enc(caption))
+                    kinds.append("region" if len(view) > 1 else "patch")
+                    rows.append(i)
+                    patches.append(tuple(view))
+    return CaptionSet(feats, tuple(caps), tuple(kinds), tuple(rows), tuple(patches))
 
 
 def object_samples(
@@ -216,8 +252,10 @@ def train_default_connector(
     previous = _init_connector(connector, config.init_from)
     vlm = ConnectorVLM(bridge, encoder, connector, name=f"{config.lm}+efficientnet-lite0")
     template = CaptionTemplate.from_vlm(vlm, config.prompt)
-    train_set = _caption_set(vlm, template, *sets["train"][:2], config.max_caption_tokens)
-    held_set = _caption_set(vlm, template, *sets["held_out"][:2], config.max_caption_tokens)
+    mk = functools.partial(_caption_set, vlm, template, max_tokens=config.max_caption_tokens,
+                           regions=config.regions)  # fmt: skip
+    train_set = mk(*sets["train"][:2], seed=config.data_seed)
+    held_set = mk(*sets["held_out"][:2], seed=config.data_seed + 1)
     data_info = {
         "objects": len(objects), "train_objects": len(train_st), "held_out_objects": len(held_st),
         "split": "by object identity (objects.split_objects): train / validation / test",
@@ -227,7 +265,9 @@ def train_default_connector(
         "train_samples": asdict(config.train_samples), "held_samples": asdict(config.held_samples),
         "split_seed": config.split_seed, "data_seed": config.data_seed, "lm_dtype": config.lm_dtype,
         "init_from": previous, "captions": config.captions,
-        "connector_kind": config.connector_kind,
+        "connector_kind": config.connector_kind, "regions": config.regions,
+        "train_sample_kinds": dict(Counter(train_set.kinds)),
+        "held_out_sample_kinds": dict(Counter(held_set.kinds)),
     }  # fmt: skip
     result = train_connector(
         vlm, template, train_set, held_set, config.train, work, resume, data_info
@@ -236,7 +276,7 @@ def train_default_connector(
     t0 = time.perf_counter()
     grounding = grounding_eval(vlm, template, held_set, config.train.eval_batch_size)
     pick = torch.linspace(0, len(train_set) - 1, len(held_set)).long()
-    sub = CaptionSet(train_set.features[pick], tuple(train_set.captions[i] for i in pick.tolist()))
+    sub = train_set.subset(pick.tolist())
     grounding["train_subset_image"] = mean_caption_loss(
         vlm, template, sub, config.train.eval_batch_size
     )
@@ -316,6 +356,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "token-embedding statistics)")  # fmt: skip
     parser.add_argument("--captions", choices=CAPTION_STYLES, default="own",
                         help="own: the objects' captions; objects: object names only")  # fmt: skip
+    parser.add_argument("--regions", choices=REGION_STYLES, default="none",
+                        help="region captioning: also caption each composite object from its "
+                        "own patches (objects), and from one patch (objects+patch)")  # fmt: skip
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -344,6 +387,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         per_identity=args.per_identity,
         connector_kind=args.connector_kind,
         captions=args.captions,
+        regions=args.regions,
     )
     work = Path(args.work_dir) if args.work_dir else assets.cache_dir() / "train_connector"
     export = (
