@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from tl_latentlens.apps.demo import _hubness_table, _write_index
@@ -62,3 +63,49 @@ def test_default_bank_is_built_by_the_encoder_and_opened_for_the_model(
     bank.check_model(tiny_vlm)
     demo.default_bank(tiny_vlm, 20, 20, encoder)  # built: opened, not built again
     assert calls == [1]
+
+
+def test_default_bank_recalibrates_for_another_connector(tiny_vlm, tmp_path, monkeypatch):
+    """Routes are proven for the visual tokens they were calibrated on: the default bank is
+    calibrated again when they were calibrated under an older policy or for another model's
+    visual tokens (a new connector on the same language model), and only then."""
+    import torch
+
+    from tiny_models import WORDS
+    from tl_latentlens.apps import demo
+    from tl_latentlens.bank.calibrate import CALIBRATION_POLICY, calibrate_bank
+    from tl_latentlens.models.connector import Connector, ConnectorVLM
+
+    monkeypatch.setenv("TL_LATENTLENS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(demo, "default_bank_dir", lambda vlm, n, m: tmp_path / "bank")
+    monkeypatch.setattr(
+        demo, "default_corpus", lambda n: [" ".join(WORDS[i : i + 6]) for i in range(n)]
+    )
+    monkeypatch.setattr(demo, "CALIBRATE_FROM", 10)
+    calibrated_for = []
+
+    def fake_calibration(bank, vlm, n):
+        # routes on sample queries, recorded as calibrated for ``vlm`` (what the real one does)
+        rng = np.random.default_rng(0)
+        samples = {h: rng.standard_normal((64, vlm.d_model)).astype(np.float32) for h in bank.hooks}
+        held = {"held-out": {h: q[:8] for h, q in samples.items()}}
+        calibrate_bank(bank.root, samples, held, queries_from=vlm.visual_fingerprint(),
+                       list_len=16, progress=False)  # fmt: skip
+        calibrated_for.append(vlm.name)
+
+    monkeypatch.setattr(demo, "calibrate_default_bank", fake_calibration)
+    bank = demo.default_bank(tiny_vlm, 20, 20)
+    assert calibrated_for == [tiny_vlm.name]
+    routes = [bank.hook_info(h)["routes"] for h in bank.hooks]
+    assert {r["queries_from"] for r in routes} == {tiny_vlm.visual_fingerprint()}
+    assert {r["policy"] for r in routes} == {CALIBRATION_POLICY}
+    demo.default_bank(tiny_vlm, 20, 20)  # calibrated for this model: opened as it is
+    assert calibrated_for == [tiny_vlm.name]
+    torch.manual_seed(5)
+    conn = Connector(tiny_vlm.encoder.d_vision, tiny_vlm.d_model)
+    retrained = ConnectorVLM(tiny_vlm.bridge, tiny_vlm.encoder, conn, name="retrained")
+    bank = demo.default_bank(retrained, 20, 20)
+    assert calibrated_for == [tiny_vlm.name, "retrained"]
+    assert {bank.hook_info(h)["routes"]["queries_from"] for h in bank.hooks} == {
+        retrained.visual_fingerprint()
+    }
