@@ -13,6 +13,7 @@ from tiny_models import TinyEncoder
 from tl_latentlens.default import loader
 from tl_latentlens.default.features import encode_images
 from tl_latentlens.models.connector import Connector, ConnectorVLM
+from tl_latentlens.training import captioning
 from tl_latentlens.training import train as train_mod
 from tl_latentlens.training.captioning import (
     CaptionSet,
@@ -282,7 +283,7 @@ def test_grouped_losses_equal_one_padded_batch(setup):
     keep = [(), (0, 2), (), (1,)]
     with torch.no_grad():
         vis = vlm.connector(data.features[:4])
-        one, n_one = caption_losses(vlm, tpl, vis, data.captions[:4], keep=keep)
-        grouped, n_grouped = train_mod._grouped_losses(vlm, tpl, vis, data.captions[:4], keep)
+        one, n_one = captioning._padded_losses(vlm, tpl, vis, data.captions[:4], False, keep)
+        grouped, n_grouped = caption_losses(vlm, tpl, vis, data.captions[:4], keep=keep)
     assert torch.equal(n_one, n_grouped)
     torch.testing.assert_close(one, grouped, rtol=1e-5, atol=1e-5)

@@ -143,10 +143,10 @@ def default_bank(
             bank = Bank.open(out, vlm)  # the same weights (dtype-independent digests)
     # routes missing, chosen under an older calibration policy, or proven on another model's
     # visual tokens (a new connector): calibrate (again)
-    mine = vlm.visual_fingerprint()
-    routes = [bank.hook_info(h).get("routes") or {} for h in bank.hooks]
     if max_sentences >= CALIBRATE_FROM and not all(
-        r.get("policy", 1) >= CALIBRATION_POLICY and r.get("queries_from") == mine for r in routes
+        r.get("policy", 1) >= CALIBRATION_POLICY
+        and r.get("queries_from") == vlm.visual_fingerprint()
+        for r in (bank.hook_info(h).get("routes") or {} for h in bank.hooks)
     ):
         calibrate_default_bank(bank, vlm, max_sentences)
         bank = Bank.open(out, vlm)

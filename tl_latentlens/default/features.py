@@ -76,8 +76,8 @@ class Sample:
         kind: ``"stamp"`` (centred on white), ``"stamp_view"`` or ``"composite"``.
         regions: For a composite, one ``(caption, patches)`` per visible object: the object's
             own caption and the flat indices (row-major on the spec's grid) of the patches it
-            covers most of; empty for other kinds. Region captioning (``region_samples``)
-            trains on them.
+            covers most of; empty for other kinds. Region captioning
+            (``train-connector --regions``) trains on them.
     """
 
     image: Image.Image

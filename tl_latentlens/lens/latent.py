@@ -504,15 +504,19 @@ class LatentLens:
     def _method_for(self, targets: Sequence[str], method: str) -> str:
         if method != "auto":
             return method
-        if not hasattr(self, "_foreign_routes"):
-            self._foreign_routes = set(self.routes_for_other_queries())
-            if self._foreign_routes:
+        # checked once per visual fingerprint (a connector trained in place changes it)
+        mine = self.vlm.visual_fingerprint()
+        known = getattr(self, "_foreign_routes", None)
+        if known is None or known[0] != mine:
+            known = (mine, set(self.routes_for_other_queries()))
+            self._foreign_routes = known
+            if known[1]:
                 logger.warning(
                     "the bank's routes at %s were calibrated on another model's visual tokens: "
                     "searching exactly there (recalibrate: tl-latentlens calibrate-bank)",
-                    sorted(self._foreign_routes),
+                    sorted(known[1]),
                 )
-        return "exact" if self._foreign_routes.intersection(targets) else method
+        return "exact" if known[1].intersection(targets) else method
 
     def _search_device(self) -> str | None:
         """Search on the model's device when it is not the CPU (exact search runs there)."""

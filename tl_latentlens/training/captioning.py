@@ -205,6 +205,36 @@ def caption_losses(
     Returns:
         ``(loss_sum [batch], n_tokens [batch])``.
     """
+    whole = [i for i, k in enumerate(keep or ()) if not len(k)]
+    regions = [i for i, k in enumerate(keep or ()) if len(k)]
+    if via_bridge or not (whole and regions):
+        return _padded_losses(vlm, template, visual_embeds, captions, via_bridge, keep)
+    # A region's sequence is much shorter than a whole image's; in one padded batch it would pay
+    # for the whole image's length. Two passes give the same sums (about half the time at
+    # batch 32 in training, measured).
+    dev = visual_embeds.device
+    loss_sum = torch.zeros(len(captions), device=dev)
+    n_tok = torch.zeros(len(captions), dtype=torch.long, device=dev)
+    for group in (whole, regions):
+        at = torch.tensor(group, device=dev)
+        part_loss, part_n = _padded_losses(
+            vlm, template, visual_embeds[at], [captions[i] for i in group], False,
+            [keep[i] for i in group],
+        )  # fmt: skip
+        loss_sum = loss_sum.index_add(0, at, part_loss.to(dev))
+        n_tok = n_tok.index_add(0, at, part_n.to(dev))
+    return loss_sum, n_tok
+
+
+def _padded_losses(
+    vlm: ConnectorVLM,
+    template: CaptionTemplate,
+    visual_embeds: Tensor,
+    captions: Sequence[Sequence[int]],
+    via_bridge: bool,
+    keep: Sequence[Sequence[int]] | None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`caption_losses` over one right-padded batch."""
     ids, mask, target = template.collate(captions)
     dev = vlm.device
     ids, mask, target = ids.to(dev), mask.to(dev), target.to(dev)

@@ -194,8 +194,8 @@ def train_connector(
         step = state["step"]
         idx = batch_indices(step, len(train), config.batch_size, config.seed)
         feats, caps, keep = train.batch(idx)
-        loss_sum, ntok = _grouped_losses(
-            vlm, template, conn(feats.to(vlm.device, dtype)), caps, keep
+        loss_sum, ntok = caption_losses(
+            vlm, template, conn(feats.to(vlm.device, dtype)), caps, keep=keep
         )
         loss = loss_sum.sum() / ntok.sum()
         opt.zero_grad(set_to_none=True)
@@ -236,28 +236,6 @@ def train_connector(
     manifest = _manifest(config, state, train, held_out, data_info)
     _atomic_json(manifest, out / MANIFEST)
     return TrainResult(state["best"]["step"], state["best"]["held_loss"], manifest)
-
-
-def _grouped_losses(vlm, template, visual, captions, keep) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`caption_losses` with whole images and regions in separate forward passes.
-
-    A region's sequence is much shorter than a whole image's; in one padded batch it would
-    pay for the whole image's length. The sums are the same either way.
-    """
-    whole = [i for i, k in enumerate(keep) if not len(k)]
-    parts = [g for g in (whole, [i for i, k in enumerate(keep) if len(k)]) if g]
-    if len(parts) == 1:
-        return caption_losses(vlm, template, visual, captions, keep=keep)
-    loss_sum = torch.zeros(len(captions), device=visual.device)
-    ntok = torch.zeros(len(captions), dtype=torch.long, device=visual.device)
-    for group in parts:
-        at = torch.tensor(group, device=visual.device)
-        part_loss, part_n = caption_losses(
-            vlm, template, visual[at], [captions[i] for i in group], keep=[keep[i] for i in group]
-        )
-        loss_sum = loss_sum.index_add(0, at, part_loss)
-        ntok = ntok.index_add(0, at, part_n)
-    return loss_sum, ntok
 
 
 def _evaluate(vlm, template, held_out, config, state, window, out: Path) -> None:
