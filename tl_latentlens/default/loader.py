@@ -141,10 +141,15 @@ def load_connector_vlm(
     encoder = EfficientNetLite0Encoder(image_size=int(enc_info.get("image_size", 224))).to(device)
     bridge = load_lm(spec.name, device=device, dtype=dtype)
     cc = manifest["connector"]
+    state = load_file(str(path / manifest.get("weights", WEIGHTS_NAME)))
+    extra = {}
+    if cc["kind"] == "vocab":
+        # the head mixes the LM's own embeddings, which are not stored with its weights
+        extra = {"token_embed": bridge.W_E.detach().float().cpu(), "vocab_ids": state["vocab_ids"]}
     connector = Connector(
-        cc["d_vision"], cc["d_model"], kind=cc["kind"], d_hidden=cc.get("d_hidden")
+        cc["d_vision"], cc["d_model"], kind=cc["kind"], d_hidden=cc.get("d_hidden"), **extra
     )
-    connector.load_state_dict(load_file(str(path / manifest.get("weights", WEIGHTS_NAME))))
+    connector.load_state_dict(state)
     connector = connector.to(device).eval()
     for p in connector.parameters():
         p.requires_grad_(False)

@@ -13,6 +13,7 @@ from tl_latentlens.models.connector import (
     ConnectorVLM,
     VisionEncoder,
     embedding_stats,
+    word_token_ids,
 )
 from tl_latentlens.models.hf_vlm import HFVLM
 from tl_latentlens.models.load import load_vlm
@@ -30,4 +31,5 @@ __all__ = [
     "VisualLayout",
     "embedding_stats",
     "load_vlm",
+    "word_token_ids",
 ]

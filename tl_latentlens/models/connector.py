@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from tl_latentlens.models.base import (
@@ -26,7 +26,14 @@ from tl_latentlens.models.base import (
 )
 from tl_latentlens.types import PatchFeatures, PixelBatch
 
-__all__ = ["CONNECTOR_KINDS", "Connector", "ConnectorVLM", "VisionEncoder", "embedding_stats"]
+__all__ = [
+    "CONNECTOR_KINDS",
+    "Connector",
+    "ConnectorVLM",
+    "VisionEncoder",
+    "embedding_stats",
+    "word_token_ids",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +58,10 @@ class VisionEncoder(Protocol):
 
 
 #: Connector heads :class:`Connector` can build.
-CONNECTOR_KINDS = ("mlp", "linear", "mlp_embnorm")
+CONNECTOR_KINDS = ("mlp", "linear", "mlp_embnorm", "vocab")
+
+#: Initial inverse temperature of the ``"vocab"`` head's cosine logits (learned from there).
+_VOCAB_INIT_SCALE = 10.0
 
 
 def embedding_stats(
@@ -67,6 +77,32 @@ def embedding_stats(
     return mean, std
 
 
+def word_token_ids(tokenizer: Any, min_letters: int = 3) -> Int[Tensor, " words"]:
+    """Ids of the tokens that are a whole lower-case word: a leading space, then only ASCII
+    letters (at least ``min_letters``), as the tokenizer decodes them.
+
+    The ``"vocab"`` connector head mixes the embeddings of these tokens: a word, not a sub-word
+    piece or a name, so that what a visual token is made of can be read.
+
+    Example:
+        >>> ids = word_token_ids(bridge.tokenizer)   # about 22k of SmolLM2's 49,152
+    """
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    keep = []
+    for i, piece in enumerate(pieces):
+        text = tokenizer.convert_tokens_to_string([piece]) if piece else ""
+        word = text[1:]
+        if (
+            text.startswith(" ")
+            and len(word) >= min_letters
+            and word.isascii()
+            and word.isalpha()
+            and word.islower()
+        ):
+            keep.append(i)
+    return torch.tensor(keep, dtype=torch.long)
+
+
 class Connector(nn.Module):
     """Maps vision patch features to the language model's residual width.
 
@@ -79,10 +115,19 @@ class Connector(nn.Module):
             training, running statistics in eval mode) and mapped onto the token-embedding
             statistics, ``out = embed_mean + embed_std * BN(mlp(x))``, so that the visual
             tokens follow the per-dimension distribution of the LM's token embeddings.
+            ``"vocab"``: the MLP, then a softmax over the cosine similarities of its output to
+            the embeddings of the LM's whole-word tokens (``vocab_ids``), with a learned
+            inverse temperature, and the visual token is that mixture of word embeddings
+            (each visual token is a convex combination of real token embeddings).
         d_hidden: Hidden width of the MLP (default ``d_model``).
         embed_stats: ``(mean, std)`` of the LM's input embedding matrix per dimension
             (:func:`embedding_stats`), for ``"mlp_embnorm"``; stored as buffers, so they are
             saved with the weights. ``None`` leaves zeros / ones for ``load_state_dict`` to fill.
+        token_embed: For ``"vocab"``: the LM's input embedding matrix ``[vocab, d_model]``. It
+            is not saved with the connector's weights (it is the LM's); pass it again when
+            loading.
+        vocab_ids: For ``"vocab"``: the token ids the head may mix (default
+            :func:`word_token_ids` is the caller's job; ``None`` means every token). Saved.
 
     Raises:
         ValueError: Unknown ``kind``, or ``embed_stats`` of the wrong shape.
@@ -92,6 +137,8 @@ class Connector(nn.Module):
         >>> c(torch.zeros(2, 49, 1280)).shape
         torch.Size([2, 49, 576])
         >>> c = Connector(1280, 576, kind="mlp_embnorm", embed_stats=embedding_stats(W_E))
+        >>> c = Connector(1280, 576, kind="vocab", token_embed=W_E,
+        ...               vocab_ids=word_token_ids(tokenizer))
     """
 
     def __init__(
@@ -101,6 +148,8 @@ class Connector(nn.Module):
         kind: str = "mlp",
         d_hidden: int | None = None,
         embed_stats: tuple[Tensor, Tensor] | None = None,
+        token_embed: Float[Tensor, "vocab d_model"] | None = None,
+        vocab_ids: Int[Tensor, " words"] | None = None,
     ):
         super().__init__()
         if kind not in CONNECTOR_KINDS:
@@ -125,9 +174,38 @@ class Connector(nn.Module):
                 )
             self.register_buffer("embed_mean", mean.detach().float().clone())
             self.register_buffer("embed_std", std.detach().float().clone())
+        if kind == "vocab":
+            if token_embed is None:
+                raise ValueError(
+                    "the 'vocab' connector mixes the LM's token embeddings: pass "
+                    "token_embed=bridge.W_E (it is not stored with the connector's weights)"
+                )
+            if token_embed.shape[-1] != d_model:
+                raise ValueError(
+                    f"token_embed has width {token_embed.shape[-1]}, the connector {d_model}"
+                )
+            ids = (
+                torch.arange(token_embed.shape[0])
+                if vocab_ids is None
+                else vocab_ids.detach().long().cpu()
+            )
+            if ids.numel() == 0 or int(ids.max()) >= token_embed.shape[0] or int(ids.min()) < 0:
+                raise ValueError(f"vocab_ids must be non-empty ids below {token_embed.shape[0]}")
+            self.register_buffer("vocab_ids", ids.clone())
+            words = token_embed.detach().float()[ids].clone()
+            # the LM's (frozen) embeddings: not part of the connector's state
+            self.register_buffer("vocab_embed", words, persistent=False)
+            self.register_buffer(
+                "vocab_unit", torch.nn.functional.normalize(words, dim=-1), persistent=False
+            )
+            self.log_scale = nn.Parameter(torch.tensor(float(_VOCAB_INIT_SCALE)).log())
 
     def forward(self, feats: Float[Tensor, "*batch d_vision"]) -> Float[Tensor, "*batch d_model"]:
         out = self.net(feats)
+        if self.kind == "vocab":
+            unit = torch.nn.functional.normalize(out, dim=-1)
+            logits = self.log_scale.exp() * (unit @ self.vocab_unit.T)
+            return logits.softmax(dim=-1) @ self.vocab_embed
         if self.kind != "mlp_embnorm":
             return out
         # statistics over every visual token of the batch (images x patches), per dimension
@@ -138,12 +216,15 @@ class Connector(nn.Module):
         """Constructor arguments, for saving next to the weights (the embedding statistics
         are buffers and travel with the weights)."""
         hidden = None if self.kind == "linear" else self.net[0].out_features
-        return {
+        out = {
             "d_vision": self.d_vision,
             "d_model": self.d_model,
             "kind": self.kind,
             "d_hidden": hidden,
         }
+        if self.kind == "vocab":
+            out["vocab_size"] = int(self.vocab_ids.numel())
+        return out
 
 
 class ConnectorVLM(VLM):

@@ -56,6 +56,7 @@ from tl_latentlens.models.connector import (
     Connector,
     ConnectorVLM,
     embedding_stats,
+    word_token_ids,
 )
 from tl_latentlens.training.captioning import (
     CaptionSet,
@@ -102,9 +103,10 @@ class PipelineConfig:
         lm_dtype: ``"bfloat16"`` or ``"float32"`` for training and the final check.
         prompt: Captioning prompt (one ``<image>``); the caption follows it, then EOS.
         max_caption_tokens: Caption length cap (EOS included).
-        connector_kind: ``"mlp"``, ``"linear"`` or ``"mlp_embnorm"`` (see
-            :class:`~tl_latentlens.models.connector.Connector`; its embedding statistics are
-            those of the loaded LM's input embedding matrix).
+        connector_kind: ``"mlp"``, ``"linear"``, ``"mlp_embnorm"`` or ``"vocab"`` (see
+            :class:`~tl_latentlens.models.connector.Connector`; the embedding statistics and
+            the word embeddings are those of the loaded LM's input embedding matrix, the words
+            :func:`~tl_latentlens.models.connector.word_token_ids`).
         init_from: A connector VLM directory whose connector weights start the run (to continue
             training with a fresh schedule); ``None`` starts from a seeded random init.
         sources: Object sources (``"tuxpaint"``, ``"openclipart"``).
@@ -246,9 +248,14 @@ def train_default_connector(
     timings["lm_load_s"] = round(time.perf_counter() - t0, 1)
     torch.manual_seed(config.train.seed)
     stats = embedding_stats(bridge.W_E) if config.connector_kind == "mlp_embnorm" else None
+    vocab = {}
+    if config.connector_kind == "vocab":
+        vocab = {"token_embed": bridge.W_E.detach().float().cpu(),
+                 "vocab_ids": word_token_ids(bridge.tokenizer)}  # fmt: skip
     connector = Connector(
-        encoder.d_vision, int(bridge.cfg.d_model), kind=config.connector_kind, embed_stats=stats
-    )
+        encoder.d_vision, int(bridge.cfg.d_model), kind=config.connector_kind, embed_stats=stats,
+        **vocab,
+    )  # fmt: skip
     previous = _init_connector(connector, config.init_from)
     vlm = ConnectorVLM(bridge, encoder, connector, name=f"{config.lm}+efficientnet-lite0")
     template = CaptionTemplate.from_vlm(vlm, config.prompt)
@@ -353,7 +360,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start from the connector of a connector VLM directory")  # fmt: skip
     parser.add_argument("--connector-kind", choices=CONNECTOR_KINDS, default="mlp",
                         help="connector head (mlp_embnorm: output mapped onto the LM's "
-                        "token-embedding statistics)")  # fmt: skip
+                        "token-embedding statistics; vocab: a softmax mixture of the LM's "
+                        "whole-word token embeddings)")  # fmt: skip
     parser.add_argument("--captions", choices=CAPTION_STYLES, default="own",
                         help="own: the objects' captions; objects: object names only")  # fmt: skip
     parser.add_argument("--regions", choices=REGION_STYLES, default="none",
