@@ -61,7 +61,7 @@ class VisionEncoder(Protocol):
 CONNECTOR_KINDS = ("mlp", "linear", "mlp_embnorm", "vocab")
 
 #: Initial inverse temperature of the ``"vocab"`` head's cosine logits (learned from there).
-_VOCAB_INIT_SCALE = 10.0
+_VOCAB_INIT_SCALE = 100.0
 
 
 def embedding_stats(
