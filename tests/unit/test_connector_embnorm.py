@@ -99,7 +99,7 @@ def test_committed_connector_loads_unchanged():
 
     manifest = json.loads((loader.WEIGHTS_DIR / loader.MANIFEST_NAME).read_text())
     conn = Connector(**manifest["connector"])
-    assert manifest["connector"]["kind"] == "mlp"
+    assert manifest["connector"]["kind"] == "linear"  # run L1 of docs/default_connector.md
     conn.load_state_dict(load_file(str(loader.WEIGHTS_DIR / manifest["weights"])))  # strict
     assert conn.config() == manifest["connector"]
 
