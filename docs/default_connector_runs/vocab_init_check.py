@@ -11,9 +11,11 @@ from safetensors.torch import load_file
 
 from tl_latentlens.default.lm import load_lm
 from tl_latentlens.models.connector import word_token_ids
+from tl_latentlens.packaged_data import cache_dir
 
 torch.set_num_threads(1)
-features = load_file("/root/.cache/tl_latentlens/features/train-450acbe41164cd87.safetensors")
+# the training features of S1/V1 (data fingerprint 450acbe41164cd87), cached by their pipeline run
+features = load_file(str(cache_dir() / "features" / "train-450acbe41164cd87.safetensors"))
 print({k: v.shape for k, v in features.items()})
 x = next(v for v in features.values() if v.ndim == 3)[:32].float()
 bridge = load_lm("smollm2-135m")
