@@ -55,6 +55,12 @@ def main() -> None:
           f"{wall * 1e3:.0f} ms total ({parts}); search: {set(res.search.values())}")  # fmt: skip
     wall, res = best(lambda: lens.explain(images[1], k=5, baselines=False))
     print(f"  without baselines: {wall * 1e3:.0f} ms")
+    auto_search = res.timings["search"]
+    wall, res = best(lambda: lens.explain(images[1], k=5, method="exact"))
+    parts = " · ".join(f"{k} {v * 1e3:.0f} ms" for k, v in res.timings.items())
+    print(f"  exact search at every hook (a bank without routes, like the demo bank now): "
+          f"{wall * 1e3:.0f} ms total ({parts}); search exact / auto "
+          f"{res.timings['search'] / auto_search:.2f}x")  # fmt: skip
     wall, many = best(lambda: lens.explain_many(images[1:9], k=5, batch_size=8, progress=False), 2)
     print(f"explain_many, 8 images, batch 8: {wall / 8 * 1e3:.0f} ms per image")
     # EmbeddingLens: the bfloat16 scan with its proof vs the float32 scan, on this image's

@@ -244,3 +244,40 @@ def test_candidate_union_equals_numpy_unique():
     cands[0] = -1  # a query with no candidate at all
     assert np.array_equal(candidate_union(cands, 50), np.unique(cands[cands >= 0]))
     assert candidate_union(np.full((2, 3), -1), 50).size == 0
+
+
+def test_calibration_stops_when_a_bigger_probe_gains_too_little(tmp_path, clusters, monkeypatch):
+    """Probes are tried in ascending order while each one lowers the best expected cost by more
+    than ``GAIN``; held-out sets bigger than ``max_queries`` are subsampled."""
+    import tl_latentlens.bank.calibrate as cal_mod
+
+    x, visual = clusters
+    real = cal_mod.expected_cost
+    costs = {2: 8000.0, 4: 7990.0, 8: 4000.0, 16: 2000.0, 32: 1000.0}  # > candidates alone
+    monkeypatch.setattr(
+        cal_mod,
+        "expected_cost",
+        lambda probe, list_len, n, fallback: (
+            costs[probe] if fallback else real(probe, list_len, n, fallback)
+        ),
+    )
+    probes = tuple(costs)
+
+    def run(folder):
+        _hook(tmp_path / folder, x, "float16")
+        return calibrate_hook(
+            tmp_path / folder, "float16", visual(300, 1), {"shifted": visual(900, 2)},
+            list_len=16, probes=probes, max_queries=200, progress=False,
+        )  # fmt: skip
+
+    cal = run("flat")  # 4 lowered the best cost by 1 %: 8 and up are not tried
+    assert cal.proven and sorted(cal.frontier) == [2, 4] and cal.params.probe == 4
+    costs.update({4: 4000.0, 8: 2000.0, 16: 1000.0, 32: 900.0})  # each gains > 5 %: all tried
+    truths = []
+    real_truth = cal_mod._exact_sims
+    monkeypatch.setattr(
+        cal_mod, "_exact_sims", lambda hv, q, k: truths.append(len(q)) or real_truth(hv, q, k)
+    )
+    cal = run("steep")
+    assert sorted(cal.frontier) == [2, 4, 8, 16, 32] and cal.params.probe == 32
+    assert cal.n_samples == 300 and truths == [200, 500]  # 900 shifted -> 200; the text set

@@ -23,6 +23,7 @@ from PIL import Image
 from tl_latentlens.apps._args import UsageError, check_bank, check_files, check_model
 from tl_latentlens.bank import Bank
 from tl_latentlens.bank.calibrate import calibrate_bank_with_images
+from tl_latentlens.bank.manifest import read_manifest
 from tl_latentlens.models.load import load_vlm
 
 __all__ = ["add_parser", "run", "validate"]
@@ -49,6 +50,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--held-out-share", type=float, default=0.2, help="images held out")
     p.add_argument("--max-samples", type=int, default=20_000, help="routing samples per hook")
     p.add_argument("--list-len", type=int, default=200, help="exact neighbours per sample")
+    p.add_argument(
+        "--hooks",
+        nargs="+",
+        default=None,
+        help="bank hooks to give routes (default: all; samples still come from every layer)",
+    )
     p.add_argument("--device", default=None, help="torch device of the model")
     p.set_defaults(func=run, validate=validate)
     return p
@@ -66,6 +73,12 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError("--images needs at least 2 images (a share is held out)")
     if not 0.0 < args.held_out_share < 1.0:
         raise UsageError(f"--held-out-share must be in (0, 1), got {args.held_out_share}")
+    if args.hooks:
+        stored = read_manifest(Path(args.bank).expanduser()).hook_names
+        unknown = sorted(set(args.hooks) - set(stored))
+        if unknown:
+            raise UsageError(f"--hooks names hooks the bank does not store: {unknown}; it "
+                             f"stores {list(stored)}")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         bank, vlm, load(args.images), prompt=args.prompt, held_out_share=args.held_out_share,
         unlike={"unlike": load(args.unlike)} if args.unlike else None,
         held_out_text=_sentences(args.text), max_samples=args.max_samples,
-        list_len=args.list_len,
+        list_len=args.list_len, calibrate=args.hooks,
     )  # fmt: skip
     print(json.dumps({h: c.to_dict() for h, c in cal.items()}, indent=2))
     return 0
