@@ -281,3 +281,30 @@ def test_calibration_stops_when_a_bigger_probe_gains_too_little(tmp_path, cluste
     cal = run("steep")
     assert sorted(cal.frontier) == [2, 4, 8, 16, 32] and cal.params.probe == 32
     assert cal.n_samples == 300 and truths == [200, 500]  # 900 shifted -> 200; the text set
+
+
+@pytest.mark.parametrize("n", [70, 1000, 1037, 4096])
+@pytest.mark.parametrize("k", [1, 5, 10])
+def test_block_top_k_equals_a_full_sort(n, k):
+    """The grouped top-k returns the k largest of each row, the lower columns among equal
+    values, with ties inside and between groups (a row of one value: every group ties at the
+    k-th group maximum), and a ragged tail."""
+    from tl_latentlens.bank.exact import block_top_k
+
+    rng = np.random.default_rng(n + k)
+    sims = torch.from_numpy(np.round(rng.standard_normal((40, n)), 1).astype(np.float32))
+    sims[3] = 0.5  # a row of ties everywhere
+    sims[4, -3:] = 9.0  # the largest values in the ragged tail
+    v, i = block_top_k(sims, k)
+    order = np.lexsort((np.arange(n)[None, :].repeat(40, 0), -sims.numpy()), axis=1)[:, :k]
+    want = np.take_along_axis(sims.numpy(), order, 1)
+    got_v, got_i = top_k_sorted_np(v.numpy(), i.numpy())
+    np.testing.assert_array_equal(got_v, want)
+    np.testing.assert_array_equal(got_i, order)  # equal values: the lower columns
+    np.testing.assert_array_equal(np.take_along_axis(sims.numpy(), got_i, 1), got_v)
+
+
+def top_k_sorted_np(v: np.ndarray, i: np.ndarray):
+    """Sort (value desc, column asc) per row."""
+    order = np.lexsort((i, -v), axis=1)
+    return np.take_along_axis(v, order, 1), np.take_along_axis(i, order, 1)

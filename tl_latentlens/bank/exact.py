@@ -22,7 +22,7 @@ from jaxtyping import Float, Int
 
 from tl_latentlens.bank.vectors import CHUNK_ROWS, RESIDENT_BLOCK, HookVectors
 
-__all__ = ["candidate_union", "exact_rows", "exact_top_k", "top_k_sorted"]
+__all__ = ["block_top_k", "candidate_union", "exact_rows", "exact_top_k", "top_k_sorted"]
 
 ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
 Sims = Float[np.ndarray, "m k"]
@@ -87,13 +87,51 @@ def exact_top_k(
         blocks = ((s, q @ b.T) for s, b in src_t)
     for start, sims in blocks:
         kk = min(k, sims.shape[1])
-        v, i = torch.topk(sims, kk, dim=1, sorted=False)
+        v, i = block_top_k(sims, kk) if sims.device.type == "cpu" else torch.topk(sims, kk, dim=1)
         best_s = torch.cat([best_s, v], dim=1)
         best_r = torch.cat([best_r, i + start], dim=1)
         if best_s.shape[1] > 4 * k:
             best_s, best_r = top_k_sorted(best_s, best_r, k)
     best_s, best_r = top_k_sorted(best_s, best_r, k)
     return best_s.cpu().numpy(), best_r.cpu().numpy().astype(np.int64)
+
+
+#: Columns per group whose maximum :func:`block_top_k` looks at first. Measured on a
+#: [490, 46392] block of real similarities (visual queries, 2 threads): k=5 in 13.6 ms against
+#: 35 ms for ``torch.topk`` (groups of 16: 40 ms, 64: 10 ms, but 83 against 80 ms for k=200).
+TOPK_GROUP = 32
+
+
+def block_top_k(
+    sims: Float[torch.Tensor, "m n"], k: int
+) -> tuple[Float[torch.Tensor, "m k"], Int[torch.Tensor, "m k"]]:
+    """The ``k`` largest similarities of each row with their columns (lower columns first
+    among equal values, as :func:`top_k_sorted` orders them), in a fraction of
+    ``torch.topk``'s time on the CPU.
+
+    Each row's columns are taken in groups of :data:`TOPK_GROUP`. If ``t`` is the row's
+    ``k``-th largest group maximum, ``k`` groups hold a value >= ``t``, so the row's ``k``-th
+    largest value is >= ``t`` and each of its ``k`` largest values (ties included) lies in a
+    group whose maximum is >= ``t``: only those groups' columns (and the ragged tail) are
+    ranked. A block too narrow for groups to pay is ranked whole.
+
+    Example:
+        >>> v, i = block_top_k(torch.randn(4, 1000), 5)
+    """
+    m, n = sims.shape
+    groups = n // TOPK_GROUP
+    if groups <= 2 * (k + 1):
+        return top_k_sorted(sims, torch.arange(n).expand(m, -1), k)
+    head = groups * TOPK_GROUP
+    maxima = sims[:, :head].reshape(m, groups, TOPK_GROUP).amax(dim=2)
+    t = torch.topk(maxima, k, dim=1, sorted=True).values[:, -1:]
+    # every group at or above t (more than k where maxima tie at t)
+    wide = int((maxima >= t).sum(dim=1).max())
+    which = torch.topk(maxima, wide, dim=1, sorted=False).indices
+    picked = (which[:, :, None] * TOPK_GROUP + torch.arange(TOPK_GROUP)).reshape(m, -1)
+    if head < n:  # the ragged tail is always ranked
+        picked = torch.cat([picked, torch.arange(head, n).expand(m, -1)], dim=1)
+    return top_k_sorted(torch.gather(sims, 1, picked), picked, k)
 
 
 def _product(q: np.ndarray, block: np.ndarray) -> torch.Tensor:
