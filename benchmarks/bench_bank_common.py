@@ -143,6 +143,19 @@ def timer(store: dict[str, float], key: str):
         store[key] = store.get(key, 0.0) + time.perf_counter() - t0
 
 
+def fastest(fn, n: int = 3, warm_up: bool = False):
+    """``(seconds, result)`` of the fastest of ``n`` calls of ``fn`` (after one untimed call
+    when ``warm_up``)."""
+    if warm_up:
+        fn()
+    runs = []
+    for _ in range(n):
+        t = time.perf_counter()
+        out = fn()
+        runs.append((time.perf_counter() - t, out))
+    return min(runs, key=lambda r: r[0])
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

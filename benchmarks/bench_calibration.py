@@ -87,10 +87,11 @@ def main() -> None:
             )  # fmt: skip
             wall = time.perf_counter() - t0
             rows.append((label, wall, got))
+            opened = Bank.open(root)
             for hook, c in got.items():
                 print(f"{label:18s} {hook:26s} {c.seconds:6.1f} s  probes {sorted(c.frontier)} "
                       f"-> {c.params.probe}, cost {c.cost[c.params.probe]:.0f} of "
-                      f"{Bank.open(root).n_vectors(hook)}, recall {min(c.recall.values()):.4f}, "
+                      f"{opened.n_vectors(hook)}, recall {min(c.recall.values()):.4f}, "
                       f"proven {c.proven}")  # fmt: skip
         (_, w2, old), (_, w3, new) = rows
         per_hook = [old[h].seconds / new[h].seconds for h in args.hooks]

@@ -25,25 +25,17 @@ Usage::
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
-from bench_bank_common import machine
+from bench_bank_common import fastest, machine
 
 K = 5
 SPARE = 64
 
 
-def best_of(fn, n: int = 3):
-    """Fastest of ``n`` runs after a warm-up: (seconds, result)."""
-    fn()
-    runs = []
-    for _ in range(n):
-        t = time.perf_counter()
-        out = fn()
-        runs.append((time.perf_counter() - t, out))
-    return min(runs, key=lambda r: r[0])
+def best_of(fn):
+    """``(seconds, result)`` of the fastest of 3 runs after a warm-up."""
+    return fastest(fn, 3, warm_up=True)
 
 
 def main() -> None:

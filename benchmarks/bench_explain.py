@@ -18,7 +18,7 @@ import argparse
 import time
 
 import torch
-from bench_bank_common import machine
+from bench_bank_common import fastest, machine
 
 
 def main() -> None:
@@ -41,27 +41,21 @@ def main() -> None:
     images = [im.image for im in heldout_composites(9)]
     lens.explain(images[0], k=5)  # warm-up: decodes the hooks into RAM once
 
-    def best(fn, n=3):
-        runs = []
-        for _ in range(n):
-            t = time.perf_counter()
-            r = fn()
-            runs.append((time.perf_counter() - t, r))
-        return min(runs, key=lambda x: x[0])
-
-    wall, res = best(lambda: lens.explain(images[1], k=5))
+    wall, res = fastest(lambda: lens.explain(images[1], k=5))
     parts = " · ".join(f"{k} {v * 1e3:.0f} ms" for k, v in res.timings.items())
     print(f"explain, 1 image x {len(res.hooks)} hooks, cross-layer, k=5, baselines: "
           f"{wall * 1e3:.0f} ms total ({parts}); search: {set(res.search.values())}")  # fmt: skip
-    wall, res = best(lambda: lens.explain(images[1], k=5, baselines=False))
+    wall, res = fastest(lambda: lens.explain(images[1], k=5, baselines=False))
     print(f"  without baselines: {wall * 1e3:.0f} ms")
     auto_search = res.timings["search"]
-    wall, res = best(lambda: lens.explain(images[1], k=5, method="exact"))
+    wall, res = fastest(lambda: lens.explain(images[1], k=5, method="exact"))
     parts = " · ".join(f"{k} {v * 1e3:.0f} ms" for k, v in res.timings.items())
     print(f"  exact search at every hook (a bank without routes, like the demo bank now): "
           f"{wall * 1e3:.0f} ms total ({parts}); search exact / auto "
           f"{res.timings['search'] / auto_search:.2f}x")  # fmt: skip
-    wall, many = best(lambda: lens.explain_many(images[1:9], k=5, batch_size=8, progress=False), 2)
+    wall, many = fastest(
+        lambda: lens.explain_many(images[1:9], k=5, batch_size=8, progress=False), 2
+    )
     print(f"explain_many, 8 images, batch 8: {wall / 8 * 1e3:.0f} ms per image")
     # EmbeddingLens: the bfloat16 scan with its proof vs the float32 scan, on this image's
     # visual tokens at every hook (only where the CPU has bfloat16 instructions)
@@ -72,10 +66,10 @@ def main() -> None:
     x = torch.cat([acts.residuals[h] for h in bank.hooks]).float()
     unit = torch.nn.functional.normalize(x, dim=-1)
     emb = lens.embedding_lens
-    fast_wall, (fast_v, fast_i) = best(lambda: emb.top_k(unit, 5))
+    fast_wall, (fast_v, fast_i) = fastest(lambda: emb.top_k(unit, 5))
     real = baselines._bf16_is_fast
     baselines._bf16_is_fast = lambda device: False
-    slow_wall, (slow_v, slow_i) = best(lambda: emb.top_k(unit, 5))
+    slow_wall, (slow_v, slow_i) = fastest(lambda: emb.top_k(unit, 5))
     baselines._bf16_is_fast = real
     same = int((fast_i == slow_i).all(dim=1).sum())
     print(f"EmbeddingLens top-5 of {x.shape[0]} visual tokens: bfloat16 scan + proof "
@@ -84,7 +78,7 @@ def main() -> None:
           f"{same}/{x.shape[0]}")  # fmt: skip
     bank.close()
     bank.resident_bytes = 0
-    wall, res = best(lambda: lens.explain(images[1], k=5), 2)
+    wall, res = fastest(lambda: lens.explain(images[1], k=5), 2)
     print(f"exact search streamed from storage (nothing resident): {wall * 1e3:.0f} ms total, "
           f"search {res.timings['search'] * 1e3:.0f} ms")  # fmt: skip
 

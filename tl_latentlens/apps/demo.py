@@ -154,11 +154,11 @@ def default_bank(
 
 
 #: Default banks of at least this many sentences get routes; smaller ones are searched exactly.
-#: At the demo's 12,000 sentences (73k vectors per hook) routes do not pay for the committed
-#: connector: its visual tokens are spread out, so most image queries fell back to exact search
-#: and the search of one ``explain`` took 2.7-3.0 s routed against 2.7-3.2 s exact (two runs
-#: each), while calibrating took 15 of the fresh demo's 20 minutes. Exact search grows with
-#: the bank, routed search hardly.
+#: At the demo's 12,000 sentences (46,392 vectors per hook) routes do not pay for the committed
+#: connector: its visual tokens are spread out, so most image queries fall back to exact search
+#: and the search of one ``explain`` took 2.52 s routed against 2.45 s exact
+#: (``benchmarks/bench_explain.py``), while calibrating took 15 of the fresh demo's 20 minutes.
+#: Exact search grows with the bank, routed search hardly.
 CALIBRATE_FROM = 50_000
 
 
