@@ -25,6 +25,12 @@ def fake_sources(monkeypatch):
     monkeypatch.setattr(connector_study, "stamp_captions", lambda stamps: ["A dog.", "A cat."])
     monkeypatch.setattr(connector_study, "concrete_nouns", fake_nouns)
     monkeypatch.setattr(connector_study, "visual_phrases", fake_phrases)
+
+    def fake_noun_phrases(nouns, per_noun, seed):
+        calls["noun_phrases"] = (list(nouns), per_noun, seed)
+        return [f"A {n}." for n in nouns] + [f"The {n} is red." for n in nouns]
+
+    monkeypatch.setattr(connector_study, "noun_phrases", fake_noun_phrases)
     return calls
 
 
@@ -33,6 +39,27 @@ def test_corpus_is_captions_then_one_phrase_per_noun_deduplicated(fake_sources):
     assert sentences == ["A dog.", "A cat.", "A kettle."]
     assert fake_sources["nouns"] == connector_study.TABLE_BANK_NOUNS == 1200
     assert fake_sources["phrases"] == (["kettle", "dog"], 1, 0)
+
+
+def test_phrases_corpus_is_captions_then_six_noun_led_phrases_per_noun(fake_sources):
+    sentences = connector_study.table_bank_corpus(corpus="phrases")
+    assert sentences == ["A dog.", "A cat.", "A kettle.", "The kettle is red.", "The dog is red."]
+    assert fake_sources["noun_phrases"] == (["kettle", "dog"], 6, 0)
+    assert "phrases" not in fake_sources  # B1's phrases are not drawn
+
+
+def test_unknown_corpus_is_refused_naming_the_choices(fake_sources):
+    with pytest.raises(ValueError, match="'glosses'.*'visual', 'phrases'"):
+        connector_study.table_bank_corpus(corpus="glosses")
+
+
+def test_build_table_bank_passes_its_corpus(fake_sources, monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(
+        connector_study, "bank_build", lambda vlm, s, out, **kw: seen.update(sentences=s)
+    )
+    connector_study.build_table_bank(SimpleNamespace(n_layers=30), tmp_path / "b", "phrases")
+    assert seen["sentences"][-1] == "The dog is red."
 
 
 def test_build_table_bank_stores_the_table_layers(fake_sources, monkeypatch, tmp_path):

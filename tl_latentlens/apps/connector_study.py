@@ -36,7 +36,7 @@ import torch
 from tl_latentlens.apps.demo import default_bank
 from tl_latentlens.bank import Bank
 from tl_latentlens.bank import build_bank as bank_build
-from tl_latentlens.default.corpus import concrete_nouns, visual_phrases
+from tl_latentlens.default.corpus import concrete_nouns, noun_phrases, visual_phrases
 from tl_latentlens.default.data import load_stamps, stamp_captions
 from tl_latentlens.default.loader import load_connector_vlm
 from tl_latentlens.evaluate import EvalConfig, MaskJudge, run_study
@@ -47,6 +47,7 @@ from tl_latentlens.hooks import hook_for_layer
 from tl_latentlens.lens import LatentLens
 
 __all__ = [
+    "TABLE_BANK_CORPORA",
     "TABLE_BANK_LAYERS",
     "TABLE_BANK_NOUNS",
     "build_table_bank",
@@ -62,29 +63,43 @@ logger = logging.getLogger(__name__)
 
 #: Layers stored by the table's bank (docs/default_connector.md, "Bank used for the table").
 TABLE_BANK_LAYERS = (0, 2, 8, 16, 24)
-#: Concrete nouns with one visual phrase each in the table's bank.
+#: Concrete nouns with phrases in the table's bank.
 TABLE_BANK_NOUNS = 1200
+#: The table bank's corpora (docs/default_connector.md): ``visual`` one ``visual_phrases``
+#: phrase per noun (B1, rounds 2-7); ``phrases`` six noun-led phrases per noun (B2, round 8).
+TABLE_BANK_CORPORA = ("visual", "phrases")
 
 
-def table_bank_corpus(nouns: int = TABLE_BANK_NOUNS) -> list[str]:
-    """The table bank's sentences: distinct stamp captions, then one visual phrase per noun.
+def table_bank_corpus(nouns: int = TABLE_BANK_NOUNS, corpus: str = "visual") -> list[str]:
+    """The table bank's sentences: distinct stamp captions, then the phrases of ``corpus``.
 
-    Duplicates are dropped keeping the first occurrence (1874 sentences with the Debian stamps
-    and WordNet 3.0).
+    Duplicates are dropped keeping the first occurrence (``visual``: 1874 sentences with the
+    Debian stamps and WordNet 3.0).
+
+    Raises:
+        ValueError: ``corpus`` is not one of :data:`TABLE_BANK_CORPORA`.
     """
+    if corpus not in TABLE_BANK_CORPORA:
+        raise ValueError(f"unknown table bank corpus {corpus!r}; use one of {TABLE_BANK_CORPORA}")
     captions = stamp_captions(load_stamps())
-    phrases = visual_phrases(concrete_nouns(nouns), per_noun=1, seed=0)
+    if corpus == "visual":
+        phrases = visual_phrases(concrete_nouns(nouns), per_noun=1, seed=0)
+    else:
+        phrases = noun_phrases(concrete_nouns(nouns), per_noun=6, seed=0)
     return list(dict.fromkeys([*captions, *phrases]))
 
 
-def build_table_bank(vlm: Any, out: str | Path) -> Bank:
-    """Build (or open, when it is already there) the table's bank of ``vlm``'s LM at ``out``."""
+def build_table_bank(vlm: Any, out: str | Path, corpus: str = "visual") -> Bank:
+    """Build (or open, when it is already there) the table's bank of ``vlm``'s LM at ``out``.
+
+    ``corpus``: which phrases follow the captions (:func:`table_bank_corpus`).
+    """
     if (Path(out) / "manifest.json").is_file():
         return Bank.open(out, vlm)
     hooks = [hook_for_layer(layer, vlm.n_layers) for layer in TABLE_BANK_LAYERS]
-    corpus = table_bank_corpus()
-    logger.info("building the table bank (%d sentences) at %s", len(corpus), out)
-    return bank_build(vlm, corpus, out, hooks=hooks, max_per_token=20, batch_size=32)
+    sentences = table_bank_corpus(corpus=corpus)
+    logger.info("building the table bank (%d sentences) at %s", len(sentences), out)
+    return bank_build(vlm, sentences, out, hooks=hooks, max_per_token=20, batch_size=32)
 
 
 def summarise(table: Any, hub: Any, k: int = 5) -> dict[str, Any]:
@@ -184,17 +199,18 @@ def evaluate_connector(
     bank_sentences: int = 12000,
     bank_dir: str | Path | None = None,
     build_bank: bool = False,
+    bank_corpus: str = "visual",
 ) -> dict[str, Any]:
     """Run the held-out study of one connector; writes ``summary.json`` into ``out``.
 
     ``bank_dir``: a bank of the same language model to use instead of the demo's default bank
     (a bank holds text residuals only, so one bank serves every connector of that LM);
     ``build_bank``: build the table's bank there first when it is missing
-    (:func:`build_table_bank`)."""
+    (:func:`build_table_bank`, with the phrases of ``bank_corpus``)."""
     t0 = time.perf_counter()
     vlm = load_connector_vlm(connector_dir)
     if bank_dir is not None and build_bank:
-        bank = build_table_bank(vlm, bank_dir)
+        bank = build_table_bank(vlm, bank_dir, bank_corpus)
     elif bank_dir is not None:
         bank = Bank.open(bank_dir, vlm)
     else:
@@ -247,6 +263,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="build the table's bank at --bank when it is not there (docs/default_connector.md)",
     )
+    p.add_argument(
+        "--bank-corpus",
+        choices=TABLE_BANK_CORPORA,
+        default="visual",
+        help="the phrases of a bank --build-bank builds: visual (B1) or noun-led phrases (B2)",
+    )
     args = p.parse_args(argv)
     if args.build_bank and args.bank is None:
         p.error("--build-bank needs --bank DIR")
@@ -268,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         args.patches,
         bank_dir=args.bank,
         build_bank=args.build_bank,
+        bank_corpus=args.bank_corpus,
     )
     print(json.dumps(summary, indent=1))
     return 0

@@ -4,6 +4,8 @@
 * :func:`visual_phrases`: short descriptions of visible things, like the region descriptions of
   Visual Genome that the paper's bank is made of (``"a red kettle on the left"``), composed from
   the most frequent concrete nouns of WordNet (:func:`concrete_nouns`), colours and places.
+* :func:`noun_phrases`: the same ingredients, every phrase led by its noun (among its first
+  three words), several per noun (docs/default_connector.md, round 8).
 
 A synset's gloss is a definition followed by quoted examples separated by ``;`` (nltk splits
 them: ``definition()``, ``examples()``). :func:`wordnet_sentences` yields each example as a
@@ -28,7 +30,7 @@ import numpy as np
 
 from tl_latentlens.wordnet import POS, Synset, WordNet, closure
 
-__all__ = ["concrete_nouns", "gloss_parts", "visual_phrases", "wordnet_sentences"]
+__all__ = ["concrete_nouns", "gloss_parts", "noun_phrases", "visual_phrases", "wordnet_sentences"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +106,18 @@ _TEMPLATES = (
     "a drawing of a {colour} {noun}",
     "the {noun} is {colour}",
 )
+#: Round 8's templates: the noun is among the first three words, as in a region description
+#: ("white dog on grass"); ``{Noun}`` is the noun with a capital first letter.
+_NOUN_LED = (
+    "a {noun}",
+    "a {noun} {place}",
+    "the {noun} is {colour}",
+    "a {colour} {noun}",
+    "a {noun} and a {other}",
+    "the {noun} next to the {other}",
+    "a small {noun}",
+    "{Noun} {place}",
+)
 _WORD = re.compile(r"[a-z]+")
 
 
@@ -134,23 +148,55 @@ def concrete_nouns(n: int = 3000, root: str | Path | None = None, min_depth: int
     return out
 
 
+def _phrases(
+    templates: tuple[str, ...], nouns: list[str], per_noun: int, seed: int, distinct: bool = False
+) -> list[str]:
+    """``per_noun`` of ``templates`` (drawn without replacement) filled in for every noun.
+
+    ``distinct``: ``{other}`` is never the noun itself (the next noun of the list instead, so the
+    draws, and every other phrase, stay those of ``distinct=False``).
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for noun in nouns:
+        for t in rng.choice(len(templates), size=min(per_noun, len(templates)), replace=False):
+            text = templates[int(t)].format(
+                noun=noun,
+                Noun=noun[:1].upper() + noun[1:],
+                colour=_COLOURS[int(rng.integers(len(_COLOURS)))],
+                place=_PLACES[int(rng.integers(len(_PLACES)))],
+                other=_other(nouns, int(rng.integers(len(nouns))), noun, distinct),
+            )
+            text = re.sub(r"\b([aA]) ([aeiou])", r"\1n \2", text)
+            out.append(_sentence(text[0].upper() + text[1:]))
+    return out
+
+
+def _other(nouns: list[str], i: int, noun: str, distinct: bool) -> str:
+    if distinct and nouns[i] == noun and len(nouns) > 1:
+        return nouns[(i + 1) % len(nouns)]
+    return nouns[i]
+
+
 def visual_phrases(nouns: list[str], per_noun: int = 3, seed: int = 0) -> list[str]:
     """``per_noun`` short visual phrases for every noun (seeded templates, colours, places).
 
     Example:
         >>> visual_phrases(["kettle"], per_noun=1)
-        ['A kettle on the left.']
+        ['A drawing of a grey kettle.']
     """
-    rng = np.random.default_rng(seed)
-    out = []
-    for noun in nouns:
-        for t in rng.choice(len(_TEMPLATES), size=min(per_noun, len(_TEMPLATES)), replace=False):
-            text = _TEMPLATES[int(t)].format(
-                noun=noun,
-                colour=_COLOURS[int(rng.integers(len(_COLOURS)))],
-                place=_PLACES[int(rng.integers(len(_PLACES)))],
-                other=nouns[int(rng.integers(len(nouns)))],
-            )
-            text = re.sub(r"\ba ([aeiou])", r"an \1", text)
-            out.append(_sentence(text[0].upper() + text[1:]))
-    return out
+    return _phrases(_TEMPLATES, nouns, per_noun, seed)
+
+
+def noun_phrases(nouns: list[str], per_noun: int = 6, seed: int = 0) -> list[str]:
+    """``per_noun`` short phrases for every noun, each led by it (among its first three words).
+
+    Visual tokens of the default VLM match text tokens that have seen little context (the second
+    to fourth token of a sentence) far above their share of a bank; a bank of noun-led phrases
+    gives every noun several such contexts, like the region descriptions of the paper's bank.
+
+    Example:
+        >>> noun_phrases(["kettle", "owl"], per_noun=1)
+        ['A small kettle.', 'The owl is red.']
+    """
+    return _phrases(_NOUN_LED, nouns, per_noun, seed, distinct=True)
