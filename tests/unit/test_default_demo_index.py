@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tl_latentlens.apps.demo import _hubness_table, _write_index
+from tl_latentlens.apps.demo import _hubness_table, _write_index, chance_line
 
 
 class _Bank:
@@ -30,6 +30,19 @@ def test_index_has_levels_and_hubness(tmp_path):
     text = page.read_text(encoding="utf-8")
     assert "Per-layer table" in text and "Hubness" in text and "dreidel×3" in text
     assert "whole word" in text
+    assert "Chance level" not in text  # a study without one (an LLM judge) says nothing
+
+
+def test_index_and_output_give_the_chance_level(tmp_path):
+    chance = {"words": ["animal", "device"], "strict": 58.67, "per_layer": {"0": 58.67}, "n": 4}
+    line = chance_line(chance)
+    assert "animal, device" in line and "59 %" in line and "2 bank words" in line
+    assert chance_line(None) == "" and chance_line({"words": []}) == ""
+    table = pd.DataFrame([{"layer": 0, "n_patches": 4, "latent_top5": 25.0}])
+    page = _write_index(
+        tmp_path, [], tmp_path / "leap.png", table, {"total_s": 1.0}, _Bank(), None, chance
+    )
+    assert "Chance level" in page.read_text(encoding="utf-8")
 
 
 def test_default_bank_is_built_by_the_encoder_and_opened_for_the_model(

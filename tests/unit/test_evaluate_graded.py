@@ -131,3 +131,48 @@ def test_whole_word_joins_pieces():
     assert whole_word(toks, 7, "aroo") == "Kangaroo"  # after punctuation, no space
     assert whole_word((), 0, " dog") == "dog"  # unknown sentence: the token
     assert whole_word(toks, 2, " other") == "other"  # inconsistent position: the token
+
+
+# ---- intervals that resample whole images ---------------------------------------------------------
+def test_image_interval_is_wilson_when_nothing_hits_or_one_image():
+    from tl_latentlens.evaluate.records import image_interval
+
+    assert image_interval([(0, 10)] * 6) == wilson_interval(0, 60)
+    assert image_interval([(3, 10)]) == wilson_interval(3, 10)
+    assert all(math.isnan(x) for x in image_interval([]))
+
+
+def test_image_interval_widens_when_hits_cluster_in_few_images():
+    from tl_latentlens.evaluate.records import image_interval
+
+    clustered = [(10, 10)] + [(0, 10)] * 9  # one image holds every hit
+    spread = [(1, 10)] * 10  # the same 10 % spread evenly
+    w_lo, w_hi = wilson_interval(10, 100)
+    c_lo, c_hi = image_interval(clustered)
+    s_lo, s_hi = image_interval(spread)
+    assert c_lo <= w_lo and c_hi > w_hi + 0.05  # resampling images: 0 or 2+ hit images
+    assert (s_lo, s_hi) == (w_lo, w_hi)  # no spread between images: Wilson's hull holds
+    assert image_interval(clustered, seed=1) == image_interval(clustered, seed=1)
+
+
+def test_aggregate_gives_image_intervals_per_lens():
+    recs = []
+    for image in ("a", "b", "c", "d"):
+        for patch in range(3):
+            kind = "concrete" if image == "a" else "none"
+            recs.append({
+                "image": image, "patch": patch, "layer": 0, "lens": "latent", "words": ["w"],
+                "verdict": {"interpretable": kind != "none", "kind": kind,
+                            "matched": 0 if kind != "none" else None,
+                            "candidate_kinds": [kind]},
+            })  # fmt: skip
+    table = aggregate(recs)
+    row = table.iloc[0]
+    assert row["latent_top1"] == 25.0
+    assert row["latent_top1_img_lo"] <= row["latent_top1_lo"]
+    assert row["latent_top1_img_hi"] >= row["latent_top1_hi"]
+    assert list(table.columns[-6:]) == [
+        f"{lens}_top1_img_{end}"
+        for lens in ("latent", "logit", "embedding")
+        for end in ("lo", "hi")
+    ]

@@ -60,7 +60,11 @@ class FakeLens:
             "hooks": [{"name": h} for h in hooks],
             "corpus": {"fingerprint": "c"},
         }
-        self.bank = SimpleNamespace(hooks=hooks, root=Path("fake-bank"), manifest=manifest)
+        sentences = ("A table.", "An animal.")  # the constant answer's vocabulary
+        self.bank = SimpleNamespace(
+            hooks=hooks, root=Path("fake-bank"), manifest=manifest,
+            n_sentences=len(sentences), sentence=sentences.__getitem__,
+        )  # fmt: skip
 
     def default_hooks(self):
         return list(self.bank.hooks)
@@ -226,6 +230,9 @@ def test_study_outputs_and_report(tmp_path, wordnet):
         and report["bank"]["identity"]["corpus_fingerprint"] == "c"
     )
     assert report["judge"]["name"] == "mask" and len(report["images"]) == 5
+    # every patch is a dog or a cat: the bank word "animal" names them all, whatever the lens says
+    assert report["chance"]["words"] == ["animal"] and report["chance"]["strict"] == 100.0
+    assert report["chance"]["n"] == 18 and set(report["chance"]["per_layer"]) == {"0", "2", "4"}
     # labelled patches only were sampled for the mask judge
     assert all(r["label"] is not None for r in recs)
 

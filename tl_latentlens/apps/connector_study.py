@@ -114,6 +114,11 @@ def summarise(table: Any, hub: Any, k: int = 5) -> dict[str, Any]:
                     round(float(r[f"{lens}_top{k}_lo"]), 2),
                     round(float(r[f"{lens}_top{k}_hi"]), 2),
                 ],  # fmt: skip
+                # resampling whole composites: their patches are not independent draws
+                "ci95_images": [
+                    round(float(r[f"{lens}_top{k}_img_lo"]), 2),
+                    round(float(r[f"{lens}_top{k}_img_hi"]), 2),
+                ],  # fmt: skip
                 "related": round(float(r[f"{lens}_abstract"]), 2),
                 "global": round(float(r[f"{lens}_global"]), 2),
             }
@@ -228,6 +233,8 @@ def evaluate_connector(
     result = run_study(LatentLens(vlm, bank), images, MaskJudge(), config, out, resume=True)
     hub = hubness(Path(out) / "judgements.jsonl")
     summary = summarise(result.table, hub)
+    # the 5 bank words that, answered for every patch, name the most patches (evaluate.chance)
+    summary["constant_answer"] = result.report.get("chance")
     summary.update(
         connector=str(connector_dir),
         part=part,

@@ -254,10 +254,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     t_explain = time.perf_counter()
     table = None
     annotated = [im for im in images if im.annotated]
-    hubs = None
+    hubs = chance = None
     if annotated:
         study = _study(lens, annotated, cfg.k, out / "study")
         table, hubs = study.table, _hubness_table(study.report)
+        chance = study.report.get("chance")
     t_end = time.perf_counter()
     timings = {
         "model_load_s": t_model - t_start,
@@ -266,13 +267,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "study_s": t_end - t_explain,
         "total_s": t_end - t_start,
     }
-    index = _write_index(out, pages, leap_png, table, timings, bank, hubs)
+    index = _write_index(out, pages, leap_png, table, timings, bank, hubs, chance)
     return {
         "index": index,
         "pages": pages,
         "leap": leap_png,
         "table": table,
         "hubness": hubs,
+        "chance": chance,
         "timings": timings,
     }
 
@@ -312,8 +314,26 @@ def _middle_hook(result: Any) -> str:
     return result.hooks[len(result.hooks) // 2]
 
 
+def chance_line(chance: dict[str, Any] | None) -> str:
+    """One sentence on the study's constant-answer chance level (``""`` without one)."""
+    if not chance or not chance.get("words"):
+        return ""
+    return (
+        f"Chance level: answering the same {len(chance['words'])} bank words for every patch "
+        f"({', '.join(chance['words'])}) names the object of {chance['strict']:.0f} % of these "
+        "patches under the strict judge (hypernyms count: 'animal' names every animal)."
+    )
+
+
 def _write_index(
-    out: Path, pages, leap_png: Path, table: Any, timings: dict, bank: Any, hubs: Any = None
+    out: Path,
+    pages,
+    leap_png: Path,
+    table: Any,
+    timings: dict,
+    bank: Any,
+    hubs: Any = None,
+    chance: dict[str, Any] | None = None,
 ) -> Path:
     rows = "".join(
         f'<li><a href="{html.escape(p.name)}">{html.escape(name)}</a> · '
@@ -336,9 +356,11 @@ def _write_index(
         f'<img src="{leap_png.name}" style="max-width:700px"><h2>Per-layer table</h2>'
         "<p>Percent of labelled patches of held-out objects (exact search) whose top-k words "
         "name the object under the patch (strict: <code>_top</code>; <code>_lo/_hi</code>: 95 % "
-        "interval), and per level: <code>_concrete</code>, <code>_abstract</code> (related "
+        "Wilson interval; <code>_img_lo/_img_hi</code>: 95 % interval resampling whole images, "
+        "whose patches are not independent), and per level: <code>_concrete</code>, <code>_abstract</code> (related "
         "concept), <code>_global</code> (another object in the image). LatentLens words are "
-        f"judged as the whole word containing the matched token.</p>{tbl}{hub}"
+        f"judged as the whole word containing the matched token.</p>{tbl}"
+        f"<p>{html.escape(chance_line(chance))}</p>{hub}"
     )
     path = out / "index.html"
     page = f"<!doctype html><meta charset=utf-8><body>{body}</body>"
@@ -384,6 +406,8 @@ def run(args: argparse.Namespace) -> int:
         )
         print(format_table(res["table"]))
         print("related / global levels and 95 % intervals: index.html and study/table.csv")
+        if line := chance_line(res.get("chance")):
+            print(line)
     if res.get("hubness") is not None:
         h = res["hubness"]
         print("LatentLens top-5 hub share of top-1 slots per layer (%): " + ", ".join(

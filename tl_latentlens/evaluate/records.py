@@ -22,13 +22,22 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tl_latentlens.evaluate.judges import KINDS, Verdict
 
-__all__ = ["LENSES", "JudgementLog", "aggregate", "record_key", "wilson_interval"]
+__all__ = [
+    "LENSES",
+    "JudgementLog",
+    "aggregate",
+    "image_interval",
+    "record_key",
+    "wilson_interval",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +128,41 @@ def wilson_interval(hits: int, n: int, z: float = 1.959964) -> tuple[float, floa
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def image_interval(
+    per_image: Sequence[tuple[int, int]], n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """A 95 % interval of a hit rate whose patches come in images, widened to hold Wilson's.
+
+    Patches of one image (often of one object) are not independent, so Wilson's interval, which
+    counts every patch as a draw, is too narrow when a few objects fill many patches. This
+    resamples whole images (a percentile bootstrap of ``sum(hits) / sum(patches)``) and returns
+    the hull of that interval and :func:`wilson_interval` of the pooled counts: the bootstrap is
+    degenerate at 0 hits, where Wilson's is not.
+
+    Args:
+        per_image: ``(hits, patches)`` of every image.
+        n_boot: Bootstrap resamples.
+        seed: Their seed (the interval is reproducible).
+        level: Coverage.
+
+    Example:
+        >>> [round(x, 3) for x in image_interval([(5, 5), (0, 5), (0, 5), (0, 5)])]
+        [0.0, 0.75]
+    """
+    counts = np.asarray(per_image, dtype=np.float64).reshape(-1, 2)
+    hits, n = int(counts[:, 0].sum()), int(counts[:, 1].sum())
+    lo, hi = wilson_interval(hits, n)
+    if n == 0 or len(counts) < 2:
+        return lo, hi
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(counts), size=(n_boot, len(counts)))
+    sums = counts[picks].sum(axis=1)  # [n_boot, 2]
+    rates = sums[:, 0] / np.maximum(sums[:, 1], 1.0)
+    tail = (1.0 - level) / 2
+    b_lo, b_hi = np.quantile(rates, [tail, 1.0 - tail])
+    return min(lo, float(b_lo)), max(hi, float(b_hi))
+
+
 def aggregate(
     records: str | os.PathLike | Iterable[dict[str, Any]],
     kinds: tuple[str, ...] = KINDS,
@@ -136,8 +180,10 @@ def aggregate(
         pandas DataFrame, one row per layer: ``layer``, ``n_patches`` (distinct image/patch
         pairs), then per lens ``<lens>_top<k>`` and ``<lens>_pass1`` (percent, over verdicts that
         are not errors), ``<lens>_n`` and ``<lens>_errors``; after those, per lens, the 95 %
-        Wilson interval of the top-k rate (``<lens>_top<k>_lo`` / ``_hi``) and the top-k rate
-        of each verdict kind alone (``<lens>_concrete``, ``_abstract``, ``_global``).
+        Wilson interval of the top-k rate (``<lens>_top<k>_lo`` / ``_hi``), the top-k rate
+        of each verdict kind alone (``<lens>_concrete``, ``_abstract``, ``_global``), and last
+        the 95 % interval that resamples whole images (``<lens>_top<k>_img_lo`` / ``_img_hi``,
+        :func:`image_interval`).
 
     Raises:
         ValueError: Unknown kinds, or records judged with different numbers of candidates.
@@ -161,6 +207,7 @@ def aggregate(
     cols = [f"{lens}_{s}" for lens in LENSES for s in stats]
     extra = (f"top{top}_lo", f"top{top}_hi", *KINDS)
     cols += [f"{lens}_{s}" for lens in LENSES for s in extra]
+    cols += [f"{lens}_top{top}_img_{end}" for lens in LENSES for end in ("lo", "hi")]
     acc: dict[float, dict[str, Any]] = {}
     for (image, patch, layer, lens), rec in sorted(latest.items()):
         row = acc.setdefault(
@@ -175,6 +222,7 @@ def aggregate(
             raise ValueError("k below the judged number of candidates needs per-candidate verdicts")
         row.setdefault(lens, []).append(
             (
+                image,
                 v.counts(kinds, top=k),
                 v.counts(kinds, top=1),
                 *(v.counts((kind,), top=k) for kind in KINDS),
@@ -186,7 +234,8 @@ def aggregate(
         out: dict[str, Any] = {"layer": int(layer) if float(layer).is_integer() else layer}
         out["n_patches"] = len(row["patches"])
         for lens in LENSES:
-            vals = row.get(lens, [])
+            images = [x[0] for x in row.get(lens, [])]
+            vals = [x[1:] for x in row.get(lens, [])]
             n = len(vals)
             hits = sum(x[0] for x in vals)
             out[f"{lens}_top{top}"] = 100.0 * hits / n if n else float("nan")
@@ -198,5 +247,12 @@ def aggregate(
             for j, kind in enumerate(KINDS):
                 share = sum(x[2 + j] for x in vals) / n if n else float("nan")
                 out[f"{lens}_{kind}"] = 100.0 * share
+            per_image: dict[str, list[int]] = {}
+            for image, x in zip(images, vals):
+                per_image.setdefault(image, [0, 0])
+                per_image[image][0] += int(x[0])
+                per_image[image][1] += 1
+            lo, hi = image_interval([tuple(c) for c in per_image.values()])
+            out[f"{lens}_top{top}_img_lo"], out[f"{lens}_top{top}_img_hi"] = 100 * lo, 100 * hi
         rows.append(out)
     return pd.DataFrame(rows, columns=["layer", "n_patches", *cols])

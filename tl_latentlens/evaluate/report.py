@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tl_latentlens.evaluate.chance import constant_answer, sentence_words
 from tl_latentlens.evaluate.hubness import hubness
 from tl_latentlens.lens.leap import mid_layer_leap
 from tl_latentlens.render.pictures import layer_curve_png, leap_heatmap_png
@@ -94,6 +95,25 @@ def _plots(
     files["leap.png"] = leap_heatmap_png(leap, out / "leap.png")
 
 
+#: Sentences of the bank whose words make the constant answer's vocabulary (a paper-size bank has
+#: millions; its first sentences hold its common words).
+CHANCE_SENTENCES = 100_000
+
+
+def chance_level(judgements: Path, judge: Any, bank: Any, k: int) -> dict[str, Any] | None:
+    """The constant-answer chance level of a mask-judged study (:mod:`~.chance`), or ``None``.
+
+    The vocabulary is the words of the bank's first :data:`CHANCE_SENTENCES` sentences: what
+    LatentLens could answer. Judges without a WordNet rule (the LLM judge) get ``None``.
+    """
+    matcher = getattr(judge, "matcher", None)
+    n = getattr(bank, "n_sentences", None)
+    if matcher is None or not isinstance(n, int):
+        return None
+    words = sentence_words(bank.sentence(i) for i in range(min(n, CHANCE_SENTENCES)))
+    return constant_answer(judgements, words, matcher, k).to_dict()
+
+
 def write_outputs(
     out: Path,
     table: Any,
@@ -144,6 +164,7 @@ def write_outputs(
         },
         "table": json.loads(table.to_json(orient="records")),
         "hubness": {lens: json.loads(h.to_json(orient="records")) for lens, h in hubs.items()},
+        "chance": chance_level(files["judgements"], judge, bank, config.k),
         "files": {name: str(path.name) for name, path in files.items()},
     }
     (out / "report.json").write_text(

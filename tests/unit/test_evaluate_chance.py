@@ -1,0 +1,117 @@
+"""The constant-answer chance level of the strict judge, on hand-made studies (tiny WordNet)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from test_evaluate_wordnet import TINY
+
+from fixtures.wordnet_files import write_wordnet
+from tl_latentlens.evaluate.chance import (
+    ConstantAnswer,
+    constant_answer,
+    patch_labels,
+    sentence_words,
+)
+from tl_latentlens.evaluate.matching import LabelMatcher
+from tl_latentlens.wordnet import WordNet
+
+
+@pytest.fixture(scope="module")
+def matcher(tmp_path_factory):
+    return LabelMatcher(WordNet(write_wordnet(tmp_path_factory.mktemp("wn"), TINY)))
+
+
+def record(layer, label, patch, lens="latent", words=("x",)):
+    return {"image": "im", "patch": patch, "layer": layer, "lens": lens, "label": label,
+            "words": list(words)}  # fmt: skip
+
+
+def test_one_general_word_names_every_animal(matcher):
+    # layer 0: dog, cat, mouse, table; layer 8: dog, dog, table, table
+    labels = {0: ["dog", "cat", "mouse", "table"], 8: ["dog", "dog", "table", "table"]}
+    a = constant_answer(labels, ["table", "creature", "dog", "the"], matcher, k=1)
+    assert a.words == ("creature",)  # a synonym of animal: hypernym of dog, cat and mouse
+    assert a.per_layer == {0: 75.0, 8: 50.0}
+    assert a.rate == pytest.approx(62.5) and a.n == 8
+
+
+def test_greedy_adds_the_word_that_names_most_patches_not_yet_named(matcher):
+    labels = {0: ["dog", "dog", "dog", "cat", "table", "table"]}
+    a = constant_answer(labels, ["dog", "table", "animal", "cat"], matcher, k=2)
+    assert a.words == ("animal", "table")  # animal: 4 patches; then table: 2 more
+    assert a.rate == 100.0
+    # no word adds a patch any more: the answer stops short of k
+    assert constant_answer(labels, ["dog", "table", "animal"], matcher, k=5).words == (
+        "animal",
+        "table",
+    )
+
+
+def test_ties_go_to_the_word_first_in_the_vocabulary(matcher):
+    labels = {0: ["dog", "cat"]}
+    assert constant_answer(labels, ["cat", "dog"], matcher, k=1).words == ("cat",)
+    assert constant_answer(labels, ["dog", "cat"], matcher, k=1).words == ("dog",)
+
+
+def test_words_are_normalised_and_unknown_labels_name_nothing(matcher):
+    labels = {0: ["dog", "unicornfish"]}  # the tiny WordNet does not know the second label
+    a = constant_answer(labels, [" Dogs", "ĠDOG", "fish"], matcher, k=3)
+    assert a.words == ("dogs",) and a.rate == 50.0
+
+
+def test_no_patches_and_bad_k(matcher):
+    a = constant_answer({}, ["dog"], matcher)
+    assert a.words == () and math.isnan(a.rate) and a.per_layer == {}
+    with pytest.raises(ValueError, match="k must be positive"):
+        constant_answer({0: ["dog"]}, ["dog"], matcher, k=0)
+
+
+def test_reads_the_latest_latent_records_of_a_study(matcher, tmp_path):
+    path = tmp_path / "judgements.jsonl"
+    recs = [
+        record(0, "table", 1),
+        record(0, "dog", 1),  # a later record of the same key replaces the first
+        record(0, "cat", 2),
+        record(0, "table", 1, lens="logit"),  # other lenses are not the study's patches
+        {**record(2, "", 3)},  # unlabelled patches are not judged
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert patch_labels(path) == {0: ["dog", "cat"]}
+    a = constant_answer(path, ["table", "animal"], matcher, k=2)
+    assert a.words == ("animal",) and a.per_layer == {0: 100.0}
+    assert constant_answer(recs, ["table", "animal"], matcher).to_dict() == {
+        "words": ["animal"],
+        "strict": 100.0,
+        "per_layer": {"0": 100.0},
+        "n": 2,
+    }
+    assert isinstance(a, ConstantAnswer)
+
+
+def test_sentence_words_keep_whole_words_in_first_seen_order():
+    assert sentence_words(["A red kettle.", "The kettle's lid, 2 cups."]) == [
+        "A",
+        "red",
+        "kettle",
+        "The",
+        "s",
+        "lid",
+        "cups",
+    ]
+
+
+def test_report_chance_level_needs_a_wordnet_judge_and_a_bank_of_sentences(matcher, tmp_path):
+    from types import SimpleNamespace
+
+    from tl_latentlens.evaluate.report import chance_level
+
+    path = tmp_path / "judgements.jsonl"
+    path.write_text(json.dumps(record(0, "dog", 1)) + "\n")
+    bank = SimpleNamespace(n_sentences=1, sentence=lambda i: "A creature.")
+    judge = SimpleNamespace(matcher=matcher)
+    assert chance_level(path, judge, bank, 5)["words"] == ["creature"]
+    assert chance_level(path, SimpleNamespace(), bank, 5) is None  # the LLM judge: no rule
+    assert chance_level(path, judge, SimpleNamespace(), 5) is None  # no sentences to answer from
