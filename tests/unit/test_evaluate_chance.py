@@ -15,7 +15,7 @@ from tl_latentlens.evaluate.chance import (
     patch_labels,
     sentence_words,
 )
-from tl_latentlens.evaluate.matching import LabelMatcher
+from tl_latentlens.evaluate.matching import LabelMatcher, MatchRule
 from tl_latentlens.wordnet import WordNet
 
 
@@ -111,7 +111,35 @@ def test_report_chance_level_needs_a_wordnet_judge_and_a_bank_of_sentences(match
     path = tmp_path / "judgements.jsonl"
     path.write_text(json.dumps(record(0, "dog", 1)) + "\n")
     bank = SimpleNamespace(n_sentences=1, sentence=lambda i: "A creature.")
-    judge = SimpleNamespace(matcher=matcher)
+    judge = SimpleNamespace(matcher=matcher, rule=matcher.rule)
     assert chance_level(path, judge, bank, 5)["words"] == ["creature"]
     assert chance_level(path, SimpleNamespace(), bank, 5) is None  # the LLM judge: no rule
     assert chance_level(path, judge, SimpleNamespace(), 5) is None  # no sentences to answer from
+
+
+def test_report_chance_level_is_reused_only_for_the_same_study(matcher, tmp_path):
+    from types import SimpleNamespace
+
+    from tl_latentlens.evaluate.report import chance_level
+
+    class NoWordNet:  # a resumed study must not load WordNet for an unchanged chance level
+        rule = MatchRule.strict()
+
+        @property
+        def matcher(self):
+            raise AssertionError("WordNet loaded")
+
+    path = tmp_path / "judgements.jsonl"
+    path.write_text(json.dumps(record(0, "dog", 1)) + "\n")
+    bank = SimpleNamespace(n_sentences=1, sentence=lambda i: "A creature.")
+    judge = SimpleNamespace(matcher=matcher, rule=matcher.rule)
+    first = chance_level(path, judge, bank, 5, bank_identity={"corpus": "a"})
+    assert chance_level(path, NoWordNet(), bank, 5, {"corpus": "a"}, first) is first
+    # another bank, another k or other judgements: computed again
+    with pytest.raises(AssertionError, match="WordNet loaded"):
+        chance_level(path, NoWordNet(), bank, 5, {"corpus": "b"}, first)
+    with pytest.raises(AssertionError, match="WordNet loaded"):
+        chance_level(path, NoWordNet(), bank, 4, {"corpus": "a"}, first)
+    path.write_text(json.dumps(record(0, "cat", 1)) + "\n")
+    with pytest.raises(AssertionError, match="WordNet loaded"):
+        chance_level(path, NoWordNet(), bank, 5, {"corpus": "a"}, first)

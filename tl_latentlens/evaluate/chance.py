@@ -108,11 +108,13 @@ def constant_answer(
         raise ValueError(f"k must be positive, got {k}")
     per_layer = records if isinstance(records, Mapping) else patch_labels(records)
     counts = Counter(label for labels in per_layer.values() for label in labels)
+    accepted = {lab: _accepted(matcher, lab) for lab in counts}
+    known = set().union(*accepted.values())  # a word names a label only via these lemmas
     names: dict[str, frozenset[str]] = {}  # word -> the labels it names
     for word in dict.fromkeys(normalise_word(w) for w in vocabulary):
-        named = frozenset(lab for lab in counts if _names(matcher, word, lab))
-        if named:
-            names[word] = named
+        forms = set(matcher.forms(word))
+        if forms & known:  # the same test as matcher.relation, for every label at once
+            names[word] = frozenset(lab for lab, acc in accepted.items() if forms & acc)
     chosen: list[str] = []
     covered: set[str] = set()
     for _ in range(k):
@@ -133,8 +135,8 @@ def constant_answer(
     return ConstantAnswer(tuple(chosen), total, rates, n)
 
 
-def _names(matcher: LabelMatcher, word: str, label: str) -> bool:
+def _accepted(matcher: LabelMatcher, label: str) -> set[str]:
     try:
-        return matcher.relation(word, label) is not None
+        return set(matcher.accepted(label))
     except ValueError:  # a label WordNet does not know names nothing (the judge errs on it too)
-        return False
+        return set()

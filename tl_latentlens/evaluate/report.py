@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import logging
 import math
@@ -100,18 +101,40 @@ def _plots(
 CHANCE_SENTENCES = 100_000
 
 
-def chance_level(judgements: Path, judge: Any, bank: Any, k: int) -> dict[str, Any] | None:
+def chance_level(
+    judgements: Path,
+    judge: Any,
+    bank: Any,
+    k: int,
+    bank_identity: Any = None,
+    previous: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
     """The constant-answer chance level of a mask-judged study (:mod:`~.chance`), or ``None``.
 
     The vocabulary is the words of the bank's first :data:`CHANCE_SENTENCES` sentences: what
     LatentLens could answer. Judges without a WordNet rule (the LLM judge) get ``None``.
+    ``previous`` (the last report's entry) is returned as it is when it was computed from the same
+    judgements, bank, judge rule and ``k``: a resumed study does not load WordNet for it again.
     """
-    matcher = getattr(judge, "matcher", None)
     n = getattr(bank, "n_sentences", None)
-    if matcher is None or not isinstance(n, int):
+    rule = getattr(judge, "rule", None)
+    if rule is None or not isinstance(n, int):
         return None
+    digest = hashlib.sha256(Path(judgements).read_bytes()).hexdigest()
+    ident = json.dumps([bank_identity, rule.to_dict(), k, CHANCE_SENTENCES], sort_keys=True)
+    key = f"{digest}:{hashlib.sha256(ident.encode()).hexdigest()}"
+    if previous and previous.get("key") == key:
+        return previous
     words = sentence_words(bank.sentence(i) for i in range(min(n, CHANCE_SENTENCES)))
-    return constant_answer(judgements, words, matcher, k).to_dict()
+    return {**constant_answer(judgements, words, judge.matcher, k).to_dict(), "key": key}
+
+
+def _previous_chance(path: Path) -> dict[str, Any] | None:
+    """The ``chance`` entry of an earlier ``report.json`` (``None`` when unreadable)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("chance")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def write_outputs(
@@ -164,7 +187,14 @@ def write_outputs(
         },
         "table": json.loads(table.to_json(orient="records")),
         "hubness": {lens: json.loads(h.to_json(orient="records")) for lens, h in hubs.items()},
-        "chance": chance_level(files["judgements"], judge, bank, config.k),
+        "chance": chance_level(
+            files["judgements"],
+            judge,
+            bank,
+            config.k,
+            identity["bank"],
+            _previous_chance(out / "report.json"),
+        ),
         "files": {name: str(path.name) for name, path in files.items()},
     }
     (out / "report.json").write_text(
