@@ -4,14 +4,17 @@
 built once), draws composites of *validation* or *test* objects (identities never trained on,
 :func:`~tl_latentlens.evaluate.default_set.heldout_composites`) and runs the per-layer study
 with the graded mask judge and **exact** search. It returns a summary: per layer and lens the
-strict (concrete) top-5 rate with its 95 % interval, the related and global levels, and the
-LatentLens hubness; ``mean_strict`` (LatentLens, mean over the layers) is what the selection
-rule of the docs compares on the validation part.
+strict (concrete) top-5 rate with its 95 % intervals (Wilson's, ``ci95``, and one resampling
+whole composites, ``ci95_images``), the related and global levels, and the LatentLens hubness;
+``mean_strict`` (LatentLens, mean over the layers) is what the selection rule of the docs
+compares on the validation part, and ``constant_answer`` is the chance level to read it against
+(:mod:`~tl_latentlens.evaluate.chance`).
 
 The table's bank (:func:`build_table_bank`, ``--build-bank``) is text only, so one bank serves
 every connector of the same language model: the distinct Tux Paint captions, then one visual
 phrase for each of the 1200 most used concrete nouns of WordNet, hooks of layers 0 / 2 / 8 / 16 /
-24, at most 20 contexts per token (4581 vectors per hook for SmolLM2-135M).
+24, at most 20 contexts per token (4581 vectors per hook for SmolLM2-135M); ``--bank-corpus
+phrases`` builds round 8's bank of six noun-led phrases per noun instead.
 
 Example (a shell, in the background on a shared machine)::
 
