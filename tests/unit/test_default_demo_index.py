@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tl_latentlens.apps.demo import _hubness_table, _write_index, chance_line
+from tl_latentlens.apps.demo import _hubness_table, _write_index
+from tl_latentlens.evaluate.report import format_chance
 
 
 class _Bank:
@@ -35,9 +36,9 @@ def test_index_has_levels_and_hubness(tmp_path):
 
 def test_index_and_output_give_the_chance_level(tmp_path):
     chance = {"words": ["animal", "device"], "strict": 58.67, "per_layer": {"0": 58.67}, "n": 4}
-    line = chance_line(chance)
+    line = format_chance(chance)
     assert "animal, device" in line and "59 %" in line and "2 bank words" in line
-    assert chance_line(None) == "" and chance_line({"words": []}) == ""
+    assert format_chance(None) == "" and format_chance({"words": []}) == ""
     table = pd.DataFrame([{"layer": 0, "n_patches": 4, "latent_top5": 25.0}])
     page = _write_index(
         tmp_path, [], tmp_path / "leap.png", table, {"total_s": 1.0}, _Bank(), None, chance

@@ -38,7 +38,7 @@ from tl_latentlens.bank.calibrate import CALIBRATION_POLICY, calibrate_bank_with
 from tl_latentlens.default.assets import cache_dir, skimage_data_dir
 from tl_latentlens.default.bank_corpus import CORPUS_VERSION, default_corpus
 from tl_latentlens.default.data import load_stamps, single_stamp_image, split_stamps
-from tl_latentlens.evaluate import EvalConfig, MaskJudge, format_table, run_study
+from tl_latentlens.evaluate import EvalConfig, MaskJudge, format_chance, format_table, run_study
 from tl_latentlens.evaluate.default_set import heldout_composites, load_images, voc_image
 from tl_latentlens.evaluate.images import EvalImage
 from tl_latentlens.lens import LatentLens, mid_layer_leap
@@ -314,17 +314,6 @@ def _middle_hook(result: Any) -> str:
     return result.hooks[len(result.hooks) // 2]
 
 
-def chance_line(chance: dict[str, Any] | None) -> str:
-    """One sentence on the study's constant-answer chance level (``""`` without one)."""
-    if not chance or not chance.get("words"):
-        return ""
-    return (
-        f"Chance level: answering the same {len(chance['words'])} bank words for every patch "
-        f"({', '.join(chance['words'])}) names the object of {chance['strict']:.0f} % of these "
-        "patches under the strict judge (hypernyms count: 'animal' names every animal)."
-    )
-
-
 def _write_index(
     out: Path,
     pages,
@@ -360,7 +349,7 @@ def _write_index(
         "whose patches are not independent), and per level: <code>_concrete</code>, <code>_abstract</code> (related "
         "concept), <code>_global</code> (another object in the image). LatentLens words are "
         f"judged as the whole word containing the matched token.</p>{tbl}"
-        f"<p>{html.escape(chance_line(chance))}</p>{hub}"
+        f"<p>{html.escape(format_chance(chance))}</p>{hub}"
     )
     path = out / "index.html"
     page = f"<!doctype html><meta charset=utf-8><body>{body}</body>"
@@ -406,7 +395,7 @@ def run(args: argparse.Namespace) -> int:
         )
         print(format_table(res["table"]))
         print("related / global levels and 95 % intervals: index.html and study/table.csv")
-        if line := chance_line(res.get("chance")):
+        if line := format_chance(res.get("chance")):
             print(line)
     if res.get("hubness") is not None:
         h = res["hubness"]

@@ -37,7 +37,7 @@ from tl_latentlens.evaluate.judges import Judge, MaskJudge
 from tl_latentlens.evaluate.llm_judge import LLMJudge, LLMJudgeConfig
 from tl_latentlens.evaluate.matching import MatchRule
 from tl_latentlens.evaluate.records import aggregate
-from tl_latentlens.evaluate.report import format_table
+from tl_latentlens.evaluate.report import format_chance, format_table
 from tl_latentlens.evaluate.study import run_study
 from tl_latentlens.hooks import paper_layers
 from tl_latentlens.lens import LatentLens
@@ -208,6 +208,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         config = EvalConfig(k=args.k, **common)
     result = run_study(lens, images, judge, config, out, resume=args.resume)
     print(format_table(result.table))
+    if line := format_chance(result.report.get("chance")):
+        print(line)
     for name, path in result.files.items():
         print(f"{name}: {path}")
     return 0

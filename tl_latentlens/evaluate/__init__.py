@@ -23,7 +23,7 @@ from tl_latentlens.evaluate.judges import KINDS, Judge, JudgeCase, MaskJudge, Ve
 from tl_latentlens.evaluate.llm_judge import LLMJudge, LLMJudgeConfig
 from tl_latentlens.evaluate.matching import LabelMatcher, MatchRule
 from tl_latentlens.evaluate.records import JudgementLog, aggregate
-from tl_latentlens.evaluate.report import format_table
+from tl_latentlens.evaluate.report import format_chance, format_table
 from tl_latentlens.evaluate.sampling import SamplePlan, sample_plan
 from tl_latentlens.evaluate.study import StudyResult, run_study
 from tl_latentlens.wordnet import WordNet
@@ -45,6 +45,7 @@ __all__ = [
     "Verdict",
     "WordNet",
     "aggregate",
+    "format_chance",
     "format_table",
     "hubness",
     "load_images",

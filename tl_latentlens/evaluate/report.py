@@ -16,7 +16,7 @@ from tl_latentlens.evaluate.hubness import hubness
 from tl_latentlens.lens.leap import mid_layer_leap
 from tl_latentlens.render.pictures import layer_curve_png, leap_heatmap_png
 
-__all__ = ["LENS_NAMES", "format_table", "write_outputs"]
+__all__ = ["LENS_NAMES", "chance_level", "format_chance", "format_table", "write_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,17 @@ def format_table(table: Any) -> str:
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in [head, *rows]]
     return "\n".join(lines)
+
+
+def format_chance(chance: dict[str, Any] | None) -> str:
+    """One sentence on the study's constant-answer chance level (``""`` without one)."""
+    if not chance or not chance.get("words"):
+        return ""
+    return (
+        f"Chance level: answering the same {len(chance['words'])} bank words for every patch "
+        f"({', '.join(chance['words'])}) names the object of {chance['strict']:.0f} % of these "
+        "patches under the strict judge (hypernyms count: 'animal' names every animal)."
+    )
 
 
 def _curves(table: Any, column: str) -> dict[str, dict[float, float]]:
