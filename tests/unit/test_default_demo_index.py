@@ -39,6 +39,8 @@ def test_index_and_output_give_the_chance_level(tmp_path):
     line = format_chance(chance)
     assert "animal, device" in line and "59 %" in line and "2 bank words" in line
     assert format_chance(None) == "" and format_chance({"words": []}) == ""
+    both = format_chance({**chance, "shuffled": {"latent": {"0": 1.25, "8": 3.0}}})
+    assert both.splitlines()[0] == line and "0: 1.2, 8: 3.0" in both.splitlines()[1]
     table = pd.DataFrame([{"layer": 0, "n_patches": 4, "latent_top5": 25.0}])
     page = _write_index(
         tmp_path, [], tmp_path / "leap.png", table, {"total_s": 1.0}, _Bank(), None, chance

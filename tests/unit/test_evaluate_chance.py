@@ -14,6 +14,7 @@ from tl_latentlens.evaluate.chance import (
     constant_answer,
     patch_labels,
     sentence_words,
+    shuffled_label_rates,
 )
 from tl_latentlens.evaluate.matching import LabelMatcher, MatchRule
 from tl_latentlens.wordnet import WordNet
@@ -103,7 +104,9 @@ def test_sentence_words_keep_whole_words_in_first_seen_order():
     ]
 
 
-def test_report_chance_level_needs_a_wordnet_judge_and_a_bank_of_sentences(matcher, tmp_path):
+def test_report_chance_level_needs_a_wordnet_judge_and_its_constant_answer_a_bank(
+    matcher, tmp_path
+):
     from types import SimpleNamespace
 
     from tl_latentlens.evaluate.report import chance_level
@@ -114,7 +117,8 @@ def test_report_chance_level_needs_a_wordnet_judge_and_a_bank_of_sentences(match
     judge = SimpleNamespace(matcher=matcher, rule=matcher.rule)
     assert chance_level(path, judge, bank, 5)["words"] == ["creature"]
     assert chance_level(path, SimpleNamespace(), bank, 5) is None  # the LLM judge: no rule
-    assert chance_level(path, judge, SimpleNamespace(), 5) is None  # no sentences to answer from
+    no_sentences = chance_level(path, judge, SimpleNamespace(), 5)  # shuffled labels only
+    assert "words" not in no_sentences and no_sentences["shuffled"] == {}
 
 
 def test_report_chance_level_is_reused_only_for_the_same_study(matcher, tmp_path):
@@ -143,3 +147,43 @@ def test_report_chance_level_is_reused_only_for_the_same_study(matcher, tmp_path
     path.write_text(json.dumps(record(0, "cat", 1)) + "\n")
     with pytest.raises(AssertionError, match="WordNet loaded"):
         chance_level(path, NoWordNet(), bank, 5, {"corpus": "a"}, first)
+
+
+# ---- the lens's own words against other images' labels ----------------------------------------------
+def rec(image, patch, label, words, layer=0, lens="latent"):
+    return {"image": image, "patch": patch, "layer": layer, "lens": lens, "label": label,
+            "words": list(words)}  # fmt: skip
+
+
+def test_a_lens_that_says_creature_everywhere_scores_as_much_with_labels_shuffled(matcher):
+    recs = [
+        rec("a", 0, "dog", ["creature"]),
+        rec("a", 1, "table", ["creature"]),
+        rec("b", 0, "cat", ["creature"]),
+        rec("b", 1, "table", ["creature"]),
+    ]
+    # with its own labels: 2 of 4; each patch against the other image's 2 patches: one animal
+    assert shuffled_label_rates(recs, matcher) == {"latent": {0: 50.0}}
+
+
+def test_a_lens_that_names_its_patch_scores_little_with_labels_shuffled(matcher):
+    recs = [
+        rec("a", 0, "dog", ["dog"]),
+        rec("b", 0, "cat", ["cat"]),
+        rec("c", 0, "dog", ["dogs"]),
+        rec("d", 0, "table", ["table"]),
+    ]
+    # a's "dog" names c's label (1 of 3 other patches); b's "cat" none; c's "dogs" a's; d none
+    rates = shuffled_label_rates(recs, matcher)
+    assert rates["latent"][0] == pytest.approx(100 * (1 / 3 + 0 + 1 / 3 + 0) / 4)
+
+
+def test_shuffled_rates_per_lens_and_layer_cut_to_k_and_skip_lone_images(matcher):
+    recs = [
+        rec("a", 0, "dog", ["table", "dog"], layer=0, lens="logit"),
+        rec("b", 0, "table", ["x", "y"], layer=0, lens="logit"),
+        rec("a", 0, "dog", ["dog"], layer=2),  # every patch of layer 2 is in one image
+        rec("a", 1, "cat", ["cat"], layer=2),
+    ]
+    assert shuffled_label_rates(recs, matcher, k=1) == {"logit": {0: 50.0}}
+    assert shuffled_label_rates(recs, matcher, k=2) == {"logit": {0: 50.0}}  # "dog" is a's own

@@ -233,6 +233,10 @@ def test_study_outputs_and_report(tmp_path, wordnet):
     # every patch is a dog or a cat: the bank word "animal" names them all, whatever the lens says
     assert report["chance"]["words"] == ["animal"] and report["chance"]["strict"] == 100.0
     assert report["chance"]["n"] == 18 and set(report["chance"]["per_layer"]) == {"0", "2", "4"}
+    shuffled = report["chance"]["shuffled"]  # each lens's own words against other images' labels
+    assert set(shuffled) == {"latent", "logit", "embedding"}
+    assert all(set(v) == {"0", "2", "4"} and all(0 <= x <= 100 for x in v.values())
+               for v in shuffled.values())  # fmt: skip
     # labelled patches only were sampled for the mask judge
     assert all(r["label"] is not None for r in recs)
 

@@ -105,8 +105,13 @@ def build_table_bank(vlm: Any, out: str | Path, corpus: str = "visual") -> Bank:
     return bank_build(vlm, sentences, out, hooks=hooks, max_per_token=20, batch_size=32)
 
 
-def summarise(table: Any, hub: Any, k: int = 5) -> dict[str, Any]:
-    """The JSON summary of a study table (strict counting) and its LatentLens hubness."""
+def summarise(
+    table: Any, hub: Any, k: int = 5, chance: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The JSON summary of a study table (strict counting), its LatentLens hubness and, per
+    lens and layer, the rate of the lens's words against other images' labels (``shuffled``,
+    from the report's ``chance``)."""
+    shuffled = (chance or {}).get("shuffled", {})
     layers = []
     for _, r in table.iterrows():
         row: dict[str, Any] = {"layer": int(r["layer"]), "n": int(r["n_patches"])}
@@ -123,6 +128,7 @@ def summarise(table: Any, hub: Any, k: int = 5) -> dict[str, Any]:
                     round(float(r[f"{lens}_top{k}_img_hi"]), 2),
                 ],  # fmt: skip
                 "related": round(float(r[f"{lens}_abstract"]), 2),
+                "shuffled": shuffled.get(lens, {}).get(str(int(r["layer"]))),
                 "global": round(float(r[f"{lens}_global"]), 2),
             }
         h = hub[hub["layer"] == r["layer"]]
@@ -235,7 +241,7 @@ def evaluate_connector(
     )
     result = run_study(LatentLens(vlm, bank), images, MaskJudge(), config, out, resume=True)
     hub = hubness(Path(out) / "judgements.jsonl")
-    summary = summarise(result.table, hub)
+    summary = summarise(result.table, hub, chance=result.report.get("chance"))
     # the 5 bank words that, answered for every patch, name the most patches (evaluate.chance)
     summary["constant_answer"] = result.report.get("chance")
     summary.update(

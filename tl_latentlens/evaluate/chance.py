@@ -9,6 +9,11 @@ reports their hit rate per layer. Greedy max-coverage is within a factor ``1 - 1
 constant answer, so the rate is a lower bound of the chance level; a lens is interpretable
 beyond chance at a layer only where it scores clearly above it.
 
+:func:`shuffled_label_rates` is the chance level of each lens's *own* answers: the rate its
+top-k words would score against the label of a random patch of another image (the exact
+expectation, no sampling). A lens that says "creature" for every patch scores as much with the
+labels shuffled as without; a lens that reads the patch scores more without.
+
 Example:
     >>> from tl_latentlens.evaluate import LabelMatcher, WordNet
     >>> answer = constant_answer("study/judgements.jsonl", ["creature", "tool", "kettle"],
@@ -28,7 +33,13 @@ from typing import Any
 from tl_latentlens.evaluate.matching import LabelMatcher, normalise_word
 from tl_latentlens.evaluate.records import JudgementLog, record_key
 
-__all__ = ["ConstantAnswer", "constant_answer", "patch_labels", "sentence_words"]
+__all__ = [
+    "ConstantAnswer",
+    "constant_answer",
+    "patch_labels",
+    "sentence_words",
+    "shuffled_label_rates",
+]
 
 _WORD = re.compile(r"[^\W\d_]+")
 
@@ -140,3 +151,46 @@ def _accepted(matcher: LabelMatcher, label: str) -> set[str]:
         return set(matcher.accepted(label))
     except ValueError:  # a label WordNet does not know names nothing (the judge errs on it too)
         return set()
+
+
+def shuffled_label_rates(
+    records: str | os.PathLike | Iterable[dict[str, Any]], matcher: LabelMatcher, k: int = 5
+) -> dict[str, dict[int | float, float]]:
+    """Per lens and layer: the percent of patches whose top-``k`` words would name the label of
+    a random patch of *another* image (strict rule), the exact expectation over that draw.
+
+    Args:
+        records: A study's ``judgements.jsonl`` or its records (the latest per key counts).
+        matcher: The judge's strict rule (``MaskJudge().matcher``).
+        k: Candidates per patch (the study's top-k).
+
+    Returns:
+        ``{lens: {layer: percent}}``; a layer whose patches all come from one image is left out.
+    """
+    if isinstance(records, (str, os.PathLike)):
+        latest = JudgementLog(records).latest()
+    else:
+        latest = {record_key(r): r for r in records}
+    groups: dict[tuple[str, int | float], list[tuple[str, str, list[str]]]] = {}
+    for (image, _, layer, lens), rec in sorted(latest.items()):
+        if rec.get("label") and rec.get("words") is not None:
+            key = int(layer) if float(layer).is_integer() else layer
+            groups.setdefault((lens, key), []).append((image, rec["label"], rec["words"][:k]))
+    out: dict[str, dict[int | float, float]] = {}
+    for (lens, layer), rows in groups.items():
+        accepted = {lab: _accepted(matcher, lab) for _, lab, _ in rows}
+        total = Counter(lab for _, lab, _ in rows)
+        per_image: dict[str, Counter[str]] = {}
+        for image, lab, _ in rows:
+            per_image.setdefault(image, Counter())[lab] += 1
+        shares = []
+        for image, _, words in rows:
+            others = len(rows) - sum(per_image[image].values())
+            if others == 0:
+                continue
+            forms = set().union(*(matcher.forms(w) for w in words)) if words else set()
+            named = [lab for lab, acc in accepted.items() if forms & acc]
+            shares.append(sum(total[lab] - per_image[image][lab] for lab in named) / others)
+        if shares:
+            out.setdefault(lens, {})[layer] = 100.0 * sum(shares) / len(shares)
+    return out

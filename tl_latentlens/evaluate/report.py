@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tl_latentlens.evaluate.chance import constant_answer, sentence_words
+from tl_latentlens.evaluate.chance import constant_answer, sentence_words, shuffled_label_rates
 from tl_latentlens.evaluate.hubness import hubness
 from tl_latentlens.lens.leap import mid_layer_leap
 from tl_latentlens.render.pictures import layer_curve_png, leap_heatmap_png
@@ -59,14 +59,24 @@ def format_table(table: Any) -> str:
 
 
 def format_chance(chance: dict[str, Any] | None) -> str:
-    """One sentence on the study's constant-answer chance level (``""`` without one)."""
-    if not chance or not chance.get("words"):
+    """The study's chance levels in words (``""`` without them): the constant answer, and
+    LatentLens's rate with the labels shuffled between images, per layer."""
+    if not chance:
         return ""
-    return (
-        f"Chance level: answering the same {len(chance['words'])} bank words for every patch "
-        f"({', '.join(chance['words'])}) names the object of {chance['strict']:.0f} % of these "
-        "patches under the strict judge (hypernyms count: 'animal' names every animal)."
-    )
+    lines = []
+    if chance.get("words"):
+        lines.append(
+            f"Chance level: answering the same {len(chance['words'])} bank words for every patch "
+            f"({', '.join(chance['words'])}) names the object of {chance['strict']:.0f} % of these "
+            "patches under the strict judge (hypernyms count: 'animal' names every animal)."
+        )
+    shuffled = chance.get("shuffled", {}).get("latent")
+    if shuffled:
+        lines.append(
+            "LatentLens's own words against another image's labels (its chance level, %): "
+            + ", ".join(f"{layer}: {v:.1f}" for layer, v in shuffled.items())
+        )
+    return "\n".join(lines)
 
 
 def _curves(table: Any, column: str) -> dict[str, dict[float, float]]:
@@ -110,6 +120,8 @@ def _plots(
 #: Sentences of the bank whose words make the constant answer's vocabulary (a paper-size bank has
 #: millions; its first sentences hold its common words).
 CHANCE_SENTENCES = 100_000
+#: Bump when what :func:`chance_level` records changes (an older report's entry is recomputed).
+CHANCE_VERSION = 2
 
 
 def chance_level(
@@ -120,24 +132,39 @@ def chance_level(
     bank_identity: Any = None,
     previous: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """The constant-answer chance level of a mask-judged study (:mod:`~.chance`), or ``None``.
+    """The chance levels of a mask-judged study (:mod:`~.chance`), or ``None``.
 
-    The vocabulary is the words of the bank's first :data:`CHANCE_SENTENCES` sentences: what
-    LatentLens could answer. Judges without a WordNet rule (the LLM judge) get ``None``.
+    ``shuffled``: per lens and layer, the rate of the lens's own words against the labels of
+    other images' patches. ``words`` / ``strict`` / ``per_layer`` / ``n``: the constant answer
+    from the words of the bank's first :data:`CHANCE_SENTENCES` sentences (what LatentLens could
+    answer; only for a bank of sentences). Judges without a WordNet rule (the LLM judge) get
+    ``None``.
     ``previous`` (the last report's entry) is returned as it is when it was computed from the same
     judgements, bank, judge rule and ``k``: a resumed study does not load WordNet for it again.
     """
-    n = getattr(bank, "n_sentences", None)
     rule = getattr(judge, "rule", None)
-    if rule is None or not isinstance(n, int):
+    if rule is None:
         return None
+    n = getattr(bank, "n_sentences", None)
     digest = hashlib.sha256(Path(judgements).read_bytes()).hexdigest()
-    ident = json.dumps([bank_identity, rule.to_dict(), k, CHANCE_SENTENCES], sort_keys=True)
+    ident = json.dumps(
+        [bank_identity, rule.to_dict(), k, CHANCE_SENTENCES, CHANCE_VERSION], sort_keys=True
+    )
     key = f"{digest}:{hashlib.sha256(ident.encode()).hexdigest()}"
     if previous and previous.get("key") == key:
         return previous
-    words = sentence_words(bank.sentence(i) for i in range(min(n, CHANCE_SENTENCES)))
-    return {**constant_answer(judgements, words, judge.matcher, k).to_dict(), "key": key}
+    shuffled = shuffled_label_rates(judgements, judge.matcher, k)
+    out: dict[str, Any] = {
+        "shuffled": {
+            lens: {str(layer): round(v, 2) for layer, v in rates.items()}
+            for lens, rates in shuffled.items()
+        },
+        "key": key,
+    }
+    if isinstance(n, int):  # a bank of sentences: the words LatentLens could answer
+        words = sentence_words(bank.sentence(i) for i in range(min(n, CHANCE_SENTENCES)))
+        out.update(constant_answer(judgements, words, judge.matcher, k).to_dict())
+    return out
 
 
 def _previous_chance(path: Path) -> dict[str, Any] | None:
