@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tl_latentlens.evaluate.matching import LabelMatcher, normalise_word
-from tl_latentlens.evaluate.records import JudgementLog, record_key
+from tl_latentlens.evaluate.records import latest_records
 
 __all__ = [
     "ConstantAnswer",
@@ -74,10 +74,7 @@ def patch_labels(
     records: str | os.PathLike | Iterable[dict[str, Any]], lens: str = "latent"
 ) -> dict[int | float, list[str]]:
     """The label of every judged patch of ``lens``, per layer (the latest record per key)."""
-    if isinstance(records, (str, os.PathLike)):
-        latest = JudgementLog(records).latest()
-    else:
-        latest = {record_key(r): r for r in records}
+    latest = latest_records(records)
     out: dict[int | float, list[str]] = {}
     for (_, _, layer, lens_), rec in sorted(latest.items()):
         if lens_ == lens and rec.get("label"):
@@ -167,10 +164,7 @@ def shuffled_label_rates(
     Returns:
         ``{lens: {layer: percent}}``; a layer whose patches all come from one image is left out.
     """
-    if isinstance(records, (str, os.PathLike)):
-        latest = JudgementLog(records).latest()
-    else:
-        latest = {record_key(r): r for r in records}
+    latest = latest_records(records)
     groups: dict[tuple[str, int | float], list[tuple[str, str, list[str]]]] = {}
     for (image, _, layer, lens), rec in sorted(latest.items()):
         if rec.get("label") and rec.get("words") is not None:

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from tl_latentlens.evaluate.matching import normalise_word
-from tl_latentlens.evaluate.records import JudgementLog, record_key
+from tl_latentlens.evaluate.records import latest_records
 
 __all__ = ["hubness", "hubness_of_words"]
 
@@ -58,10 +58,7 @@ def hubness(
     """
     import pandas as pd
 
-    if isinstance(records, (str, os.PathLike)):
-        latest = JudgementLog(records).latest()
-    else:
-        latest = {record_key(r): r for r in records}
+    latest = latest_records(records)
     per_layer: dict[float, list[str]] = {}
     for (_, _, layer, lens_), rec in sorted(latest.items()):
         if lens_ == lens and rec.get("words"):

@@ -35,6 +35,7 @@ __all__ = [
     "JudgementLog",
     "aggregate",
     "image_interval",
+    "latest_records",
     "record_key",
     "wilson_interval",
 ]
@@ -128,6 +129,15 @@ def wilson_interval(hits: int, n: int, z: float = 1.959964) -> tuple[float, floa
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def latest_records(
+    records: str | os.PathLike | Iterable[dict[str, Any]],
+) -> dict[Key, dict[str, Any]]:
+    """The latest record per key of a ``judgements.jsonl`` path or of the records themselves."""
+    if isinstance(records, (str, os.PathLike)):
+        return JudgementLog(records).latest()
+    return {record_key(r): r for r in records}
+
+
 def image_interval(
     per_image: Sequence[tuple[int, int]], n_boot: int = 2000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
@@ -193,10 +203,7 @@ def aggregate(
     bad = [x for x in kinds if x not in KINDS]
     if bad:
         raise ValueError(f"unknown verdict kinds {bad}; known: {KINDS}")
-    if isinstance(records, (str, os.PathLike)):
-        latest = JudgementLog(records).latest()
-    else:
-        latest = {record_key(r): r for r in records}
+    latest = latest_records(records)
     judged_k = {len(r["words"]) for r in latest.values()}
     if len(judged_k) > 1:
         raise ValueError(

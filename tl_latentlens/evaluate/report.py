@@ -13,6 +13,7 @@ from typing import Any
 
 from tl_latentlens.evaluate.chance import constant_answer, sentence_words, shuffled_label_rates
 from tl_latentlens.evaluate.hubness import hubness
+from tl_latentlens.evaluate.records import latest_records
 from tl_latentlens.lens.leap import mid_layer_leap
 from tl_latentlens.render.pictures import layer_curve_png, leap_heatmap_png
 
@@ -153,7 +154,8 @@ def chance_level(
     key = f"{digest}:{hashlib.sha256(ident.encode()).hexdigest()}"
     if previous and previous.get("key") == key:
         return previous
-    shuffled = shuffled_label_rates(judgements, judge.matcher, k)
+    records = list(latest_records(judgements).values())  # read once for both measures
+    shuffled = shuffled_label_rates(records, judge.matcher, k)
     out: dict[str, Any] = {
         "shuffled": {
             lens: {str(layer): round(v, 2) for layer, v in rates.items()}
@@ -163,7 +165,7 @@ def chance_level(
     }
     if isinstance(n, int):  # a bank of sentences: the words LatentLens could answer
         words = sentence_words(bank.sentence(i) for i in range(min(n, CHANCE_SENTENCES)))
-        out.update(constant_answer(judgements, words, judge.matcher, k).to_dict())
+        out.update(constant_answer(records, words, judge.matcher, k).to_dict())
     return out
 
 
