@@ -142,3 +142,33 @@ def test_second_load_reads_the_kept_weight_digests(vlm, monkeypatch):
 
     monkeypatch.setattr(base_mod, "digest_parts", refuse)
     assert load_default_vlm().fingerprint() == want
+
+
+def test_default_vlm_loads_on_the_asked_device():
+    """Every part goes where it is asked (``meta`` stands in for a GPU: a tensor made on the
+    default device instead of the module's fails there as it would on CUDA)."""
+    from tl_latentlens.models.load import load_vlm
+
+    vlm = load_vlm("default", device="meta")
+    parts = {
+        "bridge": vlm.bridge.parameters(),
+        "encoder": vlm.encoder.parameters(),
+        "connector": vlm.connector.parameters(),
+    }
+    assert {name: {p.device.type for p in ps} for name, ps in parts.items()} == {
+        "bridge": {"meta"},
+        "encoder": {"meta"},
+        "connector": {"meta"},
+    }
+
+
+def test_default_vlm_goes_to_cuda_when_present_and_no_device_is_given(monkeypatch):
+    """With no device the default VLM, like every loader, takes CUDA when present (here CUDA
+    is only pretended, so the move itself fails: that it is tried is the point)."""
+    from tl_latentlens.default import load_default_vlm
+
+    if torch.cuda.is_available():
+        pytest.skip("a real GPU: the gpu tier loads the default there")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises((AssertionError, RuntimeError), match="CUDA|cuda"):
+        load_default_vlm()

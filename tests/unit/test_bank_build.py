@@ -270,3 +270,88 @@ def test_default_hooks_are_the_paper_spread(tiny_vlm, tmp_path):
     assert [h.layer for h in m.hooks] == hk.paper_layers(tiny_vlm.n_layers)
     assert m.model == tiny_vlm.fingerprint()
     assert m.hnsw.space == "cosine"
+
+
+def test_the_model_runs_the_next_batch_while_the_last_one_is_written(
+    tiny_vlm, tmp_path, monkeypatch
+):
+    """Writes are off the forward path: batch 0's write is still running when batch 1's
+    forward pass starts (the write waits for it; sequential code would time out here)."""
+    import threading
+
+    second_forward = threading.Event()
+    overlapped = []
+    real_run, real_rows = encode_mod.run_batch, encode_mod.encode_rows
+    runs = []
+
+    def run(*a, **k):
+        runs.append(1)
+        if len(runs) == 2:
+            second_forward.set()
+        return real_run(*a, **k)
+
+    def rows(*a, **k):
+        if not overlapped:
+            overlapped.append(second_forward.wait(timeout=20))
+        return real_rows(*a, **k)
+
+    monkeypatch.setattr(encode_mod, "run_batch", run)
+    monkeypatch.setattr(encode_mod, "encode_rows", rows)
+    sents = corpus(12)
+    bank = build_bank(tiny_vlm, sents, tmp_path / "b", HOOKS, batch_size=4, dtype="float32",
+                      max_per_token=None, progress=False)  # fmt: skip
+    assert overlapped == [True] and len(runs) >= 3
+    monkeypatch.undo()
+    ref = build_bank(tiny_vlm, sents, tmp_path / "ref", HOOKS, batch_size=4, dtype="float32",
+                     max_per_token=None, progress=False)  # fmt: skip
+    for hook in HOOKS:
+        np.testing.assert_array_equal(bank.decoded(hook), ref.decoded(hook))
+
+
+def test_a_failed_write_stops_the_build_and_it_resumes(tiny_vlm, tmp_path, monkeypatch):
+    real_rows, calls = encode_mod.encode_rows, []
+
+    def failing(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return real_rows(*a, **k)
+
+    monkeypatch.setattr(encode_mod, "encode_rows", failing)
+    sents, out = corpus(20), tmp_path / "b"
+    opts = dict(batch_size=3, shard_batches=1, dtype="float32", max_per_token=None,
+                progress=False)  # fmt: skip
+    with pytest.raises(OSError, match="disk full"):
+        build_bank(tiny_vlm, sents, out, HOOKS, **opts)
+    monkeypatch.undo()
+    bank = build_bank(tiny_vlm, sents, out, HOOKS, **opts)
+    ref = build_bank(tiny_vlm, sents, tmp_path / "ref", HOOKS, **opts)
+    for hook in HOOKS:
+        np.testing.assert_array_equal(bank.decoded(hook), ref.decoded(hook))
+
+
+class _FakeGPUModel:
+    """What :func:`~tl_latentlens.bank.encode.auto_batch_size` reads of a VLM on a GPU."""
+
+    def __init__(self, d_model: int, d_mlp: int, dtype: torch.dtype) -> None:
+        from types import SimpleNamespace
+
+        self.device, self.d_model = torch.device("cuda", 0), d_model
+        self.bridge = SimpleNamespace(
+            cfg=SimpleNamespace(d_mlp=d_mlp), parameters=lambda: iter([torch.zeros(1, dtype=dtype)])
+        )
+
+
+def test_batches_are_sized_for_the_device(tiny_vlm, monkeypatch):
+    from types import SimpleNamespace
+
+    assert encode_mod.auto_batch_size(tiny_vlm, 3, 64) == encode_mod.CPU_BATCH_SIZE
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda dev: SimpleNamespace(total_memory=80 << 30)
+    )
+    seven_b = _FakeGPUModel(4096, 11008, torch.bfloat16)  # a 7B LM on an 80 GB GPU
+    n = encode_mod.auto_batch_size(seven_b, 33, 64)
+    assert n == 512 and n & (n - 1) == 0
+    assert encode_mod.auto_batch_size(seven_b, 33, 512) < n  # longer sentences, fewer of them
+    small = _FakeGPUModel(576, 1536, torch.float32)
+    assert encode_mod.auto_batch_size(small, 31, 64) == 1024  # capped

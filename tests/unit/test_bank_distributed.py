@@ -244,13 +244,42 @@ def test_shards_are_dealt_by_cost():
     assert assign_shards(range(10), costs, 3) == plan  # deterministic
 
 
-def test_each_rank_gets_its_own_gpu():
+def fake_gpus(monkeypatch, n: int) -> None:
+    """Pretend this process sees ``n`` CUDA devices (no CUDA call is made, so forked ranks
+    later in this module are not started after a CUDA initialisation)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+
+
+def test_each_rank_gets_its_own_gpu(monkeypatch):
+    fake_gpus(monkeypatch, 8)
     ctx = RankContext(rank=5, world_size=8, local_rank=1)
     assert rank_device("cuda", ctx) == "cuda:1"
     assert rank_device("cuda:0", ctx) == "cuda:0"  # an explicit index is kept
-    assert rank_device("cpu", ctx) == "cpu"
+    assert rank_device("cpu", ctx) == "cpu"  # a CPU rank stays on the CPU
     assert rank_device("cuda", None) == "cuda"  # a single process: as given
-    assert rank_device(None, ctx) == ("cuda:1" if torch.cuda.is_available() else None)
+    assert rank_device(None, ctx) == "cuda:1"  # no device: CUDA when present
+
+
+def test_ranks_without_gpus_stay_on_the_cpu(monkeypatch):
+    fake_gpus(monkeypatch, 0)
+    ctx = RankContext(rank=1, world_size=2, local_rank=1)
+    assert rank_device(None, ctx) is None
+    assert rank_device("cpu", ctx) == "cpu"
+    for asked in ("cuda", "cuda:1"):
+        with pytest.raises(dist_mod.DistributedBuildError, match="sees 0 CUDA device"):
+            rank_device(asked, ctx)
+
+
+def test_more_ranks_than_gpus_share_them(monkeypatch, caplog):
+    """Two ranks on one GPU (the gpu tier's torchrun case) both get cuda:0, not cuda:1."""
+    fake_gpus(monkeypatch, 1)
+    ranks = [RankContext(rank=r, world_size=2, local_rank=r) for r in range(2)]
+    with caplog.at_level("WARNING"):
+        assert [rank_device("cuda", c) for c in ranks] == ["cuda:0", "cuda:0"]
+    assert "2 ranks share 1 GPU" in caplog.text
+    with pytest.raises(dist_mod.DistributedBuildError, match="cuda:1"):
+        rank_device("cuda:1", ranks[1])
 
 
 def test_cli_joins_the_ranks_torchrun_describes(tiny_vlm, tmp_path, monkeypatch):
@@ -275,6 +304,7 @@ def test_cli_joins_the_ranks_torchrun_describes(tiny_vlm, tmp_path, monkeypatch)
             (tmp_path / f"device-{os.environ['RANK']}.txt").write_text(repr(device)) and tiny_vlm
         ),
     )
+    fake_gpus(monkeypatch, 0)  # the forked ranks inherit it: CPU ranks on any machine
     parser = argparse.ArgumentParser()
     app.add_parser(parser.add_subparsers(dest="command"))
     argv = ["build-bank", str(text), str(tmp_path / "bank"), "--model", "tiny", "--layers", "0",
@@ -290,7 +320,7 @@ def test_cli_joins_the_ranks_torchrun_describes(tiny_vlm, tmp_path, monkeypatch)
 
     assert run_ranks(tmp_path, rank_main, init=False) == [(0, ""), (0, "")]
     assert min(n_calls(tmp_path)) > 0  # both ranks encoded
-    assert {(tmp_path / f"device-{r}.txt").read_text() for r in (0, 1)} == {"None"}  # no CUDA
+    assert {(tmp_path / f"device-{r}.txt").read_text() for r in (0, 1)} == {"None"}  # no GPU seen
     single = tmp_path / "single"
     with one_thread():
         build_bank(tiny_vlm, text, single, ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post"],

@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "default": 2,  # the embedded default VLM: a model, beside models/
     "models": 2,
     "hooks": 1,
+    "devices": 1,  # device names, free device memory, the measured number-format choice
     "_io": 1,
     "types": 1,
     "wordnet": 1,

@@ -43,7 +43,7 @@ from tl_latentlens.bank import codec, distributed
 from tl_latentlens.bank import manifest as mf
 from tl_latentlens.bank.bank import Bank
 from tl_latentlens.bank.config import FORMAT_VERSION, BankConfig
-from tl_latentlens.bank.encode import allocate_vectors, encode_batches
+from tl_latentlens.bank.encode import allocate_vectors, auto_batch_size, encode_batches
 from tl_latentlens.bank.errors import BankExistsError, BankLockedError, CorruptBankError
 from tl_latentlens.bank.finalize import finalize_hook, remove_raw
 from tl_latentlens.bank.plan import make_plan
@@ -71,7 +71,7 @@ def build_bank(
     hooks: Sequence[str] | None = None,
     *,
     max_tokens: int | None = 64,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     max_per_token: int | None = 50,
     seed: int = 42,
     dtype: str = "float16",
@@ -89,7 +89,9 @@ def build_bank(
         out_dir: Bank directory to create.
         hooks: Residual hooks to store; default ``hooks.default_bank_hooks(vlm.n_layers)``.
         max_tokens, batch_size, max_per_token, seed, dtype, hnsw_M, ef_construction: See
-            :class:`~tl_latentlens.bank.BankConfig`.
+            :class:`~tl_latentlens.bank.BankConfig`; ``batch_size=None`` sizes the batches for
+            the model's device (:func:`~tl_latentlens.bank.encode.auto_batch_size`: the CPU
+            default there, as many as fit a share of a GPU's memory on one).
         resume: Continue an interrupted build of the same bank from ``<out>.partial``.
         overwrite: Replace an existing, different bank (or other directory) at ``out_dir``.
         **options: Further :class:`BankConfig` fields (``pca_components``, ``ef_search``,
@@ -110,15 +112,17 @@ def build_bank(
         >>> bank = build_bank(vlm, "captions.txt", "banks/captions", max_per_token=20)
         >>> bank.search(query, k=5)
     """
-    cfg = BankConfig(
-        max_tokens=max_tokens, batch_size=batch_size, max_per_token=max_per_token, seed=seed,
-        dtype=dtype, hnsw_M=hnsw_M, ef_construction=ef_construction, **options,
-    )  # fmt: skip
     hooks = _unique_layers(
         vlm.validate_hooks(
             list(hooks) if hooks is not None else hk.default_bank_hooks(vlm.n_layers)
         )
     )
+    if batch_size is None:
+        batch_size = auto_batch_size(vlm, len(hooks), max_tokens)
+    cfg = BankConfig(
+        max_tokens=max_tokens, batch_size=batch_size, max_per_token=max_per_token, seed=seed,
+        dtype=dtype, hnsw_M=hnsw_M, ef_construction=ef_construction, **options,
+    )  # fmt: skip
     out = Path(out_dir).absolute()
     want = {
         "format_version": FORMAT_VERSION,

@@ -217,21 +217,44 @@ def init_from_env(timeout: _dt.timedelta = DEFAULT_TIMEOUT) -> RankContext | Non
 
 
 def rank_device(device: str | None, ctx: RankContext | None) -> str | None:
-    """The device of this rank's model: ``cuda`` (or no device, with CUDA present) becomes
-    ``cuda:<LOCAL_RANK>``, one GPU per rank; an explicit ``cuda:K`` or ``cpu`` is kept.
+    """The device of this rank's model.
+
+    ``cuda`` (or no device, which means CUDA when present, as for every loader) becomes
+    ``cuda:<LOCAL_RANK mod visible GPUs>``: one GPU per rank, and ranks share GPUs round-robin
+    when there are more ranks than GPUs (logged). An explicit ``cuda:K`` or ``cpu`` is kept.
+
+    Raises:
+        DistributedBuildError: CUDA was asked for (``cuda`` or ``cuda:K``) but this rank sees
+            no such GPU.
 
     Example:
-        >>> rank_device("cuda", RankContext(rank=3, world_size=8, local_rank=3))
+        >>> rank_device("cuda", RankContext(rank=3, world_size=8, local_rank=3))  # 8 GPUs
         'cuda:3'
     """
     if ctx is None or ctx.world_size <= 1:
         return device
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if device is None:
-        return f"cuda:{ctx.local_rank}" if torch.cuda.is_available() else None
+        if n_gpus == 0:
+            return None
+        device = "cuda"
     parsed = torch.device(device)
-    if parsed.type == "cuda" and parsed.index is None:
-        return f"cuda:{ctx.local_rank}"
-    return device
+    if parsed.type != "cuda":
+        return device
+    if parsed.index is not None and parsed.index < n_gpus:
+        return device
+    if n_gpus == 0 or parsed.index is not None:
+        raise DistributedBuildError(
+            f"rank {ctx.rank} was asked for {device} but sees {n_gpus} CUDA device(s): check "
+            "CUDA_VISIBLE_DEVICES, or pass --device cuda (one GPU per rank) or --device cpu"
+        )
+    if ctx.world_size > n_gpus and ctx.local_rank == 0:
+        logger.warning(
+            "%d ranks share %d GPU(s) round-robin (ranks on one GPU divide its memory)",
+            ctx.world_size,
+            n_gpus,
+        )
+    return f"cuda:{ctx.local_rank % n_gpus}"
 
 
 def selection_digest(selection: Selection) -> str:

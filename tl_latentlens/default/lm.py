@@ -7,7 +7,7 @@ transformers dequantises it to float32 on load; the config and tokenizer are sav
 
 Example:
     >>> from tl_latentlens.default.lm import load_lm
-    >>> bridge = load_lm()                       # ~20 s on 2 CPU cores
+    >>> bridge = load_lm()
     >>> bridge.cfg.n_layers, bridge.cfg.d_model
     (30, 576)
 """
@@ -28,6 +28,7 @@ import torch
 
 from tl_latentlens._io import digest_memo, sha256_file
 from tl_latentlens.default import assets
+from tl_latentlens.devices import resolve_device
 
 __all__ = ["LM_SPECS", "LMSpec", "file_sha256", "gguf_sha256", "load_hf_lm", "load_lm", "lm_spec",
            "weights_cache_dir"]  # fmt: skip
@@ -99,10 +100,10 @@ def load_hf_lm(
 ) -> tuple[Any, Any, Path]:
     """Load the Hugging Face model and tokenizer from the packaged GGUF file.
 
-    Dequantising the GGUF takes ~40 s on 2 CPU cores (most of it parsing the file's metadata),
-    so the first load stores the float32 weights as ``model.safetensors`` in
+    Dequantising the GGUF is slow (most of it parsing the file's metadata; ``benchmarks/
+    bench_cold_start.py`` times it), so the first load stores the float32 weights as ``model.safetensors`` in
     :func:`weights_cache_dir`, a directory keyed by the GGUF's SHA-256 and holding a
-    ``source.json`` that records it; later loads read that directory (~2 s) after checking the
+    ``source.json`` that records it; later loads read that directory after checking the
     record against the packaged file. A missing, partial or mismatched cache is rebuilt from
     the GGUF (writes are atomic: a staging directory renamed into place).
 
@@ -221,8 +222,9 @@ def load_lm(
 
     Args:
         name: Key of :data:`LM_SPECS`.
-        device: Torch device (default CPU).
-        dtype: ``torch.float32`` (default) or ``torch.bfloat16`` (about 1.3x faster on CPU).
+        device: Torch device (``None``: CUDA if present, else the CPU).
+        dtype: ``torch.float32`` (default) or ``torch.bfloat16``; which is faster depends on
+            the machine (:func:`tl_latentlens.devices.fast_dtype` decides where callers ask).
 
     Returns:
         The bridge; its parameters do not require gradients.
@@ -230,7 +232,7 @@ def load_lm(
     from transformer_lens.model_bridge import TransformerBridge
 
     model, tok, local = load_hf_lm(name, dtype)
-    device = torch.device(device or "cpu")
+    device = resolve_device(device)
     model = model.to(device)
     bridge = TransformerBridge.boot_transformers(
         str(local), hf_model=model, tokenizer=tok, device=device, dtype=dtype

@@ -23,6 +23,7 @@ import torch
 from tl_latentlens._io import file_stamp
 from tl_latentlens.default.encoder import EfficientNetLite0Encoder
 from tl_latentlens.default.lm import LMSpec, gguf_sha256, lm_spec, load_lm, weights_cache_dir
+from tl_latentlens.devices import resolve_device
 from tl_latentlens.models.connector import Connector, ConnectorVLM
 
 __all__ = ["MANIFEST_NAME", "WEIGHTS_DIR", "WEIGHTS_NAME", "load_connector_vlm", "load_default_vlm",
@@ -113,7 +114,7 @@ def load_connector_vlm(
 
     Args:
         path: Directory with ``connector_vlm.json`` and the connector weights.
-        device: Torch device (default CPU).
+        device: Torch device (``None``: CUDA if present, else the CPU).
         dtype: Language-model dtype (the connector and encoder stay float32).
         check_sha256: Verify that the packaged GGUF file is the one the connector was trained
             against.
@@ -137,7 +138,7 @@ def load_connector_vlm(
             )
     if enc_info.get("name") != "efficientnet-lite0":
         raise ValueError(f"unknown vision encoder {enc_info.get('name')!r} in {path}")
-    device = torch.device(device or "cpu")
+    device = resolve_device(device)
     encoder = EfficientNetLite0Encoder(image_size=int(enc_info.get("image_size", 224))).to(device)
     bridge = load_lm(spec.name, device=device, dtype=dtype)
     cc = manifest["connector"]
@@ -161,7 +162,7 @@ def load_connector_vlm(
 
 def _keep_fingerprint(vlm: ConnectorVLM, spec: LMSpec, dtype: torch.dtype) -> None:
     """Keep the LM's weight digests beside its cached weights: they are a function of the GGUF,
-    the dtype and the cached file (its stamp), so later starts skip hashing them (0.6 s)."""
+    the dtype and the cached file (its stamp), so later starts skip hashing them."""
     sha = gguf_sha256(spec.gguf_path())
     folder = weights_cache_dir(spec, sha)
     try:

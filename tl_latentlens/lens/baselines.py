@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 
+from tl_latentlens.devices import fast_dtype
 from tl_latentlens.lens.results import TokenCandidate
 from tl_latentlens.models.base import VLM
 from tl_latentlens.types import Residuals
@@ -84,14 +85,14 @@ class LogitLens:
 class EmbeddingLens:
     """Top-k nearest rows of the input embedding matrix (cosine).
 
-    The normalised matrix is computed once per lens object. On a CPU with bfloat16 dot-product
-    instructions (AVX512-BF16 or AMX) the scan runs in bfloat16 and the best
-    :data:`BF16_CANDIDATES` rows per query are re-scored in float32; a query keeps that result
+    The normalised matrix is computed once per lens object. On a CPU that runs bfloat16
+    products faster than float32 (:func:`tl_latentlens.devices.fast_dtype`) the scan runs in
+    bfloat16 and the best :data:`BF16_CANDIDATES` rows per query are re-scored in float32; a
+    query keeps that result
     only when its k-th re-scored similarity beats every other row's bfloat16 similarity by more
     than the largest error bfloat16 rounding can make (:func:`bf16_error`), which proves the
-    top-k equal to a float32 scan's. Any other query is scanned again in float32. Measured on
-    490 visual tokens of the default VLM (49 x 10 layers): every query proved, 6x less
-    time for the product, same top-5 as float32.
+    top-k equal to a float32 scan's. Any other query is scanned again in float32
+    (``benchmarks/bench_explain.py`` compares both scans).
 
     Example:
         >>> EmbeddingLens(vlm)(acts.residuals["blocks.0.hook_resid_pre"], k=5)
@@ -136,7 +137,7 @@ class EmbeddingLens:
         self, unit_queries: Float[torch.Tensor, "n d"], k: int
     ) -> tuple[Float[torch.Tensor, "n k"], Int[torch.Tensor, "n k"]]:
         """Float32 cosines and ids of the ``k`` nearest embedding rows of unit queries
-        (bfloat16 scan with a proof where the CPU has bfloat16 instructions, see the class)."""
+        (bfloat16 scan with a proof where this CPU runs bfloat16 faster, see the class)."""
         emb = self.unit_embeddings
         m = min(k + BF16_CANDIDATES, emb.shape[0])
         if not (_bf16_is_fast(emb.device) and m < emb.shape[0]):
@@ -173,9 +174,7 @@ def bf16_error(d: int) -> float:
 
 
 def _bf16_is_fast(device: torch.device) -> bool:
-    """Whether bfloat16 matrix products beat float32 here: CPUs with AVX512-BF16 or AMX (on
-    others they are emulated and slower). GPUs scan in float32 (fast enough, no proof needed)."""
-    if device.type != "cpu":
-        return False
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+    """Whether bfloat16 matrix products beat float32 on this CPU, as measured once per machine
+    (:func:`tl_latentlens.devices.fast_dtype`: CPUs without bfloat16 instructions emulate it,
+    far slower). GPUs scan in float32 (fast enough, no proof needed)."""
+    return device.type == "cpu" and fast_dtype("cpu").dtype == torch.bfloat16

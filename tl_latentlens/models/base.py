@@ -30,6 +30,7 @@ from torch import Tensor
 
 from tl_latentlens import hooks as hk
 from tl_latentlens._io import atomic_write_json, read_json
+from tl_latentlens.devices import full_float32
 from tl_latentlens.models.digest import SCHEME as DIGEST_SCHEME
 from tl_latentlens.models.digest import VARIANTS as DIGEST_VARIANTS
 from tl_latentlens.models.digest import digest_parts, parts_key
@@ -386,7 +387,7 @@ class VLM(ABC):
         stop = None if full else hk.stop_layer_for(hooks, self.n_layers)
         kwargs = dict(inputs.model_kwargs)
         model_input = kwargs.pop("input")
-        with torch.no_grad(), self.visual_hooks(inputs):
+        with torch.no_grad(), full_float32(), self.visual_hooks(inputs):
             return self.bridge.run_with_cache(
                 model_input, names_filter=list(hooks), stop_at_layer=stop, **kwargs
             )
@@ -395,7 +396,7 @@ class VLM(ABC):
         """Full forward pass (logits) with the visual tokens in place; keeps autograd."""
         mk = dict(inputs.model_kwargs)
         model_input = mk.pop("input")
-        with self.visual_hooks(inputs):
+        with full_float32(), self.visual_hooks(inputs):
             return self.bridge(model_input, **mk, **kwargs)
 
     # ---- text -----------------------------------------------------------------------------

@@ -262,7 +262,9 @@ class ConnectorVLM(VLM):
         was_training = connector.training
         connector.eval()
         with torch.no_grad():
-            probe = torch.zeros(1, 1, encoder.d_vision, dtype=_dtype_of(connector))
+            # made where the connector's weights are (a connector already moved to a GPU
+            # would fail on a CPU probe)
+            probe = torch.zeros(1, 1, encoder.d_vision, **_placement_of(connector))
             d_out = connector(probe).shape[-1]
         connector.train(was_training)
         if d_out != d_model:
@@ -346,7 +348,7 @@ class ConnectorVLM(VLM):
         """Connector output for a pixel batch (encoder frozen, connector keeps autograd)."""
         with torch.no_grad():
             feats = self.encoder(pixels.to(self.device))
-        return self.connector(feats.to(_dtype_of(self.connector)))
+        return self.connector(feats.to(**_placement_of(self.connector)))
 
     @contextlib.contextmanager
     def visual_hooks(self, inputs: VLMInputs) -> Iterator[None]:
@@ -373,7 +375,9 @@ class ConnectorVLM(VLM):
             yield
 
 
-def _dtype_of(module: nn.Module) -> torch.dtype:
+def _placement_of(module: nn.Module) -> dict[str, Any]:
+    """``dtype`` and ``device`` of a module's first parameter (float32 on the CPU for a module
+    without parameters), as keyword arguments for tensor constructors and ``.to``."""
     for p in module.parameters():
-        return p.dtype
-    return torch.float32
+        return {"dtype": p.dtype, "device": p.device}
+    return {"dtype": torch.float32, "device": torch.device("cpu")}

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from tl_latentlens.devices import resolve_device
 from tl_latentlens.models.base import VLM
 from tl_latentlens.models.families import family_for_config
 from tl_latentlens.models.hf_vlm import HFVLM
@@ -97,7 +98,12 @@ def load_vlm(
     family = family_for_config(hf_config)
     with transformer_lens_patches():
         bridge = TransformerBridge.boot_transformers(
-            name, device=device, dtype=dtype, tokenizer=tokenizer, hf_model=hf_model, **kw
+            name,
+            device=resolve_device(device),
+            dtype=dtype,
+            tokenizer=tokenizer,
+            hf_model=hf_model,
+            **kw,
         )
     if processor is None:
         processor = getattr(bridge, "processor", None)

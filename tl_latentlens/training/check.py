@@ -52,7 +52,7 @@ def check_grounding(
         The :func:`grounding_eval` report plus ``"lm_dtype"`` and ``"seconds"``.
     """
     path = Path(path)
-    vlm = load_connector_vlm(path, dtype=dtype)
+    vlm = load_connector_vlm(path, device="cpu", dtype=dtype)  # beside the pipeline's features
     manifest = vlm.manifest  # type: ignore[attr-defined]
     pipe = manifest.get("training", {}).get("pipeline", {}).get("config", {})
     if not pipe:

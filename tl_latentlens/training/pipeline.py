@@ -5,9 +5,10 @@ Steps of :func:`train_default_connector`:
 1. Tux Paint stamps and their fixed seeded split; captioning samples (single stamps, random
    views, composites) for both halves.
 2. EfficientNet-Lite0 features of every image, computed once and cached.
-3. SmolLM2-135M-Instruct (``lm_dtype``, float32 by default: bfloat16 is ~1.6x faster for the
-   backward pass on CPUs with AVX512-BF16, but ~50x slower than float32 on AVX2-only CPUs, where
-   PyTorch emulates it) and a seeded MLP connector; :func:`train_connector`.
+3. SmolLM2-135M-Instruct (``lm_dtype``, float32 by default; ``--lm-dtype auto`` takes bfloat16
+   only where this CPU runs it faster, :func:`tl_latentlens.devices.fast_dtype`: CPUs without
+   bfloat16 instructions emulate it far slower than float32) and a seeded MLP connector;
+   :func:`train_connector`.
 4. The "does it see" check on the held-out set: caption loss with the right
    image, with zero visual tokens and with another image's visual tokens.
 5. Optional export of ``connector.safetensors`` + ``connector_vlm.json``.
@@ -51,6 +52,7 @@ from tl_latentlens.default.objects import (
     object_caption,
     split_objects,
 )
+from tl_latentlens.devices import fast_dtype
 from tl_latentlens.models.connector import (
     CONNECTOR_KINDS,
     Connector,
@@ -244,7 +246,8 @@ def train_default_connector(
     timings["data_s"] = round(time.perf_counter() - t0, 1)
 
     t0 = time.perf_counter()
-    bridge = load_lm(config.lm, dtype=_DTYPES[config.lm_dtype])
+    # the pipeline keeps its connector and cached features on the CPU, so the LM is put there too
+    bridge = load_lm(config.lm, device="cpu", dtype=_DTYPES[config.lm_dtype])
     timings["lm_load_s"] = round(time.perf_counter() - t0, 1)
     torch.manual_seed(config.train.seed)
     stats = embedding_stats(bridge.W_E) if config.connector_kind == "mlp_embnorm" else None
@@ -337,9 +340,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument(
         "--lm-dtype",
-        choices=sorted(_DTYPES),
+        choices=["auto", *sorted(_DTYPES)],
         default="float32",
-        help="bfloat16 only on CPUs with AVX512-BF16/AMX (else ~50x slower)",
+        help="auto: bfloat16 where this CPU runs it faster than float32 (a measured probe), "
+        "else float32; bfloat16 is emulated, and far slower, on CPUs without its instructions",
     )
     parser.add_argument("--composites", type=int, default=s.n_composites)
     parser.add_argument("--views-per-stamp", type=int, default=s.views_per_stamp)
@@ -389,7 +393,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         held_samples=SampleSpec(
             views_per_stamp=args.views_per_stamp, n_composites=args.held_composites
         ),
-        lm_dtype=args.lm_dtype,
+        lm_dtype=fast_dtype("cpu").dtype_name if args.lm_dtype == "auto" else args.lm_dtype,
         init_from=args.init_from,
         sources=tuple(args.sources),
         per_identity=args.per_identity,
