@@ -117,28 +117,35 @@ def free_device_bytes(device: DeviceLike) -> int | None:
 
 @contextlib.contextmanager
 def full_float32() -> Iterator[None]:
-    """Float32 products at full float32 precision inside the block: TF32 off for cuDNN
-    convolutions (on by default in torch) and for CUDA matrix products. Without it a vision
-    tower's convolutions on an Ampere-or-newer GPU round their inputs to TF32 and the visual
-    tokens differ from the CPU's at about 1e-3 relative. No effect on the CPU.
+    """Float32 products at full float32 precision inside the block: TF32 off for CUDA matrix
+    products and cuDNN convolutions (torch turns it on for convolutions by default; a user or
+    a library may turn it on for products). With TF32 a vision tower's convolutions and a
+    search's products keep a 10-bit mantissa on an Ampere-or-newer GPU, and visual tokens and
+    neighbour ranks differ from the CPU's. The settings are process-wide and restored on exit
+    through the API they were read with (torch >= 2.9's ``fp32_precision`` where it exists,
+    since reading the older ``allow_tf32`` flags after the newer setting was used can raise).
+    No effect on CPU results.
 
     Example:
         >>> with full_float32():
         ...     feats = encoder(pixels)
     """
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    old_matmul = matmul.allow_tf32
-    matmul.allow_tf32 = False
+    backends = torch.backends
+    knobs = [backends.cuda.matmul, backends.cudnn.conv, backends.cudnn.rnn]
+    if all(hasattr(k, "fp32_precision") for k in knobs):
+        saved = [(k, "fp32_precision", k.fp32_precision) for k in knobs]
+        off = "ieee"
+    else:  # older torch: only the flags
+        saved = [(backends.cuda.matmul, "allow_tf32", backends.cuda.matmul.allow_tf32),
+                 (backends.cudnn, "allow_tf32", backends.cudnn.allow_tf32)]  # fmt: skip
+        off = False
+    for knob, name, _ in saved:
+        setattr(knob, name, off)
     try:
-        with cudnn.flags(
-            enabled=cudnn.enabled,
-            benchmark=cudnn.benchmark,
-            deterministic=cudnn.deterministic,
-            allow_tf32=False,
-        ):
-            yield
+        yield
     finally:
-        matmul.allow_tf32 = old_matmul
+        for knob, name, value in reversed(saved):
+            setattr(knob, name, value)
 
 
 def machine_id() -> str:

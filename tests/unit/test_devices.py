@@ -108,16 +108,21 @@ def test_one_key_per_physical_device(monkeypatch):
     assert devices.free_device_bytes("cpu") is None
 
 
-def test_full_float32_turns_tf32_off_inside_and_restores_it():
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    before = (cudnn.allow_tf32, matmul.allow_tf32)
-    matmul.allow_tf32 = True
+@pytest.mark.parametrize("user", ["tf32", "ieee"])
+def test_full_float32_turns_tf32_off_inside_and_restores_it(user):
+    """TF32 set by a user or a library (or torch's own default for convolutions) is off inside
+    and back after (no CUDA needed: only the global settings are read and written)."""
+    knobs = [torch.backends.cuda.matmul, torch.backends.cudnn.conv]
+    before = [k.fp32_precision for k in knobs]
+    for k in knobs:
+        k.fp32_precision = user
     try:
         with devices.full_float32():
-            assert not cudnn.allow_tf32 and not matmul.allow_tf32
-        assert cudnn.allow_tf32 == before[0] and matmul.allow_tf32 is True
+            assert [k.fp32_precision for k in knobs] == ["ieee", "ieee"]
+        assert [k.fp32_precision for k in knobs] == [user, user]
     finally:
-        matmul.allow_tf32 = before[1]
+        for k, b in zip(knobs, before):
+            k.fp32_precision = b
 
 
 def test_the_visual_forward_runs_without_tf32(tiny_vlm):
@@ -127,13 +132,13 @@ def test_the_visual_forward_runs_without_tf32(tiny_vlm):
 
     seen = []
     handle = tiny_vlm.encoder.register_forward_pre_hook(
-        lambda mod, args: seen.append(torch.backends.cudnn.allow_tf32)
+        lambda mod, args: seen.append(torch.backends.cudnn.conv.fp32_precision)
     )
     try:
         tiny_vlm.run_with_cache(tiny_vlm.prepare(random_image()), ["blocks.0.hook_resid_pre"])
     finally:
         handle.remove()
-    assert seen == [False]
+    assert seen == ["ieee"]
 
 
 def test_connector_probe_is_made_where_the_connector_is(tiny_bridge):

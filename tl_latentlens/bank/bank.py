@@ -32,7 +32,13 @@ from tl_latentlens.bank.results import Neighbour, SearchReport
 from tl_latentlens.bank.routes import RouteParams, Routes
 from tl_latentlens.bank.search import HookHits, HookSearcher, Method
 from tl_latentlens.bank.store import NpyFormatError, RaggedReader, npy_from_buffer
-from tl_latentlens.bank.vectors import DEFAULT_RESIDENT_BYTES, HookVectors
+from tl_latentlens.bank.vectors import (
+    DEFAULT_RESIDENT_BYTES,
+    DEVICE_RESERVE_BYTES,
+    DEVICE_SHARE,
+    HookVectors,
+)
+from tl_latentlens.devices import device_key, free_device_bytes
 
 __all__ = ["Bank", "Verify"]
 
@@ -71,6 +77,15 @@ class Bank:
         self._sentence_cache: dict[int, tuple[str, ...]] = {}
         #: RAM (bytes) exact search may use to keep hooks decoded between calls.
         self.resident_bytes = DEFAULT_RESIDENT_BYTES
+        #: Device memory (bytes, per device) exact search on a device (``device="cuda"``) may
+        #: use to keep hooks there between calls, apart from :attr:`resident_bytes`; ``None``:
+        #: a share (:data:`~tl_latentlens.bank.vectors.DEVICE_SHARE`) of the device's free
+        #: memory when the bank first searches there. Either way a hook goes resident only
+        #: while the device has it free with room to spare; hooks over the budget are
+        #: streamed to the device on every call.
+        self.device_resident_bytes: int | None = None
+        self._device_budgets: dict[str, int] = {}
+        self._streamed_noted: set[tuple[str, str]] = set()
         self._layers = {h.name: h.layer for h in manifest.hooks}
         self._maps = maps if maps is not None else {}
         self._stats = stats if stats is not None else {}
@@ -532,8 +547,15 @@ class Bank:
     ) -> HookHits:
         """Top-``k`` stored vectors of L2-normalised float32 ``queries`` in one hook
         (``lookups``: see :meth:`~tl_latentlens.bank.search.HookSearcher.search`)."""
+        on_device = device is not None and torch.device(device).type != "cpu"
         return self.searcher(hook).search(
-            queries, k, method, device, resident=self._fits_resident(hook, device), lookups=lookups
+            queries,
+            k,
+            method,
+            device,
+            resident=self._fits_resident(hook),
+            lookups=lookups,
+            device_resident=on_device and self._fits_resident(hook, device),
         )
 
     def _shared_lookups(
@@ -556,13 +578,50 @@ class Bank:
                 lookups[key] = widest.routes.lookup(q, widest.route_params)
         return lookups
 
-    def _fits_resident(self, hook: str, device: str | torch.device | None) -> bool:
-        """Keep a hook decoded (RAM or device) while the bank's budget allows."""
+    def _fits_resident(self, hook: str, device: str | torch.device | None = None) -> bool:
+        """Whether ``hook`` stays decoded between calls: in RAM (``device`` ``None`` or the
+        CPU) within :attr:`resident_bytes`, or on ``device`` within its own budget
+        (:meth:`_fits_device`)."""
+        if device is not None and torch.device(device).type != "cpu":
+            return self._fits_device(hook, torch.device(device))
         hv = self.hook_vectors(hook)
         if hv.is_resident:
             return True
         used = sum(v.nbytes_decoded() for v in self._hook_vectors.values() if v.is_resident)
         return used + hv.nbytes_decoded() <= self.resident_bytes
+
+    def _fits_device(self, hook: str, device: torch.device) -> bool:
+        """Keep ``hook`` on ``device`` while the hooks kept there fit the device budget
+        (:attr:`device_resident_bytes`) and the device has the hook free with
+        :data:`~tl_latentlens.bank.vectors.DEVICE_RESERVE_BYTES` to spare. A device that
+        reports no free memory follows the budget alone (by default :attr:`resident_bytes`)."""
+        key = device_key(device)
+        if self.searcher(hook).device_nbytes(key):
+            return True
+        need = self.hook_vectors(hook).nbytes_device()
+        used = sum(s.device_nbytes(key) for s in self._searchers.values())
+        free = free_device_bytes(device)
+        budget = self.device_resident_bytes
+        if budget is None:
+            if key not in self._device_budgets:
+                share = self.resident_bytes if free is None else int(free * DEVICE_SHARE)
+                self._device_budgets[key] = share
+                logger.info("device budget for resident hooks on %s: %d bytes", key, share)
+            budget = self._device_budgets[key]
+        fits = used + need <= budget and (free is None or need + DEVICE_RESERVE_BYTES <= free)
+        if not fits and (hook, key) not in self._streamed_noted:
+            self._streamed_noted.add((hook, key))
+            logger.info(
+                "%s (%d bytes) does not fit on %s (budget %d, in use %d, free %s): streamed "
+                "on every call",
+                hook,
+                need,
+                key,
+                budget,
+                used,
+                free,
+            )
+        return fits
 
     def query(
         self,
@@ -625,7 +684,8 @@ class Bank:
                 calibration proved recall@10 >= 0.98 and it is large enough for them to pay;
                 ``"exact"``; ``"routes"`` (approximate, needs :func:`calibrate_bank`).
             device: Torch device for exact search (``"cuda"``: the products run there; the
-                results equal the CPU's).
+                results equal the CPU's, ties included). Hooks stay on the device between
+                calls within :attr:`device_resident_bytes`; the others are streamed to it.
 
         Returns:
             One list of ``k`` :class:`Neighbour` per query row, most similar first.

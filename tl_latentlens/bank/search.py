@@ -23,6 +23,7 @@ from tl_latentlens.bank.errors import BankQueryError
 from tl_latentlens.bank.exact import candidate_union, exact_rows, exact_top_k
 from tl_latentlens.bank.routes import RouteParams, Routes
 from tl_latentlens.bank.vectors import HookVectors
+from tl_latentlens.devices import device_key
 
 __all__ = [
     "RECALL_BAR",
@@ -104,6 +105,7 @@ class HookSearcher:
         self.routes = routes
         self.route_params = route_params or RouteParams()
         self.calibrated_recall = dict(calibrated_recall or {})
+        #: Hooks kept on devices, one cache per physical device (:func:`device_key`).
         self._device_cache: dict[str, dict[str, torch.Tensor]] = {}
 
     @property
@@ -133,6 +135,11 @@ class HookSearcher:
             return "exact"
         return "routes"
 
+    def device_nbytes(self, key: str) -> int:
+        """Device memory this hook holds on the device named ``key`` (a :func:`device_key`;
+        0 when it is not kept there)."""
+        return sum(t.nbytes for t in self._device_cache.get(key, {}).values())
+
     def lookup_key(self, params: RouteParams | None = None) -> tuple | None:
         """Key of this hook's nearest-sample lookups in a ``lookups`` dict (see
         :meth:`search`): hooks with the same sample graph and search beam share them."""
@@ -150,6 +157,8 @@ class HookSearcher:
         route_params: RouteParams | None = None,
         resident: bool = False,
         lookups: dict[tuple, tuple[np.ndarray, np.ndarray]] | None = None,
+        *,
+        device_resident: bool = False,
     ) -> HookHits:
         """Top-``k`` stored vectors of unit float32 ``queries``.
 
@@ -159,16 +168,20 @@ class HookSearcher:
             method: ``auto`` / ``exact`` / ``routes``.
             device: Torch device for exact search (``None``: CPU).
             route_params: Override the manifest's route parameters for this call.
-            resident: Keep the decoded hook in RAM (or on ``device``) for later calls.
+            resident: Keep the decoded hook in RAM for later calls on the CPU (exact search
+                there, re-ranking routed queries).
             lookups: A dict the caller keeps for one batch of queries across hooks: the
                 nearest samples found for a sample graph are stored there and reused by every
                 hook whose routes share that graph (cross-layer search looks them up once).
+            device_resident: Keep the hook on ``device`` (not the CPU) for later calls, with
+                no decoded copy in RAM for it; else it is streamed there on every call (a hook
+                already kept there is used either way).
         """
         t0 = time.perf_counter()
         chosen = self.choose(method, device)
         k = min(k, self.vectors.n)
         if chosen == "exact":
-            sims, rows = self._exact(queries, k, device, resident)
+            sims, rows = self._exact(queries, k, device, resident, device_resident)
             return HookHits(sims, rows, "exact", 0, time.perf_counter() - t0)
         assert self.routes is not None
         params = route_params or self.route_params
@@ -202,7 +215,7 @@ class HookSearcher:
             sims[part, : s.shape[1]], rows[part, : r.shape[1]] = s, r
         exact_q = np.sort(np.concatenate(to_exact))
         if exact_q.size:
-            s, r = self._exact(queries[exact_q], k, device, resident)
+            s, r = self._exact(queries[exact_q], k, device, resident, device_resident)
             sims[exact_q], rows[exact_q] = s, r
         # auto that routed nothing was exact search, plainly
         method = "exact" if method == "auto" and exact_q.size == m else "routes"
@@ -215,13 +228,22 @@ class HookSearcher:
         k: int,
         device: str | torch.device | None,
         resident: bool,
+        device_resident: bool,
     ) -> tuple[np.ndarray, np.ndarray]:
         dev = torch.device(device) if device is not None else torch.device("cpu")
-        if dev.type == "cpu" and resident and not self.vectors.is_resident:
-            self.vectors.resident()
-        on_device = resident and dev.type != "cpu"
-        cache = self._device_cache.setdefault(str(dev), {}) if on_device else None
-        return exact_top_k(self.vectors, queries, k, device=dev, device_cache=cache)
+        if dev.type == "cpu":
+            if resident and not self.vectors.is_resident:
+                self.vectors.resident()
+            return exact_top_k(self.vectors, queries, k)
+        # "cuda" and "cuda:0" are one GPU: one cache, and the products run on the device named
+        # by its key
+        key = device_key(dev)
+        cache = self._device_cache.get(key)
+        if device_resident and cache is None:
+            cache = self._device_cache[key] = {}
+        # an empty cache is one whose fill found no room on the device: stream unless asked again
+        use = cache if device_resident or cache else None
+        return exact_top_k(self.vectors, queries, k, device=key, device_cache=use)
 
     def release(self) -> None:
         """Free resident copies (RAM and device)."""

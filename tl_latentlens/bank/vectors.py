@@ -25,7 +25,9 @@ space is the rotated one (width ``d + 1``), for ``int8_pca`` the rotated one wit
 coefficients beside it (width ``d + P + 1``; see :mod:`~tl_latentlens.bank.codec`), so no stored
 row is ever rotated back. Either way a query-row product is the cosine with the decoded vector.
 :class:`HookVectors` can keep the whole hook's search-space rows in RAM (``resident``) when it
-fits the caller's budget, so repeated exact searches do not decode again.
+fits the caller's budget, so repeated exact searches do not decode again. A device keeps or
+streams its own form of the rows (:meth:`HookVectors.stage_rows`): float16 rows as stored (made
+unit on the device, in float32, just before each product), float32 search-space rows otherwise.
 """
 
 from __future__ import annotations
@@ -40,7 +42,12 @@ from jaxtyping import Float, Int
 
 from tl_latentlens.bank import codec as cd
 
-__all__ = ["DEFAULT_RESIDENT_BYTES", "HookVectors"]
+__all__ = [
+    "DEFAULT_RESIDENT_BYTES",
+    "DEVICE_RESERVE_BYTES",
+    "DEVICE_SHARE",
+    "HookVectors",
+]
 
 #: Rows decoded at once when streaming.
 CHUNK_ROWS = 32768
@@ -53,6 +60,15 @@ RESIDENT_BLOCK = 262144
 #: Default RAM for decoded hooks kept resident (:attr:`Bank.resident_bytes
 #: <tl_latentlens.bank.Bank.resident_bytes>`, calibration).
 DEFAULT_RESIDENT_BYTES = 2 << 30
+
+#: Share of a device's free memory (at a bank's first search there) that hooks may keep
+#: resident on it when :attr:`Bank.device_resident_bytes
+#: <tl_latentlens.bank.Bank.device_resident_bytes>` is ``None``: the rest stays for the model.
+DEVICE_SHARE = 0.5
+
+#: Device memory a hook going resident must leave free: the search's own similarity blocks,
+#: widened float16 blocks and top-k work live there too.
+DEVICE_RESERVE_BYTES = 1 << 30
 
 #: Codecs whose resident rows are widened and scaled in one pass (:meth:`HookVectors.resident`).
 _WIDENED = ("float16", "float32")
@@ -162,6 +178,50 @@ class HookVectors:
     def nbytes_decoded(self) -> int:
         """RAM the resident (search-space, float32) hook takes."""
         return self.n * self.width * 4
+
+    # ---- device rows --------------------------------------------------------------------------
+    @property
+    def device_dtype(self) -> torch.dtype:
+        """Dtype of the rows a device keeps or streams (:meth:`stage_rows`): ``float16`` for
+        the float16 codec (its stored rows as they are, half the memory and transfer of
+        float32), ``float32`` search-space rows for every other codec."""
+        return torch.float16 if self.device_scaled else torch.float32
+
+    @property
+    def device_scaled(self) -> bool:
+        """Whether device rows are the stored rows, to be widened to float32 and multiplied by
+        :attr:`inv_norms` on the device just before each product (the float16 codec); else
+        they are already the unit search-space rows."""
+        return self._rotated is None and self.codec == "float16"
+
+    def nbytes_device(self) -> int:
+        """Device memory the resident hook takes (its rows, plus the inverse norms when
+        :attr:`device_scaled`)."""
+        itemsize = 2 if self.device_scaled else 4
+        return self.n * self.width * itemsize + (self.n * 4 if self.device_scaled else 0)
+
+    def stage_rows(self, start: int, stop: int, out: Float[np.ndarray, "c w"]) -> None:
+        """Write rows ``start:stop`` as a device keeps them (:attr:`device_dtype`) into
+        ``out`` (``[stop - start, width]``, typically a pinned host buffer), straight from the
+        memory-mapped file (or the resident copy) for the float codecs; the 1-byte codecs
+        decode the block first.
+
+        The float32 rows equal :meth:`resident`'s bit for bit; float16 rows widened and
+        multiplied by :attr:`inv_norms` in float32 equal them too.
+        """
+        if self.device_scaled:
+            np.copyto(out, self.stored[start:stop])
+        elif self._rows is not None:
+            np.copyto(out, self._rows[start:stop])
+        elif self._rotated is None and self.codec in _WIDENED:
+            np.multiply(
+                self.stored[start:stop],
+                self.inv_norms[start:stop, None],
+                out=out,
+                dtype=np.float32,
+            )
+        else:
+            out[...] = self._search_block(slice(start, stop))
 
     # ---- search space -----------------------------------------------------------------------
     def to_search(self, queries: Float[np.ndarray, "m d"]) -> Float[np.ndarray, "m w"]:
