@@ -1,17 +1,25 @@
-"""The demo's first run (bank included), before and after its two start-up savings.
+"""The demo's first run (bank included) and its cached rerun, phase by phase.
 
-Each variant runs ``tl-latentlens demo`` whole in a fresh process with a fresh cache directory
-(the fetched Debian data linked in, as ``scripts/setup.sh`` leaves it; the language model is
-dequantised from its GGUF again), one after the other in one run:
+Each run is ``tl-latentlens demo`` whole (``run_demo``) in a fresh process. The first run gets a
+fresh cache directory (the fetched Debian data linked in, as ``scripts/setup.sh`` leaves it, so
+fetching is the one setup step left out; the language model is dequantised from its GGUF
+again); the cached run is a second process on the same cache and output folder (bank built,
+explanations and study records kept). Per run it prints the wall clock, the CPU seconds (user +
+system) and the demo's phases:
 
-* ``before``: the bank's forward passes in float32 and calibration streaming each hook from
-  storage (``calibrate_hook(resident_bytes=0)``), as the demo did until these savings;
-* ``after``: the demo's defaults (bfloat16 forward passes on a CPU, hooks resident while
-  calibrated).
+* ``setup``: interpreter start and imports, up to ``run_demo``;
+* ``model``: loading the default VLM (GGUF dequantisation on a first run);
+* ``bank``: building (first run) or opening the default bank, with the forward-pass dtype
+  :func:`tl_latentlens.devices.fast_dtype` chose and why;
+* ``explain``: the HTML reports, patch pictures and the mid-layer leap;
+* ``study``: the per-layer table over the annotated images (exact search).
 
-It prints the demo's own timings per variant and the ratio. About 25 min on 2 CPU cores.
+``--before`` also runs the first run as it was before the residuals-only capture path (every
+forward pass through the final norm and the unembedding) for the ratio; it roughly doubles the
+benchmark's time. On a machine shared with other work the CPU seconds are the steadier figure;
+the load average is printed beside each run.
 
-    python benchmarks/bench_demo_first_run.py [--quick]
+    python benchmarks/bench_demo_first_run.py [--quick] [--before]
 """
 
 from __future__ import annotations
@@ -19,57 +27,91 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench_precision import cpu_line
+
 CHILD = r"""
-import functools, json, sys
+import time
+t0 = time.perf_counter()
+import contextlib, json, sys
 from pathlib import Path
+from tl_latentlens import capture
 from tl_latentlens.apps.demo import DemoConfig, run_demo
-from tl_latentlens.bank import calibrate
 variant, out, quick = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "1"
-dtype = None
-if variant == "before":
-    dtype = "float32"
-    calibrate.calibrate_hook = functools.partial(calibrate.calibrate_hook, resident_bytes=0)
-res = run_demo(DemoConfig(out=out, quick=quick, bank_dtype=dtype))
-print(json.dumps(res["timings"]))
+if variant == "before":  # every pass runs the final norm and the unembedding, as before
+    capture.residuals_only = lambda bridge: contextlib.nullcontext()
+t_setup = time.perf_counter() - t0
+res = run_demo(DemoConfig(out=out, quick=quick))
+print(json.dumps({"setup_s": t_setup, **res["timings"], "precision": res["precision"]}))
 """
 
 
-def run(variant: str, quick: bool) -> tuple[float, dict]:
+def run(variant: str, cache: Path, out: Path, quick: bool) -> tuple[float, float, dict]:
+    """``(wall s, CPU s, the demo's timings)`` of one demo process."""
+    env = {**os.environ, "TL_LATENTLENS_CACHE": str(cache)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, variant, str(out), "1" if quick else "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - t
+    if done.returncode:
+        raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def fresh_cache(tmp: Path) -> Path:
     from tl_latentlens.default.assets import cache_dir
 
-    with tempfile.TemporaryDirectory(prefix=f"first-run-{variant}-") as tmp:
-        cache = Path(tmp) / "cache"
-        cache.mkdir()
-        (cache / "debs").symlink_to(cache_dir() / "debs")  # what setup.sh fetched
-        env = {**os.environ, "TL_LATENTLENS_CACHE": str(cache)}
-        t = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, "-c", CHILD, variant, str(Path(tmp) / "out"), "1" if quick else "0"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        wall = time.perf_counter() - t
-    return wall, json.loads(done.stdout.strip().splitlines()[-1])
+    cache = tmp / "cache"
+    cache.mkdir()
+    (cache / "debs").symlink_to(cache_dir() / "debs")  # what setup.sh fetched
+    return cache
+
+
+def show(name: str, wall: float, cpu: float, timings: dict) -> None:
+    keys = ("setup_s", "model_load_s", "bank_s", "explain_s", "study_s")
+    parts = ", ".join(f"{k.split('_')[0]} {timings[k]:.0f} s" for k in keys if k in timings)
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"{name:>12}: {wall / 60:5.1f} min wall, {cpu / 60:5.1f} min CPU ({parts}; load {load})")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="the CI-sized demo (1,500 sentences)")
+    p.add_argument("--before", action="store_true", help="also the first run before the saving")
     args = p.parse_args()
-    rows = {variant: run(variant, args.quick) for variant in ("before", "after")}
-    for variant, (wall, timings) in rows.items():
-        parts = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
-        print(f"{variant:>6}: {wall / 60:5.1f} min wall ({parts})")
-    (b, tb), (a, ta) = rows["before"], rows["after"]
-    print(f"first run: {b / a:.2f}x faster; bank {tb['bank_s'] / ta['bank_s']:.2f}x")
+    print(cpu_line())
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="first-run-") as tmp:
+        cache, out = fresh_cache(Path(tmp)), Path(tmp) / "out"
+        rows["first run"] = run("after", cache, out, args.quick)
+        rows["cached run"] = run("after", cache, out, args.quick)
+    if args.before:
+        with tempfile.TemporaryDirectory(prefix="first-run-before-") as tmp:
+            rows["before"] = run("before", fresh_cache(Path(tmp)), Path(tmp) / "out", args.quick)
+    for name, row in rows.items():
+        show(name, *row)
+    precision = rows["first run"][2]["precision"]
+    print(f"bank forward passes: {precision['choice']} ({precision['reason']})")
+    if args.before:
+        (b, bc, tb), (a, ac, ta) = rows["before"], rows["first run"]
+        print(
+            f"first run before / after: wall {b / a:.2f}x, CPU {bc / ac:.2f}x, bank phase "
+            f"{tb['bank_s'] / ta['bank_s']:.2f}x"
+        )
+    print(cpu_line())
 
 
 if __name__ == "__main__":

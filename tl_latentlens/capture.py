@@ -1,11 +1,16 @@
 """Residual-stream capture: visual tokens of an image run, real tokens of a text batch.
 
 Both use one ``run_with_cache`` with a ``names_filter`` of exactly the requested hooks and the
-smallest ``stop_at_layer`` that reaches them.
+smallest ``stop_at_layer`` that reaches them. When the last layer is requested (``stop_at_layer``
+cannot stop earlier), :func:`residuals_only` ends the pass where the blocks end: the final norm
+and the unembedding (a ``[pos, d_vocab]`` product, about a fifth of a small LM's work) are never
+run, since only residuals are kept. The cached residuals are the same tensors either way
+(``tests/unit/test_cpu_costs.py``; ``benchmarks/bench_demo_first_run.py`` measures the saving).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +18,7 @@ from typing import Any
 import torch
 from jaxtyping import Int
 from torch import Tensor
+from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
 from tl_latentlens import hooks as hk
 from tl_latentlens.models.base import VLM, TextBatch, VisualLayout, VLMInputs
@@ -25,7 +31,11 @@ __all__ = [
     "capture_inputs",
     "capture_text",
     "capture_text_batch",
+    "residuals_only",
 ]
+
+#: The hook point that fires after the last block and before the final norm and the unembedding.
+AFTER_BLOCKS = "ln_final.hook_in"
 
 
 @dataclass(frozen=True)
@@ -65,12 +75,36 @@ class TextActivations:
     token_id: Int[Tensor, " n"]
 
 
+@contextlib.contextmanager
+def residuals_only(bridge: Any) -> Iterator[None]:
+    """Within this context a ``run_with_cache`` of ``bridge`` stops where its blocks end.
+
+    A hook on :data:`AFTER_BLOCKS` raises the bridge's own ``StopAtLayerException``, which
+    ``run_with_cache`` catches as it does for ``stop_at_layer``: every residual hook has fired
+    and is cached, the final norm and the unembedding are skipped, and the "output" is the last
+    residual instead of logits. A bridge without that hook point runs as before.
+
+    Args:
+        bridge: A ``TransformerBridge``.
+    """
+    if AFTER_BLOCKS not in bridge.hook_dict:
+        yield
+        return
+
+    def stop(tensor: Tensor, hook: Any) -> Tensor:
+        raise StopAtLayerException(tensor)
+
+    with bridge.hooks(fwd_hooks=[(AFTER_BLOCKS, stop)]):
+        yield
+
+
 def capture_inputs(
     vlm: VLM, inputs: VLMInputs, hooks: Sequence[str] | None = None
 ) -> ImageActivations:
     """Capture visual-token residuals for already prepared inputs (see :meth:`VLM.prepare`)."""
     hooks = vlm.validate_hooks(hooks or hk.default_capture_hooks(vlm.n_layers))
-    _, cache = vlm.run_with_cache(inputs, hooks)
+    with residuals_only(vlm.bridge):
+        _, cache = vlm.run_with_cache(inputs, hooks)
     pos = inputs.layout.positions.to(vlm.device)
     residuals = {h: cache[h][0, pos].detach().float().cpu() for h in hooks}
     return ImageActivations(
@@ -106,7 +140,7 @@ def capture_text_batch(vlm: VLM, batch: TextBatch, hooks: Sequence[str]) -> Text
     stop = hk.stop_layer_for(hooks, vlm.n_layers)
     ids = batch.input_ids.to(vlm.device)
     mask = batch.attention_mask.to(vlm.device)
-    with torch.no_grad():
+    with torch.no_grad(), residuals_only(vlm.bridge):
         _, cache = vlm.bridge.run_with_cache(
             ids, attention_mask=mask, names_filter=list(hooks), stop_at_layer=stop
         )

@@ -56,16 +56,35 @@ def test_every_subcommand_is_listed(capsys):
 
 
 def test_a_broken_subcommand_module_is_not_swallowed(monkeypatch):
-    """An ImportError in a sub-command's module surfaces instead of the command vanishing."""
+    """An ImportError in a sub-command's module surfaces (running that sub-command, or the
+    full --help) instead of the command vanishing."""
     import sys
 
     import tl_latentlens.apps as apps
 
-    monkeypatch.delattr(apps, "demo")
-    monkeypatch.delitem(sys.modules, "tl_latentlens.apps.demo")
+    monkeypatch.delattr(apps, "demo", raising=False)
+    monkeypatch.delitem(sys.modules, "tl_latentlens.apps.demo", raising=False)
     monkeypatch.setitem(sys.modules, "tl_latentlens.default.bank_corpus", None)
-    with pytest.raises(ImportError, match="tl_latentlens.default.bank_corpus"):
-        runpy.run_path(cli.__file__)
+    for argv in (["demo", "--quick"], ["--help"]):
+        with pytest.raises(ImportError, match="tl_latentlens.default.bank_corpus"):
+            cli.main(argv)
+
+
+def test_only_the_named_subcommand_is_imported():
+    """A one-image ``explain`` does not pay for the demo's, evaluation's or training's imports;
+    options before the sub-command do not hide it, and without one every module is listed."""
+    names = [m.__name__ for m in cli.subcommand_modules(["-v", "explain", "--model", "x"])]
+    assert names == ["tl_latentlens.apps.explain"]
+    every = [m.__name__.rsplit(".", 1)[1] for m in cli.subcommand_modules(["--help"])]
+    assert every == list(cli.SUBCOMMANDS.values())
+    assert len(cli.subcommand_modules(["nonsense"])) == len(cli.SUBCOMMANDS)
+
+
+def test_the_cli_module_runs_as_a_script(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["tl-latentlens", "--version"])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(cli.__file__, run_name="__main__")
+    assert info.value.code == 0 and "tl-latentlens" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

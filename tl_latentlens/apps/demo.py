@@ -38,6 +38,7 @@ from tl_latentlens.bank.calibrate import CALIBRATION_POLICY, calibrate_bank_with
 from tl_latentlens.default.assets import cache_dir, skimage_data_dir
 from tl_latentlens.default.bank_corpus import CORPUS_VERSION, default_corpus
 from tl_latentlens.default.data import load_stamps, single_stamp_image, split_stamps
+from tl_latentlens.devices import PrecisionChoice, fast_dtype
 from tl_latentlens.evaluate import EvalConfig, MaskJudge, format_chance, format_table, run_study
 from tl_latentlens.evaluate.default_set import heldout_composites, load_images, voc_image
 from tl_latentlens.evaluate.images import EvalImage
@@ -81,8 +82,9 @@ class DemoConfig:
         device: Torch device (``None``: CUDA if available, else CPU).
         quick: Reduced run for CI: small corpus, no photos, one report, four composites judged.
         bank_dtype: dtype of the default bank's forward passes when it is built (``None``:
-            ``"bfloat16"`` on a CPU, 2.7x faster with cosine >= 0.9999 to float32; the model's
-            own dtype on a GPU).
+            what :func:`tl_latentlens.devices.fast_dtype` measures as fastest on the model's
+            device: bfloat16 only where this machine runs it faster than float32, never by
+            device type alone; ``benchmarks/bench_precision.py``). Queries stay float32.
     """
 
     out: Path = Path("latentlens_demo")
@@ -129,7 +131,8 @@ def default_bank(
         max_sentences: Default-corpus sentences.
         max_per_token: Stored contexts per token type.
         encoder: Makes the model that runs the build's forward passes (default: ``vlm``), called
-            only when the bank must be built; the demo passes a bfloat16 copy on a CPU.
+            only when the bank must be built; the demo passes a bfloat16 copy where
+            :func:`~tl_latentlens.devices.fast_dtype` finds bfloat16 faster.
     """
     out = default_bank_dir(vlm, max_sentences, max_per_token)
     if (out / "manifest.json").is_file():
@@ -154,11 +157,11 @@ def default_bank(
 
 
 #: Default banks of at least this many sentences get routes; smaller ones are searched exactly.
-#: At the demo's 12,000 sentences (46,392 vectors per hook) routes do not pay for the committed
-#: connector: its visual tokens are spread out, so most image queries fall back to exact search
-#: and the search of one ``explain`` took 2.52 s routed against 2.45 s exact
-#: (``benchmarks/bench_explain.py``), while calibrating took 15 of the fresh demo's 20 minutes.
-#: Exact search grows with the bank, routed search hardly.
+#: At the demo's 12,000 sentences routes do not pay for the committed connector: its visual
+#: tokens are spread out, so most image queries fall back to exact search, routed search is no
+#: faster than exact (``benchmarks/bench_explain.py``) and calibrating would cost most of the
+#: first run (``benchmarks/bench_calibration.py``). Exact search grows with the bank, routed
+#: search hardly.
 CALIBRATE_FROM = 50_000
 
 
@@ -223,16 +226,13 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     vlm = load_vlm(cfg.model, device=cfg.device)
     t_model = time.perf_counter()
-    # On a CPU the bank's forward passes run in bfloat16: 1.3-1.9x faster than float32 with
-    # cosine >= 0.9999 to its residuals (the manifest records the dtype); queries stay float32.
-    bank_dtype = cfg.bank_dtype or ("bfloat16" if vlm.device.type == "cpu" else None)
-    encoder = None
-    if bank_dtype is not None and bank_dtype != "float32":
-        encoder = partial(load_vlm, cfg.model, device=cfg.device, dtype=getattr(torch, bank_dtype))
+    precision = bank_precision(vlm, cfg.bank_dtype) if not cfg.bank else None
     bank = (
         Bank.open(cfg.bank, vlm)
         if cfg.bank
-        else default_bank(vlm, cfg.effective_sentences, cfg.max_per_token, encoder)
+        else default_bank(
+            vlm, cfg.effective_sentences, cfg.max_per_token, bank_encoder(cfg, vlm, precision)
+        )
     )
     t_bank = time.perf_counter()
     lens = LatentLens(vlm, bank)
@@ -267,8 +267,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "study_s": t_end - t_explain,
         "total_s": t_end - t_start,
     }
-    index = _write_index(out, pages, leap_png, table, timings, bank, hubs, chance)
+    record = precision_record(precision, bank)
+    index = _write_index(out, pages, leap_png, table, timings, bank, hubs, chance, record)
     return {
+        "precision": record,
         "index": index,
         "pages": pages,
         "leap": leap_png,
@@ -277,6 +279,43 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "chance": chance,
         "timings": timings,
     }
+
+
+def bank_precision(vlm: VLM, requested: str | None = None) -> PrecisionChoice:
+    """The dtype of the default bank's forward passes: ``requested`` (``--bank-dtype``) or what
+    :func:`~tl_latentlens.devices.fast_dtype` measures as fastest on the model's device (a
+    cached probe: bfloat16 only where this machine runs it faster). Logged with its reason."""
+    if requested is not None:
+        choice = PrecisionChoice(requested, "--bank-dtype given")
+    else:
+        choice = fast_dtype(vlm.device)
+    logger.info("default bank forward passes: %s (%s)", choice.dtype_name, choice.reason)
+    return choice
+
+
+def bank_encoder(
+    cfg: DemoConfig, vlm: VLM, precision: PrecisionChoice | None
+) -> Callable[[], VLM] | None:
+    """A loader of the model in ``precision`` for the bank's forward passes, or ``None`` where
+    ``vlm`` already runs in it (then no second copy is ever loaded)."""
+    if precision is None or precision.dtype == _model_dtype(vlm):
+        return None
+    return partial(load_vlm, cfg.model, device=cfg.device, dtype=precision.dtype)
+
+
+def precision_record(precision: PrecisionChoice | None, bank: Any) -> dict[str, Any]:
+    """What the demo reports about number formats: the choice for a bank build (``None`` for a
+    given ``--bank``) and the dtype the bank in use was actually built with (its manifest)."""
+    build = getattr(getattr(bank, "manifest", None), "build", None)
+    return {
+        "bank_forward_dtype": getattr(build, "forward_dtype", None),
+        "choice": None if precision is None else precision.dtype_name,
+        "reason": None if precision is None else precision.reason,
+    }
+
+
+def _model_dtype(vlm: VLM) -> torch.dtype:
+    return next(vlm.bridge.parameters()).dtype
 
 
 def _study(lens: Any, images: list[Any], k: int, out: Path) -> Any:
@@ -323,6 +362,7 @@ def _write_index(
     bank: Any,
     hubs: Any = None,
     chance: dict[str, Any] | None = None,
+    precision: dict[str, Any] | None = None,
 ) -> Path:
     rows = "".join(
         f'<li><a href="{html.escape(p.name)}">{html.escape(name)}</a> · '
@@ -331,6 +371,9 @@ def _write_index(
     )
     tbl = table.to_html(index=False, float_format=lambda x: f"{x:.1f}") if table is not None else ""
     times = " · ".join(f"{k} {v:.1f}" for k, v in timings.items())
+    prec = ""
+    if precision:
+        prec = f"<p>{html.escape(format_precision(precision))}</p>"
     hub = ""
     if hubs is not None and len(hubs):
         hub = (
@@ -340,7 +383,7 @@ def _write_index(
         )
     body = (
         f"<h1>tl_latentlens demo</h1><p>bank: {html.escape(str(bank.root))} "
-        f"({bank.n_entries()} vectors per hook, {len(bank.hooks)} hooks)</p><p>{times}</p>"
+        f"({bank.n_entries()} vectors per hook, {len(bank.hooks)} hooks)</p>{prec}<p>{times}</p>"
         f"<h2>Reports</h2><ul>{rows}</ul><h2>Mid-layer leap</h2>"
         f'<img src="{leap_png.name}" style="max-width:700px"><h2>Per-layer table</h2>'
         "<p>Percent of labelled patches of held-out objects (exact search) whose top-k words "
@@ -355,6 +398,16 @@ def _write_index(
     page = f"<!doctype html><meta charset=utf-8><body>{body}</body>"
     atomic_write_bytes(path, page.encode("utf-8"))
     return path
+
+
+def format_precision(record: dict[str, Any] | None) -> str:
+    """One line on the bank's forward-pass dtype: built with what, and why (empty: none)."""
+    if not record:
+        return ""
+    line = f"bank forward passes: {record.get('bank_forward_dtype') or 'unrecorded'}"
+    if record.get("choice"):
+        line += f" (choice for a build here: {record['choice']}; {record['reason']})"
+    return line
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -373,8 +426,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--bank-dtype",
         choices=["bfloat16", "float32"],
         default=None,
-        help="dtype of the default bank's forward passes when it is built (default: bfloat16 "
-        "on a CPU)",
+        help="dtype of the default bank's forward passes when it is built (default: the one "
+        "this machine runs fastest, measured once and cached)",
     )
     p.set_defaults(func=run, validate=validate)
     return p
@@ -402,6 +455,8 @@ def run(args: argparse.Namespace) -> int:
         print("LatentLens top-5 hub share of top-1 slots per layer (%): " + ", ".join(
             f"{int(r.layer)}: {r.top5_share:.0f}" for r in h.itertuples()
         ))  # fmt: skip
+    if line := format_precision(res.get("precision")):
+        print(line)
     print("timings: " + ", ".join(f"{k}={v:.1f}" for k, v in res["timings"].items()))
     print(f"report: {res['index'].resolve()}")
     return 0
