@@ -6,7 +6,10 @@ OS page cache):
 * loading the language model from the packaged GGUF (``cache=False``) and from the weights
   cache (``cache=True``, filled on the first run), then ``load_default_vlm`` whole;
 * when the demo bank is built (``tl-latentlens demo``): the one-image ``tl-latentlens explain``
-  command (wall clock, median of ``--runs``), and each start-up saving against its absence:
+  command (wall clock, median of ``--runs``), what each of its parts costs in a cold process
+  (imports, model load, bank open, lens set-up, forward pass, search, baselines, render), the
+  command importing only its own sub-command's module against every sub-command's (as the
+  CLI did before), and each start-up saving against its absence:
   the console entry's heap freeze before exit vs calling ``main`` plainly; a bank open with
   its file digests remembered vs hashed again (an empty digest memo); the default LM's kept
   weight digests vs hashing them; resident hooks allocated by torch vs ``np.empty`` (numpy
@@ -25,6 +28,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench_precision import cpu_line
 
 CHILD = r"""
 import json, sys, time
@@ -80,6 +85,42 @@ print(json.dumps(out))
 """
 
 
+# The parts of a one-image explain in one cold process, as ``tl-latentlens explain`` runs them.
+PHASES = r"""
+import time
+t0 = time.perf_counter()
+import json, sys
+from PIL import Image
+from tl_latentlens.apps import explain as app
+t = {"imports": time.perf_counter() - t0}
+bank_dir, image, out = sys.argv[1], sys.argv[2], sys.argv[3]
+def lap(name, t0):
+    t[name] = time.perf_counter() - t0
+    return time.perf_counter()
+s = time.perf_counter()
+vlm = app.load_vlm("default"); s = lap("model load", s)
+bank = app.Bank.open(bank_dir, vlm=vlm); s = lap("bank open", s)
+lens = app.LatentLens(vlm, bank); s = lap("lens set-up", s)
+res = lens.explain(Image.open(image).convert("RGB"), k=5); s = lap("explain", s)
+res.save(out + "/x.json"); res.to_html(out + "/x.html"); res.save_png(out + "/x.png")
+lap("render", s)
+t.update({k: res.timings[k] for k in ("forward", "search", "baselines")})
+print(json.dumps(t))
+"""
+
+# Imports of a sub-command's parser: only its module (now) or every sub-command's (before).
+IMPORTS = r"""
+import sys, time
+t0 = time.perf_counter()
+from tl_latentlens.apps import cli
+if sys.argv[1] == "all":
+    cli.build_parser()
+else:
+    cli.build_parser(["explain"])
+print(time.perf_counter() - t0)
+"""
+
+
 def run(what: str) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", CHILD, what], capture_output=True, text=True, check=True
@@ -95,6 +136,14 @@ def part(what: str, bank: Path, memo: Path) -> dict:
         check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _child(code: str, argv: list[str], raw: bool = False):
+    out = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True
+    )
+    last = out.stdout.strip().splitlines()[-1]
+    return last if raw else json.loads(last)
 
 
 def cli_wall(argv: list[str], entry: str, runs: int) -> float:
@@ -132,6 +181,24 @@ def explain_section(runs: int, image: str | None) -> None:
         print(
             f"  exit: heap frozen {fast:5.1f} s vs plain main {plain:5.1f} s ({plain - fast:+.1f} s)"
         )
+        phases = _child(PHASES, [str(bank), image, tmp])
+        total = phases["imports"] + sum(
+            phases[k] for k in ("model load", "bank open", "lens set-up", "explain", "render")
+        )
+        print(f"  parts in one cold process ({total:.1f} s, interpreter start and exit aside):")
+        for name in ("imports", "model load", "bank open", "lens set-up"):
+            print(f"    {name:<12} {phases[name]:5.2f} s")
+        print(
+            f"    explain      {phases['explain']:5.2f} s (forward {phases['forward']:.2f}, search "
+            f"{phases['search']:.2f}, baselines {phases['baselines']:.2f})"
+        )
+        print(f"    render       {phases['render']:5.2f} s (JSON, HTML, patch PNG)")
+        one = statistics.median(float(_child(IMPORTS, ["explain"], raw=True)) for _ in range(runs))
+        every = statistics.median(float(_child(IMPORTS, ["all"], raw=True)) for _ in range(runs))
+        print(
+            f"  CLI imports: explain's module only {one:5.2f} s vs every sub-command "
+            f"{every:5.2f} s ({every - one:+.2f} s)"
+        )
         memo = Path(tmp) / "empty-memo.json"
         fp, dg = part("fingerprint", bank, memo), part("digests", bank, memo)
         torch_alloc = part("resident-torch", bank, memo)["s"]
@@ -151,6 +218,7 @@ def main() -> None:
     p.add_argument("--image", help="image for the explain runs (default: a packaged photo)")
     p.add_argument("--skip-gguf", action="store_true", help="skip the GGUF load (~40 s)")
     args = p.parse_args()
+    print(cpu_line())
     run("cache")  # fill the cache (first run) and warm the page cache for both paths
     if not args.skip_gguf:
         gguf, cache = run("gguf"), run("cache")
@@ -162,6 +230,7 @@ def main() -> None:
         f"load_default_vlm (cached):   {vlm['load_s']:6.1f} s  (+ {vlm['import_s']:.1f} s import)"
     )
     explain_section(args.runs, args.image)
+    print(cpu_line())
 
 
 if __name__ == "__main__":

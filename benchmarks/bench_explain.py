@@ -19,6 +19,7 @@ import time
 
 import torch
 from bench_bank_common import fastest, machine
+from bench_precision import cpu_line
 
 
 def main() -> None:
@@ -32,6 +33,7 @@ def main() -> None:
     from tl_latentlens.lens import LatentLens
 
     print(machine())
+    print(cpu_line())
     t0 = time.perf_counter()
     vlm = load_default_vlm()
     print(f"load the default VLM: {time.perf_counter() - t0:.1f} s")
@@ -53,10 +55,19 @@ def main() -> None:
     print(f"  exact search at every hook (a bank without routes, like the demo bank now): "
           f"{wall * 1e3:.0f} ms total ({parts}); search exact / auto "
           f"{res.timings['search'] / auto_search:.2f}x")  # fmt: skip
-    wall, many = fastest(
-        lambda: lens.explain_many(images[1:9], k=5, batch_size=8, progress=False), 2
-    )
-    print(f"explain_many, 8 images, batch 8: {wall / 8 * 1e3:.0f} ms per image")
+    # the same 8 images one by one and together, alternating, so load drifts hit both alike
+    one_by_one, together = [], []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for image in images[1:9]:
+            lens.explain(image, k=5)
+        one_by_one.append((time.perf_counter() - t0) / 8)
+        t0 = time.perf_counter()
+        lens.explain_many(images[1:9], k=5, batch_size=8, progress=False)
+        together.append((time.perf_counter() - t0) / 8)
+    a, b = min(one_by_one), min(together)
+    print(f"8 images: explain one by one {a * 1e3:.0f} ms per image, explain_many (batch 8) "
+          f"{b * 1e3:.0f} ms per image ({b / a:.2f}x)")  # fmt: skip
     # EmbeddingLens: the bfloat16 scan with its proof vs the float32 scan, on this image's
     # visual tokens at every hook (only where the CPU has bfloat16 instructions)
     from tl_latentlens.capture import capture_inputs
@@ -76,6 +87,7 @@ def main() -> None:
           f"{fast_wall * 1e3:.0f} ms vs float32 {slow_wall * 1e3:.0f} ms "
           f"({slow_wall / fast_wall:.1f}x; bfloat16 used: {real(unit.device)}); same ids for "
           f"{same}/{x.shape[0]}")  # fmt: skip
+    print(cpu_line())
     bank.close()
     bank.resident_bytes = 0
     wall, res = fastest(lambda: lens.explain(images[1], k=5), 2)

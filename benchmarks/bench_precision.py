@@ -77,7 +77,9 @@ def main() -> None:
         "middle": order[len(order) // 2 : len(order) // 2 + args.batch],
         "short": order[-args.batch - len(order) // 6 : -len(order) // 6],
     }
-    batches = {name: vlm.tokenize_sentences([corpus[i] for i in idx], 64) for name, idx in picks.items()}  # fmt: skip
+    batches = {
+        name: vlm.tokenize_sentences([corpus[i] for i in idx], 64) for name, idx in picks.items()
+    }
 
     def run(model, batch, full: bool) -> float:
         ctx = (

@@ -158,7 +158,7 @@ def test_train_connector_export_needs_a_directory(capsys):
 
 def test_console_entry_exits_with_mains_status_after_freezing_the_heap(monkeypatch):
     """``run`` (the console script and ``python -m``) exits with ``main``'s status and freezes
-    the collector's objects first, so shutdown skips a full collection (1.5-1.8 s)."""
+    the collector's objects first, so shutdown skips a full collection."""
     from pathlib import Path
 
     import tomllib

@@ -287,3 +287,28 @@ def test_errors(tiny_vlm, lens, bank, tmp_path):
     other = ConnectorVLM(other_bridge, enc, Connector(enc.d_vision, 64))
     with pytest.raises(BankModelMismatchError):
         LatentLens(other, bank)
+
+
+def test_search_in_cpu_blocks_of_query_rows_changes_nothing(lens, monkeypatch):
+    """On a CPU the queries go to the bank ``CPU_QUERY_ROWS`` at a time (blocks that cut across
+    hooks and images here): the neighbours, methods and timings' keys are those of one call."""
+    from tl_latentlens.lens import latent
+
+    images = [random_image(31), random_image(32)]
+    whole = lens.explain_many(images, k=3, batch_size=2, progress=False)
+    monkeypatch.setattr(latent, "CPU_QUERY_ROWS", 7)
+    calls = []
+    query = lens.bank.query
+    monkeypatch.setattr(lens.bank, "query", lambda q, **kw: calls.append(len(q)) or query(q, **kw))
+    blocks = lens.explain_many(images, k=3, batch_size=2, progress=False)
+    assert max(calls) == 7 and sum(calls) == 2 * 16 * len(HOOKS)
+    for a, b in zip(whole, blocks):  # same neighbours; similarities to float32 rounding
+        assert a.search == b.search and len(a.patches) == len(b.patches)
+        for p, q in zip(a.patches, b.patches):
+            assert (p.hook, p.index) == (q.hook, q.index)
+            assert [(n.sentence_id, n.position, n.hook) for n in p.latent] == [
+                (n.sentence_id, n.position, n.hook) for n in q.latent
+            ]
+            assert [n.similarity for n in p.latent] == pytest.approx(
+                [n.similarity for n in q.latent], abs=1e-5
+            )

@@ -105,10 +105,10 @@ def run() -> NoReturn:
     exit with its status.
 
     The interpreter's shutdown runs a full garbage collection over every tracked object, about
-    500,000 after torch, transformers and TransformerLens are imported: 1.5-1.8 s at the end of
-    a one-image ``explain``. Freezing them first leaves that collection nothing to traverse
-    (0.2 s); the objects are still released as the interpreter tears down. Tests call
-    :func:`main`, which does not freeze.
+    500,000 after torch, transformers and TransformerLens are imported: a noticeable part of a
+    one-image ``explain`` (``benchmarks/bench_cold_start.py`` measures it). Freezing them first
+    leaves that collection nothing to traverse; the objects are still released as the
+    interpreter tears down. Tests call :func:`main`, which does not freeze.
     """
     status = main()
     gc.freeze()

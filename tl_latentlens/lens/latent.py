@@ -27,6 +27,12 @@ __all__ = ["LatentLens"]
 
 logger = logging.getLogger(__name__)
 
+#: Query rows per bank search on a CPU (one image's visual tokens at ten hooks is 490). The
+#: products are compute-bound there, so searching more rows at once saves no work, while
+#: the larger similarity blocks made ``explain_many`` slower per image than ``explain``
+#: (``benchmarks/bench_explain.py``). On an accelerator all rows go in one call.
+CPU_QUERY_ROWS = 512
+
 
 class LatentLens:
     """LatentLens over a VLM and a contextual text bank built from the same language model.
@@ -169,8 +175,9 @@ class LatentLens:
         inputs: Sequence[VLMInputs | None] | None = None,
     ) -> list[Explanation]:
         """:meth:`explain` for many images: one forward pass per image, then the bank search
-        and the baselines of ``batch_size`` images at once (one product per bank chunk for all
-        their visual tokens, which is where the time goes).
+        and the baselines of ``batch_size`` images together (on an accelerator one product per
+        bank chunk for all their visual tokens; on a CPU :data:`CPU_QUERY_ROWS` query rows at a
+        time, which costs no more per image than :meth:`explain`).
 
         Args:
             images: PIL images (or lists of images, one per placeholder of ``prompt``).
@@ -430,17 +437,22 @@ class LatentLens:
         latent: dict[str, list] = {}
         methods: dict[str, str] = {}
         fallback: dict[str, int] = {}
+        step = CPU_QUERY_ROWS if device is None else None
         for targets, members in groups.items():
             stacked = torch.cat([residuals[h][sel] for h in members])
             t0 = time.perf_counter()
             how = self._method_for(targets, method)
-            report = self.bank.query(stacked, hook=list(targets), k=k, method=how, device=device)
+            found: list = []
+            for lo in range(0, stacked.shape[0], step or max(1, stacked.shape[0])):
+                rows = stacked[lo : lo + step] if step else stacked
+                report = self.bank.query(rows, hook=list(targets), k=k, method=how, device=device)
+                found += report.neighbours
+                methods.update(report.methods)
+                for name, n in report.exact_fallback.items():
+                    fallback[name] = fallback.get(name, 0) + n
             timings["search"] += time.perf_counter() - t0
-            methods.update(report.methods)
-            for name, n in report.exact_fallback.items():
-                fallback[name] = fallback.get(name, 0) + n
             for j, hook in enumerate(members):
-                latent[hook] = report.neighbours[j * len(idx) : (j + 1) * len(idx)]
+                latent[hook] = found[j * len(idx) : (j + 1) * len(idx)]
         t0 = time.perf_counter()
         if baselines:
             every = torch.cat([residuals[h][sel] for h in residuals])
