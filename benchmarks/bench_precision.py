@@ -23,25 +23,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import statistics
 import time
-from pathlib import Path
+from unittest import mock
 
 import torch
+
+from tl_latentlens.devices import cpu_info
 
 
 def cpu_line() -> str:
     """The CPU model, its matrix-relevant instruction-set flags, cores, torch and the load."""
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    name, flags = cpu_info()
     wanted = ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
     have = " ".join(f for f in wanted if f in flags) or "none of " + " ".join(wanted)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -85,7 +78,7 @@ def main() -> None:
         ctx = (
             contextlib.nullcontext()
             if not full
-            else _patched(capture, "residuals_only", lambda b: contextlib.nullcontext())
+            else mock.patch.object(capture, "residuals_only", lambda b: contextlib.nullcontext())
         )
         t = time.perf_counter()
         with ctx:
@@ -134,16 +127,6 @@ def main() -> None:
     print(f"fast_dtype('cpu'), probed now: {fresh.dtype_name} ({fresh.reason})")
     print(f"fast_dtype('cpu'), cached:     {cached.dtype_name} ({cached.reason})")
     print(cpu_line())
-
-
-@contextlib.contextmanager
-def _patched(module, name, value):
-    old = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, old)
 
 
 if __name__ == "__main__":

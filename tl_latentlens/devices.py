@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -39,6 +40,7 @@ __all__ = [
     "PROBE_SHAPE",
     "PROBE_VERSION",
     "PrecisionChoice",
+    "cpu_info",
     "device_key",
     "fast_dtype",
     "free_device_bytes",
@@ -151,7 +153,8 @@ def full_float32() -> Iterator[None]:
 def machine_id() -> str:
     """Processor model, its instruction-set flags and the torch version, hashed: the key of a
     cached probe (a probe measured on another CPU or torch build is measured again)."""
-    parts = [platform.machine(), platform.processor(), torch.__version__, _cpu_flags()]
+    name, flags = cpu_info()
+    parts = [platform.machine(), name, torch.__version__, " ".join(flags)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -193,24 +196,25 @@ def fast_dtype(device: DeviceLike = None, *, cache: bool = True) -> PrecisionCho
 _LOGGED: dict[str, PrecisionChoice] = {}
 
 
-def _cpu_flags() -> str:
+@functools.cache
+def cpu_info() -> tuple[str, tuple[str, ...]]:
+    """This CPU's model name and instruction-set flags (``/proc/cpuinfo``; the platform's
+    processor name and no flags where that file is missing), read once per process.
+
+    Example:
+        >>> name, flags = cpu_info()
+        >>> "avx2" in flags  # doctest: +SKIP
+        True
+    """
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())  # the first processor's entry
     except OSError:
         pass
-    return ""
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    return name, tuple((fields.get("flags") or fields.get("Features") or "").split())
 
 
 def _probe_path(dev: torch.device) -> Path:
@@ -246,7 +250,7 @@ def _probed(dev: torch.device, cache: bool) -> PrecisionChoice:
 
 def _decide(dev: torch.device, t_float32: float, t_bfloat16: float | None) -> PrecisionChoice:
     """The rule, apart from the clock (tests feed it timings both ways)."""
-    where = f"{_cpu_name() if dev.type == 'cpu' else dev.type}, torch {torch.__version__}"
+    where = f"{cpu_info()[0] if dev.type == 'cpu' else dev.type}, torch {torch.__version__}"
     if t_bfloat16 is None:
         return PrecisionChoice("float32", f"{dev.type} probe: bfloat16 unsupported ({where})")
     speedup = t_float32 / max(t_bfloat16, 1e-12)
