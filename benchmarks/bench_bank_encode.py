@@ -30,12 +30,13 @@ import numpy as np
 import torch
 from bench_bank_common import load_model, machine, synthetic_corpus, timer, words
 
-import tl_latentlens.bank.build as build_mod
+import tl_latentlens.bank.build.pipeline as build_mod
 from tl_latentlens import hooks as hk
-from tl_latentlens.bank import build_bank, codec
-from tl_latentlens.bank.encode import text_batch
-from tl_latentlens.bank.plan import make_plan
-from tl_latentlens.bank.store import RaggedReader
+from tl_latentlens.bank import build_bank
+from tl_latentlens.bank.build.encode import text_batch
+from tl_latentlens.bank.build.plan import make_plan
+from tl_latentlens.bank.format import codec
+from tl_latentlens.bank.format.store import RaggedReader
 from tl_latentlens.capture import capture_text_batch
 
 

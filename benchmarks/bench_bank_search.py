@@ -43,14 +43,14 @@ import torch
 from bench_bank_common import machine
 from search_data import HOOKS, default_out
 
-from tl_latentlens.bank import codec
-from tl_latentlens.bank.calibrate import calibrate_hook, unit_rows
-from tl_latentlens.bank.exact import exact_top_k
-from tl_latentlens.bank.finalize import finalize_hook, remove_raw
-from tl_latentlens.bank.recall import tie_aware_recall
-from tl_latentlens.bank.routes import RouteParams, Routes
-from tl_latentlens.bank.search import HookSearcher
-from tl_latentlens.bank.vectors import HookVectors
+from tl_latentlens.bank.build.finalize import finalize_hook, remove_raw
+from tl_latentlens.bank.format import codec
+from tl_latentlens.bank.format.vectors import HookVectors
+from tl_latentlens.bank.search.calibrate import calibrate_hook, unit_rows
+from tl_latentlens.bank.search.dispatch import HookSearcher
+from tl_latentlens.bank.search.exact import exact_top_k
+from tl_latentlens.bank.search.recall import tie_aware_recall
+from tl_latentlens.bank.search.routes import RouteParams, Routes
 
 
 def rss_mb(kind: str = "VmRSS") -> float:

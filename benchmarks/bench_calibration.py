@@ -62,7 +62,7 @@ def main() -> None:
     )
     args = p.parse_args()
     torch.set_grad_enabled(False)
-    import tl_latentlens.bank.calibrate as cal
+    import tl_latentlens.bank.search.calibrate as cal
     from tl_latentlens.apps.demo import default_bank, default_calibration_sets
     from tl_latentlens.bank import Bank
     from tl_latentlens.default.loader import load_default_vlm

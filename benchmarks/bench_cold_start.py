@@ -54,7 +54,8 @@ PARTS = r"""
 import json, sys, time
 import numpy as np, torch
 from tl_latentlens import _io
-from tl_latentlens.bank import Bank, vectors
+from tl_latentlens.bank import Bank
+from tl_latentlens.bank.format import vectors
 from tl_latentlens.bank import bank as bank_mod
 from tl_latentlens.default.loader import load_default_vlm
 what, bank_dir, memo = sys.argv[1], sys.argv[2], sys.argv[3]

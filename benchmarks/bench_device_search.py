@@ -2,13 +2,13 @@
 
 A synthetic hook of residual-like rows (clustered, with a shared offset; ``--n`` x 576, the
 bank's float16 codec unless ``--codec``) is searched for 49 and 490 unit queries (k=10) by
-:func:`tl_latentlens.bank.exact.exact_top_k`:
+:func:`tl_latentlens.bank.search.exact.exact_top_k`:
 
 * ``cpu resident``: numpy's BLAS over the decoded copy in RAM (the CPU path, the reference);
 * ``device kept``: the hook kept on the device (float16 stays float16); first call (upload
   included) and the best of later calls;
 * ``device streamed``: the hook staged in pinned memory and copied on a side stream, double
-  buffered (:func:`~tl_latentlens.bank.exact.stream_rows`);
+  buffered (:func:`~tl_latentlens.bank.search.exact.stream_rows`);
 * ``device pageable``: what streaming did before, for comparison: each chunk decoded to float32
   in numpy and copied synchronously from pageable memory.
 
@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from bench_bank_common import machine
 
-from tl_latentlens.bank import codec as cd
-from tl_latentlens.bank.exact import block_top_k, exact_top_k, top_k_sorted
-from tl_latentlens.bank.finalize import finalize_hook
-from tl_latentlens.bank.vectors import HookVectors
+from tl_latentlens.bank.build.finalize import finalize_hook
+from tl_latentlens.bank.format import codec as cd
+from tl_latentlens.bank.format.vectors import HookVectors
+from tl_latentlens.bank.search.exact import block_top_k, exact_top_k, top_k_sorted
 
 K = 10
 D = 576
@@ -146,7 +146,7 @@ def main() -> None:
 
 def _cpu_streamed(hv: HookVectors, q: np.ndarray):
     """The streaming torch path on the CPU (where there is no CUDA device to stream to)."""
-    from tl_latentlens.bank import exact
+    from tl_latentlens.bank.search import exact
 
     return exact._torch_top_k(hv, hv.to_search(q), K, torch.device("cpu"), 32768, None)
 

@@ -42,8 +42,9 @@ PAPER_PHRASES = 2_990_000
 def worker(args: argparse.Namespace) -> None:
     import torch
 
-    import tl_latentlens.bank.build as build_mod
-    from tl_latentlens.bank import build_bank, distributed
+    import tl_latentlens.bank.build.pipeline as build_mod
+    from tl_latentlens.bank import build_bank
+    from tl_latentlens.bank.build import distributed
     from tl_latentlens.default.loader import load_default_vlm
 
     torch.set_num_threads(1)

@@ -1,7 +1,7 @@
 """Two ideas for the bank's exact scan, measured: a grouped top-k (kept) and a bfloat16 product
 with a proof (not kept).
 
-Grouped top-k (:func:`tl_latentlens.bank.exact.block_top_k`, what ``exact_top_k`` runs on the
+Grouped top-k (:func:`tl_latentlens.bank.search.exact.block_top_k`, what ``exact_top_k`` runs on the
 CPU): the top-5 of the float32 similarity block ``[490, n]`` against ``torch.topk`` on the same
 block, and the same answer.
 
@@ -11,9 +11,9 @@ for the visual tokens of one held-out composite at every bank layer (490 queries
 cross-layer batch of one ``explain``) against three hooks of the demo bank, side by side in one
 run:
 
-* float32: the bank's exact search (:func:`tl_latentlens.bank.exact.exact_top_k`, resident);
+* float32: the bank's exact search (:func:`tl_latentlens.bank.search.exact.exact_top_k`, resident);
 * bfloat16: the product in bfloat16 against a bfloat16 copy, the top ``k + spare`` per query,
-  their float32 re-score (:func:`~tl_latentlens.bank.exact.exact_rows`, from the resident
+  their float32 re-score (:func:`~tl_latentlens.bank.search.exact.exact_rows`, from the resident
   float32 copy: the best case) and the proof (k-th re-scored similarity > every dropped row's
   bfloat16 similarity + the rounding bound) and the float32 scan of the queries it does not
   prove (what keeps the answer exact).
@@ -60,7 +60,7 @@ def main() -> None:
 
 def measure(name: str, hv, q: np.ndarray, bound: float) -> str:
     """One hook: the float32 scan against the bfloat16 scan's parts (module docstring)."""
-    from tl_latentlens.bank.exact import block_top_k, exact_rows, exact_top_k
+    from tl_latentlens.bank.search.exact import block_top_k, exact_rows, exact_top_k
 
     sims32 = torch.from_numpy(q @ hv.resident().T)
     t_plain, (pv, _) = best_of(lambda: torch.topk(sims32, K, dim=1))

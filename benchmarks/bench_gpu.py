@@ -268,8 +268,8 @@ def explain_latency(vlm, bank_root: str, runs: int, device: torch.device) -> dic
 
 def search_latency(rows: int, runs: int, device: torch.device, d: int = 576) -> dict:
     """Exact top-5 over ``rows`` synthetic float16 vectors (timing only)."""
-    from tl_latentlens.bank.exact import exact_top_k
-    from tl_latentlens.bank.vectors import HookVectors
+    from tl_latentlens.bank.format.vectors import HookVectors
+    from tl_latentlens.bank.search.exact import exact_top_k
 
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(rows, d, device=device, generator=gen, dtype=torch.float32)

@@ -56,11 +56,11 @@ import torch
 from bench_bank_common import dir_size, machine
 from search_data import HOOKS, default_out
 
-from tl_latentlens.bank import codec
-from tl_latentlens.bank.exact import exact_top_k
-from tl_latentlens.bank.finalize import finalize_hook, remove_raw
-from tl_latentlens.bank.recall import tie_aware_recall
-from tl_latentlens.bank.vectors import HookVectors
+from tl_latentlens.bank.build.finalize import finalize_hook, remove_raw
+from tl_latentlens.bank.format import codec
+from tl_latentlens.bank.format.vectors import HookVectors
+from tl_latentlens.bank.search.exact import exact_top_k
+from tl_latentlens.bank.search.recall import tie_aware_recall
 
 BANK_CODECS = ("float16", "int8", "int8_rotated", "int8_pca")
 

@@ -33,10 +33,10 @@ def main() -> None:
     args = p.parse_args()
     torch.set_grad_enabled(False)
     torch.set_num_threads(1)
-    import tl_latentlens.bank.search as search_mod
+    import tl_latentlens.bank.search.dispatch as search_mod
     from tl_latentlens.apps.demo import default_bank
-    from tl_latentlens.bank.exact import exact_top_k
-    from tl_latentlens.bank.recall import tie_aware_recall
+    from tl_latentlens.bank.search.exact import exact_top_k
+    from tl_latentlens.bank.search.recall import tie_aware_recall
     from tl_latentlens.capture import capture_image
     from tl_latentlens.default.loader import load_default_vlm
     from tl_latentlens.evaluate.default_set import heldout_composites

@@ -47,8 +47,8 @@ from tl_latentlens.bank import (  # noqa: E402
     CorruptBankError,  # noqa: E402
     build_bank,
 )
-from tl_latentlens.bank.hnsw_file import validate_hnsw_file  # noqa: E402
-from tl_latentlens.bank.sources import CorpusStats, iter_corpus  # noqa: E402
+from tl_latentlens.bank.build.sources import CorpusStats, iter_corpus  # noqa: E402
+from tl_latentlens.bank.search.hnsw_file import validate_hnsw_file  # noqa: E402
 
 
 class _MP:

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tl_latentlens.bank import codec
-from tl_latentlens.bank.finalize import finalize_hook
-from tl_latentlens.bank.vectors import HookVectors
+from tl_latentlens.bank.build.finalize import finalize_hook
+from tl_latentlens.bank.format import codec
+from tl_latentlens.bank.format.vectors import HookVectors
 
 
 def hook_from_rows(folder: Path, x: np.ndarray, dtype: str) -> HookVectors:

@@ -46,6 +46,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
+    "atomic_write_text",
     "digest_memo",
     "fsync_dir",
     "file_stamp",
@@ -94,6 +95,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes 0600; written files get the usual 0644 so that another user or a web
+        # server can read a shared bank or report.
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -105,9 +109,37 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, parents: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically (readers never see a partial file).
+
+    Args:
+        path: Destination.
+        data: The file content.
+        parents: Create missing parent folders first (output files of the renderers).
+
+    Returns:
+        The destination as a :class:`~pathlib.Path`.
+
+    Example:
+        >>> atomic_write_bytes("out/a.bin", b"\\x00\\x01", parents=True)
+        PosixPath('out/a.bin')
+    """
+    path = Path(path)
+    if parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: f.write(data))
+    logger.debug("wrote %s (%d bytes)", path, len(data))
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, parents: bool = False) -> Path:
+    """UTF-8 variant of :func:`atomic_write_bytes`.
+
+    Example:
+        >>> atomic_write_text("out/page.html", "<!doctype html>", parents=True)
+        PosixPath('out/page.html')
+    """
+    return atomic_write_bytes(path, text.encode("utf-8"), parents=parents)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -21,10 +21,11 @@ import torch
 from bank_fixtures import hook_from_rows
 
 from tiny_models import WORDS
-from tl_latentlens.bank import Bank, build_bank, exact
-from tl_latentlens.bank.calibrate import unit_rows
-from tl_latentlens.bank.exact import exact_top_k
-from tl_latentlens.bank.vectors import HookVectors
+from tl_latentlens.bank import Bank, build_bank
+from tl_latentlens.bank.format.vectors import HookVectors
+from tl_latentlens.bank.search import exact
+from tl_latentlens.bank.search.calibrate import unit_rows
+from tl_latentlens.bank.search.exact import exact_top_k
 
 pytestmark = [
     pytest.mark.gpu,

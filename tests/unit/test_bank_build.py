@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import tl_latentlens.bank.encode as encode_mod
+import tl_latentlens.bank.build.encode as encode_mod
 from tiny_models import WORDS
 from tl_latentlens.bank import Bank, BankExistsError, build_bank
 from tl_latentlens.capture import capture_text
@@ -182,8 +182,8 @@ def test_resume_after_interruption_gives_identical_bank(tiny_vlm, tmp_path, monk
 
 @pytest.mark.parametrize("crash_in", ["finalize", "after_rename"])
 def test_resume_after_interruption_while_finalizing(tiny_vlm, tmp_path, monkeypatch, crash_in):
-    import tl_latentlens.bank.build as build_mod
-    import tl_latentlens.bank.finalize as fin_mod
+    import tl_latentlens.bank.build.finalize as fin_mod
+    import tl_latentlens.bank.build.pipeline as build_mod
 
     sents = corpus(20, seed=6)
     real = build_mod.finalize_hook
@@ -331,7 +331,7 @@ def test_a_failed_write_stops_the_build_and_it_resumes(tiny_vlm, tmp_path, monke
 
 
 class _FakeGPUModel:
-    """What :func:`~tl_latentlens.bank.encode.auto_batch_size` reads of a VLM on a GPU."""
+    """What :func:`~tl_latentlens.bank.build.encode.auto_batch_size` reads of a VLM on a GPU."""
 
     def __init__(self, d_model: int, d_mlp: int, dtype: torch.dtype) -> None:
         from types import SimpleNamespace

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from tl_latentlens.apps import build_bank as bank_cli
+from tl_latentlens.apps.build_bank import add_build_bank_parser, run_build_bank
 from tl_latentlens.bank import Bank
-from tl_latentlens.bank import cli as bank_cli
-from tl_latentlens.bank.cli import add_build_bank_parser, run_build_bank
 
 
 def test_build_bank_cli(tiny_vlm, tmp_path, monkeypatch):

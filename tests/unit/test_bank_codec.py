@@ -15,16 +15,17 @@ import torch
 from bank_fixtures import hook_from_rows as _hook
 
 from tiny_models import WORDS
-from tl_latentlens.bank import Bank, build_bank, codec
-from tl_latentlens.bank import manifest as mf
-from tl_latentlens.bank.calibrate import calibrate_hook, unit_rows
+from tl_latentlens.bank import Bank, build_bank
+from tl_latentlens.bank.build.finalize import finalize_hook
 from tl_latentlens.bank.errors import BankError
-from tl_latentlens.bank.exact import exact_rows, exact_top_k
-from tl_latentlens.bank.finalize import finalize_hook
-from tl_latentlens.bank.recall import tie_aware_recall
-from tl_latentlens.bank.routes import Routes
-from tl_latentlens.bank.search import HookSearcher
-from tl_latentlens.bank.vectors import HookVectors
+from tl_latentlens.bank.format import codec
+from tl_latentlens.bank.format import manifest as mf
+from tl_latentlens.bank.format.vectors import HookVectors
+from tl_latentlens.bank.search.calibrate import calibrate_hook, unit_rows
+from tl_latentlens.bank.search.dispatch import HookSearcher
+from tl_latentlens.bank.search.exact import exact_rows, exact_top_k
+from tl_latentlens.bank.search.recall import tie_aware_recall
+from tl_latentlens.bank.search.routes import Routes
 
 CODECS = ["float16", "float32", "int8", "int8_rotated", "int8_pca"]
 
@@ -202,7 +203,7 @@ def test_resident_rows_are_the_streamed_search_rows_bit_for_bit(
 ):
     """The resident copy (one torch kernel per chunk for the float codecs) holds exactly the
     rows that streaming search decodes, across a chunk boundary."""
-    from tl_latentlens.bank import vectors
+    from tl_latentlens.bank.format import vectors
 
     monkeypatch.setattr(vectors, "CHUNK_ROWS", 700)
     x, _, _ = residuals

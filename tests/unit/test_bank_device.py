@@ -17,12 +17,14 @@ import torch
 from bank_fixtures import hook_from_rows
 
 from tiny_models import WORDS
-from tl_latentlens.bank import Bank, build_bank, exact, search
+from tl_latentlens.bank import Bank, build_bank
 from tl_latentlens.bank import bank as bank_module
-from tl_latentlens.bank.calibrate import unit_rows
-from tl_latentlens.bank.exact import exact_top_k, stream_rows, top_k_sorted
-from tl_latentlens.bank.search import HookSearcher
-from tl_latentlens.bank.vectors import HookVectors
+from tl_latentlens.bank.format.vectors import HookVectors
+from tl_latentlens.bank.search import dispatch as search
+from tl_latentlens.bank.search import exact
+from tl_latentlens.bank.search.calibrate import unit_rows
+from tl_latentlens.bank.search.dispatch import HookSearcher
+from tl_latentlens.bank.search.exact import exact_top_k, stream_rows, top_k_sorted
 
 CODECS = ["float16", "float32", "int8", "int8_rotated", "int8_pca"]
 

@@ -20,11 +20,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
-import tl_latentlens.bank.distributed as dist_mod
-import tl_latentlens.bank.encode as encode_mod
+import tl_latentlens.bank.build.distributed as dist_mod
+import tl_latentlens.bank.build.encode as encode_mod
 from tiny_models import WORDS
 from tl_latentlens.bank import build_bank
-from tl_latentlens.bank.distributed import RankContext, assign_shards, rank_device
+from tl_latentlens.bank.build.distributed import RankContext, assign_shards, rank_device
 
 HOOKS = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]
 OPTS = dict(batch_size=4, shard_batches=1, num_threads=1, progress=False)
@@ -295,7 +295,7 @@ def test_cli_joins_the_ranks_torchrun_describes(tiny_vlm, tmp_path, monkeypatch)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    from tl_latentlens.bank import cli as bank_cli
+    from tl_latentlens.apps import build_bank as bank_cli
 
     monkeypatch.setattr(
         bank_cli,

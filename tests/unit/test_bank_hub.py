@@ -20,8 +20,8 @@ from huggingface_hub import constants
 from fixtures.hub_server import HubServer
 from tiny_models import WORDS
 from tl_latentlens.bank import Bank, CorruptBankError, MissingHookError, build_bank
-from tl_latentlens.bank import manifest as mf
-from tl_latentlens.bank.hub import HubBankError
+from tl_latentlens.bank.format import manifest as mf
+from tl_latentlens.bank.hub.remote import HubBankError
 
 HOOKS = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]
 TOKEN = "hf_test_token"

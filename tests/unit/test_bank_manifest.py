@@ -12,9 +12,9 @@ import pytest
 
 from tiny_models import WORDS
 from tl_latentlens.bank import Bank, BankFormatError, build_bank
-from tl_latentlens.bank import manifest as mf
-from tl_latentlens.bank.config import FORMAT_VERSION
-from tl_latentlens.bank.manifest import BankManifest, HookRecord
+from tl_latentlens.bank.format import manifest as mf
+from tl_latentlens.bank.format.config import FORMAT_VERSION
+from tl_latentlens.bank.format.manifest import BankManifest, HookRecord
 
 HOOKS = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post"]
 SHA = "ab" * 32

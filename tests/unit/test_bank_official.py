@@ -18,7 +18,7 @@ import torch
 
 from tiny_models import WORDS
 from tl_latentlens.bank import Bank, BankModelMismatchError
-from tl_latentlens.bank.official import UntrustedPickleError
+from tl_latentlens.bank.hub.official import UntrustedPickleError
 
 latentlens = pytest.importorskip(
     "latentlens", reason="pip install --no-deps latentlens==0.1.0 (scripts/setup.sh does)"

@@ -119,7 +119,7 @@ def _flip(path, offset=-100):
 def test_lazy_open_hashes_each_file_once_per_user_until_it_changes(copy, tmp_path, monkeypatch):
     """A file confirmed once is not hashed again by later opens (its stamp is remembered in
     the cache directory); a write to it, or ``verify="full"``, hashes it again."""
-    from tl_latentlens.bank import manifest as mf
+    from tl_latentlens.bank.format import manifest as mf
 
     monkeypatch.setenv("TL_LATENTLENS_CACHE", str(tmp_path / "cache"))
     hashed: list[str] = []
@@ -265,7 +265,7 @@ def test_identical_vectors_are_one_neighbour_with_all_contexts(bank_dir):
 def test_auto_is_exact_on_a_small_bank_and_routes_are_calibrated(bank_dir, tmp_path):
     import shutil
 
-    from tl_latentlens.bank.calibrate import calibrate_bank
+    from tl_latentlens.bank.search.calibrate import calibrate_bank
 
     path = tmp_path / "bank"
     shutil.copytree(bank_dir, path)
@@ -287,7 +287,7 @@ def test_auto_is_exact_on_a_small_bank_and_routes_are_calibrated(bank_dir, tmp_p
     }
     cal = calibrate_bank(path, samples, held, list_len=64, progress=False)
     assert set(cal) == set(HOOKS[1:])
-    from tl_latentlens.bank.calibrate import CALIBRATION_POLICY, GAIN, expected_cost
+    from tl_latentlens.bank.search.calibrate import CALIBRATION_POLICY, GAIN, expected_cost
 
     opened = Bank.open(path)
     for hook, c in cal.items():
@@ -324,8 +324,8 @@ def test_auto_is_exact_on_a_small_bank_and_routes_are_calibrated(bank_dir, tmp_p
 def test_hooks_sharing_a_sample_graph_look_it_up_once(bank_dir, tmp_path, monkeypatch):
     import shutil
 
-    from tl_latentlens.bank.calibrate import calibrate_bank
-    from tl_latentlens.bank.routes import Routes
+    from tl_latentlens.bank.search.calibrate import calibrate_bank
+    from tl_latentlens.bank.search.routes import Routes
 
     path = tmp_path / "bank"
     shutil.copytree(bank_dir, path)
@@ -361,7 +361,7 @@ def test_k_larger_than_bank_and_highlight(tiny_vlm, tmp_path):
 
 def test_calibrate_with_images_records_a_held_out_text_set(bank_dir, tiny_vlm, tmp_path):
     from tiny_models import random_image
-    from tl_latentlens.bank.calibrate import calibrate_bank_with_images
+    from tl_latentlens.bank.search.calibrate import calibrate_bank_with_images
 
     path = tmp_path / "bank"
     shutil.copytree(bank_dir, path)
@@ -381,7 +381,7 @@ def test_calibrate_with_images_records_a_held_out_text_set(bank_dir, tiny_vlm, t
 
 def test_calibrate_with_images_gives_routes_to_the_named_hooks_only(bank_dir, tiny_vlm, tmp_path):
     from tiny_models import random_image
-    from tl_latentlens.bank.calibrate import calibrate_bank_with_images
+    from tl_latentlens.bank.search.calibrate import calibrate_bank_with_images
 
     path = tmp_path / "bank"
     shutil.copytree(bank_dir, path)
@@ -416,7 +416,7 @@ def test_calibrate_bank_command_checks_hooks_before_loading(bank_dir, tmp_path):
 
 def test_calibrate_with_images_refuses_bad_held_out_text(bank_dir, tiny_vlm):
     from tiny_models import random_image
-    from tl_latentlens.bank.calibrate import calibrate_bank_with_images
+    from tl_latentlens.bank.search.calibrate import calibrate_bank_with_images
 
     bank = Bank.open(bank_dir, tiny_vlm)
     images = [random_image(seed) for seed in range(3)]
@@ -430,7 +430,7 @@ def test_calibrate_with_images_refuses_bad_held_out_text(bank_dir, tiny_vlm):
 
 def test_routes_proven_for_another_connector_are_not_used_by_auto(bank_dir, tiny_vlm, tmp_path):
     from tiny_models import random_image
-    from tl_latentlens.bank.calibrate import calibrate_bank_with_images
+    from tl_latentlens.bank.search.calibrate import calibrate_bank_with_images
     from tl_latentlens.lens import LatentLens
     from tl_latentlens.models.connector import Connector, ConnectorVLM
 

@@ -11,14 +11,14 @@ import pytest
 import torch
 from bank_fixtures import hook_from_rows as _hook
 
-from tl_latentlens.bank import codec
-from tl_latentlens.bank.calibrate import calibrate_hook, unit_rows
-from tl_latentlens.bank.dedup import group_identical, occurrence_table
-from tl_latentlens.bank.exact import exact_rows, exact_top_k
-from tl_latentlens.bank.recall import tie_aware_recall
-from tl_latentlens.bank.routes import RouteParams, Routes
-from tl_latentlens.bank.search import HookSearcher, routes_pay
-from tl_latentlens.bank.vectors import HookVectors
+from tl_latentlens.bank.build.dedup import group_identical, occurrence_table
+from tl_latentlens.bank.format import codec
+from tl_latentlens.bank.format.vectors import HookVectors
+from tl_latentlens.bank.search.calibrate import calibrate_hook, unit_rows
+from tl_latentlens.bank.search.dispatch import HookSearcher, routes_pay
+from tl_latentlens.bank.search.exact import exact_rows, exact_top_k
+from tl_latentlens.bank.search.recall import tie_aware_recall
+from tl_latentlens.bank.search.routes import RouteParams, Routes
 
 
 def _brute(hv: HookVectors, q: np.ndarray, k: int):
@@ -117,7 +117,7 @@ def test_identical_rows_are_grouped():
 
 
 def test_hash_collisions_never_merge_rows(monkeypatch):
-    from tl_latentlens.bank import dedup
+    from tl_latentlens.bank.build import dedup
 
     monkeypatch.setattr(dedup, "_row_hashes", lambda block, mult: np.zeros(len(block), np.uint64))
     rows = np.array([[1, 2], [3, 4], [1, 2], [3, 4], [7, 8]], np.float32)
@@ -222,7 +222,7 @@ def test_tie_aware_recall_counts_ties():
 
 
 def test_expected_cost_prefers_fewer_fallbacks_until_candidates_cost_more():
-    from tl_latentlens.bank.calibrate import expected_cost
+    from tl_latentlens.bank.search.calibrate import expected_cost
 
     n = 46_000
     # a bigger probe that sends far fewer image queries to exact search is cheaper
@@ -237,7 +237,7 @@ def test_expected_cost_prefers_fewer_fallbacks_until_candidates_cost_more():
 
 
 def test_candidate_union_equals_numpy_unique():
-    from tl_latentlens.bank.exact import candidate_union
+    from tl_latentlens.bank.search.exact import candidate_union
 
     rng = np.random.default_rng(0)
     cands = rng.integers(-1, 50, size=(7, 30))
@@ -249,7 +249,7 @@ def test_candidate_union_equals_numpy_unique():
 def test_calibration_stops_when_a_bigger_probe_gains_too_little(tmp_path, clusters, monkeypatch):
     """Probes are tried in ascending order while each one lowers the best expected cost by more
     than ``GAIN``; held-out sets bigger than ``max_queries`` are subsampled."""
-    import tl_latentlens.bank.calibrate as cal_mod
+    import tl_latentlens.bank.search.calibrate as cal_mod
 
     x, visual = clusters
     real = cal_mod.expected_cost
@@ -289,7 +289,7 @@ def test_block_top_k_equals_a_full_sort(n, k):
     """The grouped top-k returns the k largest of each row, the lower columns among equal
     values, with ties inside and between groups (a row of one value: every group ties at the
     k-th group maximum), and a ragged tail."""
-    from tl_latentlens.bank.exact import block_top_k
+    from tl_latentlens.bank.search.exact import block_top_k
 
     rng = np.random.default_rng(n + k)
     sims = torch.from_numpy(np.round(rng.standard_normal((40, n)), 1).astype(np.float32))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tl_latentlens.bank.plan import make_plan
-from tl_latentlens.bank.select import PrefixReservoir, Selection, prefix_hashes, splitmix64
+from tl_latentlens.bank.build.plan import make_plan
+from tl_latentlens.bank.build.select import PrefixReservoir, Selection, prefix_hashes, splitmix64
 
 
 def test_splitmix64_is_a_bijection_on_a_sample():

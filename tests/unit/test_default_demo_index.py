@@ -89,7 +89,7 @@ def test_default_bank_recalibrates_for_another_connector(tiny_vlm, tmp_path, mon
 
     from tiny_models import WORDS
     from tl_latentlens.apps import demo
-    from tl_latentlens.bank.calibrate import CALIBRATION_POLICY, calibrate_bank
+    from tl_latentlens.bank.search.calibrate import CALIBRATION_POLICY, calibrate_bank
     from tl_latentlens.models.connector import Connector, ConnectorVLM
 
     monkeypatch.setenv("TL_LATENTLENS_CACHE", str(tmp_path / "cache"))

@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from tl_latentlens.bank import CorpusError, build_bank, iter_corpus
-from tl_latentlens.bank.sources import CorpusStats
+from tl_latentlens.bank.build.sources import CorpusStats
 
 HOOKS = ["blocks.0.hook_resid_pre"]
 

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 import tl_latentlens._io as io_mod
-import tl_latentlens.bank.build as build_mod
-import tl_latentlens.bank.encode as encode_mod
+import tl_latentlens.bank.build.encode as encode_mod
+import tl_latentlens.bank.build.pipeline as build_mod
 from tiny_models import WORDS
 from tl_latentlens.bank import Bank, BankLockedError, build_bank
 

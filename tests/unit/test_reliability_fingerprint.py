@@ -12,7 +12,7 @@ import torch
 import tl_latentlens.models.base as base_mod
 from tiny_models import WORDS
 from tl_latentlens.bank import Bank, BankModelMismatchError, build_bank
-from tl_latentlens.bank.manifest import model_differences
+from tl_latentlens.bank.format.manifest import model_differences
 from tl_latentlens.models.connector import ConnectorVLM
 
 HOOKS = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post"]  # needs embed + blocks 0, 1

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from tl_latentlens.bank import CorruptBankError
-from tl_latentlens.bank.hnsw_file import HEADER_SIZE, read_header, validate_hnsw_file
-from tl_latentlens.bank.index import load_hnsw
+from tl_latentlens.bank.search.hnsw_file import HEADER_SIZE, read_header, validate_hnsw_file
+from tl_latentlens.bank.search.index import load_hnsw
 
 N, DIM, M = 300, 8, 4
 # field -> byte offset in the 96-byte header

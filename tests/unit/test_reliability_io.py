@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tl_latentlens import _io
-from tl_latentlens.bank import store
+from tl_latentlens.bank.format import store
 
 
 def test_store_reexports_the_one_implementation():

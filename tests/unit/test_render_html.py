@@ -103,7 +103,7 @@ def test_failed_write_keeps_old_file(exp, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr("tl_latentlens.render._io.os.replace", boom)
+    monkeypatch.setattr("tl_latentlens._io.os.replace", boom)
     with pytest.raises(OSError, match="disk full"):
         explanation_html(exp, out)
     assert out.read_text() == "old"

@@ -10,7 +10,7 @@ import argparse
 from collections.abc import Iterable
 from pathlib import Path
 
-from tl_latentlens.bank.manifest import MANIFEST
+from tl_latentlens.bank.format.manifest import MANIFEST
 
 __all__ = [
     "HelpFormatter",

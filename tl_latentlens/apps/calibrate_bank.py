@@ -22,8 +22,8 @@ from PIL import Image
 
 from tl_latentlens.apps._args import UsageError, check_bank, check_files, check_model
 from tl_latentlens.bank import Bank
-from tl_latentlens.bank.calibrate import calibrate_bank_with_images
-from tl_latentlens.bank.manifest import read_manifest
+from tl_latentlens.bank.format.manifest import read_manifest
+from tl_latentlens.bank.search.calibrate import calibrate_bank_with_images
 from tl_latentlens.models.load import load_vlm
 
 __all__ = ["add_parser", "run", "validate"]

@@ -34,7 +34,7 @@ from PIL import Image
 from tl_latentlens._io import atomic_write_bytes
 from tl_latentlens.apps._args import check_bank, check_files, check_model, check_positive
 from tl_latentlens.bank import FORMAT_VERSION, Bank, build_bank
-from tl_latentlens.bank.calibrate import CALIBRATION_POLICY, calibrate_bank_with_images
+from tl_latentlens.bank.search.calibrate import CALIBRATION_POLICY, calibrate_bank_with_images
 from tl_latentlens.default.assets import cache_dir, skimage_data_dir
 from tl_latentlens.default.bank_corpus import CORPUS_VERSION, default_corpus
 from tl_latentlens.default.data import load_stamps, single_stamp_image, split_stamps

@@ -10,14 +10,9 @@ Example:
 """
 
 from tl_latentlens.bank.bank import Bank, Verify
-from tl_latentlens.bank.build import build_bank
-from tl_latentlens.bank.calibrate import (
-    HookCalibration,
-    calibrate_bank,
-    calibrate_bank_with_images,
-)
-from tl_latentlens.bank.config import FORMAT_VERSION, BankConfig
-from tl_latentlens.bank.distributed import DistributedBuildError
+from tl_latentlens.bank.build.distributed import DistributedBuildError
+from tl_latentlens.bank.build.pipeline import build_bank
+from tl_latentlens.bank.build.sources import describe_corpus, iter_corpus
 from tl_latentlens.bank.errors import (
     BankError,
     BankExistsError,
@@ -29,11 +24,16 @@ from tl_latentlens.bank.errors import (
     CorruptBankError,
     MissingHookError,
 )
-from tl_latentlens.bank.manifest import BankManifest
+from tl_latentlens.bank.format.config import FORMAT_VERSION, BankConfig
+from tl_latentlens.bank.format.manifest import BankManifest
 from tl_latentlens.bank.results import Neighbour, SearchReport
-from tl_latentlens.bank.routes import RouteParams
-from tl_latentlens.bank.search import RECALL_BAR, HookHits
-from tl_latentlens.bank.sources import describe_corpus, iter_corpus
+from tl_latentlens.bank.search.calibrate import (
+    HookCalibration,
+    calibrate_bank,
+    calibrate_bank_with_images,
+)
+from tl_latentlens.bank.search.dispatch import RECALL_BAR, HookHits
+from tl_latentlens.bank.search.routes import RouteParams
 
 __all__ = [
     "FORMAT_VERSION",

@@ -18,26 +18,26 @@ import torch
 
 from tl_latentlens import hooks as hk
 from tl_latentlens._io import FileLock, LockedError, Stamp, digest_memo, file_stamp, recover_replace
-from tl_latentlens.bank import codec
-from tl_latentlens.bank import manifest as mf
-from tl_latentlens.bank.config import Verify
 from tl_latentlens.bank.errors import (
     BankModelMismatchError,
     BankQueryError,
     CorruptBankError,
     MissingHookError,
 )
-from tl_latentlens.bank.query import merge_top_k, prepare_queries
-from tl_latentlens.bank.results import Neighbour, SearchReport
-from tl_latentlens.bank.routes import RouteParams, Routes
-from tl_latentlens.bank.search import HookHits, HookSearcher, Method
-from tl_latentlens.bank.store import NpyFormatError, RaggedReader, npy_from_buffer
-from tl_latentlens.bank.vectors import (
+from tl_latentlens.bank.format import codec
+from tl_latentlens.bank.format import manifest as mf
+from tl_latentlens.bank.format.config import Verify
+from tl_latentlens.bank.format.store import NpyFormatError, RaggedReader, npy_from_buffer
+from tl_latentlens.bank.format.vectors import (
     DEFAULT_RESIDENT_BYTES,
     DEVICE_RESERVE_BYTES,
     DEVICE_SHARE,
     HookVectors,
 )
+from tl_latentlens.bank.results import Neighbour, SearchReport
+from tl_latentlens.bank.search.dispatch import HookHits, HookSearcher, Method
+from tl_latentlens.bank.search.query import merge_top_k, prepare_queries
+from tl_latentlens.bank.search.routes import RouteParams, Routes
 from tl_latentlens.devices import device_key, free_device_bytes
 
 __all__ = ["Bank", "Verify"]
@@ -79,7 +79,7 @@ class Bank:
         self.resident_bytes = DEFAULT_RESIDENT_BYTES
         #: Device memory (bytes, per device) exact search on a device (``device="cuda"``) may
         #: use to keep hooks there between calls, apart from :attr:`resident_bytes`; ``None``:
-        #: a share (:data:`~tl_latentlens.bank.vectors.DEVICE_SHARE`) of the device's free
+        #: a share (:data:`~tl_latentlens.bank.format.vectors.DEVICE_SHARE`) of the device's free
         #: memory when the bank first searches there. Either way a hook goes resident only
         #: while the device has it free with room to spare; hooks over the budget are
         #: streamed to the device on every call.
@@ -311,7 +311,7 @@ class Bank:
     # ---- metadata ---------------------------------------------------------------------------
     @property
     def manifest(self) -> mf.BankManifest:
-        """The manifest, typed and read-only (:class:`~tl_latentlens.bank.manifest.BankManifest`);
+        """The manifest, typed and read-only (:class:`~tl_latentlens.bank.format.manifest.BankManifest`);
         ``bank.manifest.to_json()`` is its JSON object (a copy).
 
         Example:
@@ -517,7 +517,7 @@ class Bank:
 
     # ---- search -----------------------------------------------------------------------------
     def searcher(self, hook: str | int) -> HookSearcher:
-        """The :class:`~tl_latentlens.bank.search.HookSearcher` of ``hook`` (routes loaded when
+        """The :class:`~tl_latentlens.bank.search.dispatch.HookSearcher` of ``hook`` (routes loaded when
         the bank was calibrated)."""
         name = self.resolve_hook(hook)
         if name not in self._searchers:
@@ -546,7 +546,7 @@ class Bank:
         lookups: dict | None = None,
     ) -> HookHits:
         """Top-``k`` stored vectors of L2-normalised float32 ``queries`` in one hook
-        (``lookups``: see :meth:`~tl_latentlens.bank.search.HookSearcher.search`)."""
+        (``lookups``: see :meth:`~tl_latentlens.bank.search.dispatch.HookSearcher.search`)."""
         on_device = device is not None and torch.device(device).type != "cpu"
         return self.searcher(hook).search(
             queries,
@@ -593,7 +593,7 @@ class Bank:
     def _fits_device(self, hook: str, device: torch.device) -> bool:
         """Keep ``hook`` on ``device`` while the hooks kept there fit the device budget
         (:attr:`device_resident_bytes`) and the device has the hook free with
-        :data:`~tl_latentlens.bank.vectors.DEVICE_RESERVE_BYTES` to spare. A device that
+        :data:`~tl_latentlens.bank.format.vectors.DEVICE_RESERVE_BYTES` to spare. A device that
         reports no free memory follows the budget alone (by default :attr:`resident_bytes`)."""
         key = device_key(device)
         if self.searcher(hook).device_nbytes(key):
@@ -717,7 +717,7 @@ class Bank:
         plus the shared tables) and open it, every file checked against the manifest's
         SHA-256. Works offline from the hub cache (``HF_HUB_OFFLINE=1``). ``hub_options``:
         ``cache_dir``, ``token``, ``endpoint``, ``local_files_only``, ``force_download``
-        (see :func:`tl_latentlens.bank.hub.download_bank`).
+        (see :func:`tl_latentlens.bank.hub.remote.download_bank`).
 
         Raises:
             HubBankError: The repository, revision or files cannot be fetched (or, offline,
@@ -730,7 +730,7 @@ class Bank:
             >>> bank = Bank.from_pretrained("org/smollm2-bank", hooks=[0, 16], vlm=vlm)
         """
         # lazy: huggingface_hub is imported only when the hub is used
-        from tl_latentlens.bank import hub
+        from tl_latentlens.bank.hub import remote as hub
 
         path = hub.download_bank(repo_id, hooks, revision=revision, **hub_options)
         try:
@@ -744,13 +744,13 @@ class Bank:
     def push_to_hub(self, repo_id: str, **hub_options: Any) -> str:
         """Upload this bank to the model repository ``repo_id`` (created if missing); returns
         the commit id. ``hub_options``: ``revision`` (a branch), ``private``, ``token``,
-        ``endpoint``, ``commit_message`` (see :func:`tl_latentlens.bank.hub.push_bank`).
+        ``endpoint``, ``commit_message`` (see :func:`tl_latentlens.bank.hub.remote.push_bank`).
 
         Example:
             >>> bank.push_to_hub("me/smollm2-bank")
         """
         # lazy: huggingface_hub is imported only when the hub is used
-        from tl_latentlens.bank import hub
+        from tl_latentlens.bank.hub import remote as hub
 
         return hub.push_bank(self.root, repo_id, **hub_options)
 
@@ -765,14 +765,14 @@ class Bank:
         """Convert an index saved by the official ``latentlens`` package (``metadata.json`` +
         ``layer_N/embeddings_cache.pt``, a local folder or a hub repository) into a bank and
         open it. Its files are torch pickles: without ``trust_pickle=True`` this refuses
-        (see :func:`tl_latentlens.bank.official.import_latentlens` for ``options``).
+        (see :func:`tl_latentlens.bank.hub.official.import_latentlens` for ``options``).
 
         Example:
             >>> bank = Bank.from_latentlens("McGill-NLP/latentlens-qwen2vl-embeddings", vlm,
             ...                             trust_pickle=True)
         """
         # lazy: official imports torch's unpickler, huggingface_hub and the build's writers
-        from tl_latentlens.bank import official
+        from tl_latentlens.bank.hub import official
 
         imported = official.import_latentlens(
             path_or_repo, vlm, trust_pickle=trust_pickle, **options

@@ -32,7 +32,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from tl_latentlens import hooks as hk
-from tl_latentlens.bank.manifest import identity
+from tl_latentlens.bank.format.manifest import identity
 from tl_latentlens.evaluate.config import EvalConfig
 from tl_latentlens.evaluate.images import EvalImage
 from tl_latentlens.evaluate.judges import Judge, JudgeCase, MaskJudge

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from tl_latentlens import hooks as hk
 from tl_latentlens.bank.bank import Bank
 from tl_latentlens.bank.errors import MissingHookError
-from tl_latentlens.bank.search import Method
+from tl_latentlens.bank.search.dispatch import Method
 from tl_latentlens.capture import capture_inputs
 from tl_latentlens.lens.baselines import EmbeddingLens, LogitLens
 from tl_latentlens.lens.cache import ExplanationCache

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from tl_latentlens.render._io import atomic_write_bytes
+from tl_latentlens._io import atomic_write_bytes
 from tl_latentlens.render._protocols import ExplanationLike
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def save_png(fig: Any, path: str | os.PathLike, dpi: int, **kwargs: Any) -> Path
         warnings.filterwarnings("ignore", message=r"Glyph .* missing from")
         warnings.filterwarnings("ignore", message=r"Matplotlib currently does not support")
         fig.savefig(buf, format="png", dpi=dpi, **kwargs)
-    out = atomic_write_bytes(path, buf.getvalue())
+    out = atomic_write_bytes(path, buf.getvalue(), parents=True)
     logger.info("wrote %s", out)
     return out
 

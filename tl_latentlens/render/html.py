@@ -22,11 +22,11 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from tl_latentlens._io import atomic_write_text
 from tl_latentlens.hooks import layer_of
 from tl_latentlens.render import _circuitsvis as cv
 from tl_latentlens.render._assets import INIT_JS, PAGE_CSS
 from tl_latentlens.render._figures import image_indices
-from tl_latentlens.render._io import atomic_write_text
 from tl_latentlens.render._markup import card_html, esc, fmt_layer, header_html, overview_html
 from tl_latentlens.render._protocols import ExplanationLike
 
@@ -171,7 +171,7 @@ def explanation_html(
         f'<body style="margin:0;background:#fff">{body}</body></html>\n'
     )
     if path is not None:
-        atomic_write_text(path, page)
+        atomic_write_text(path, page, parents=True)
         logger.info("wrote %s (%.1f MB)", path, len(page.encode("utf-8")) / 1e6)
     return page
 

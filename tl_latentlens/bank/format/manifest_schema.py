@@ -1,10 +1,10 @@
 """The manifest's schema: typed, frozen records of ``manifest.json`` and its validation.
 
-:class:`BankManifest` is what :func:`~tl_latentlens.bank.manifest.read_manifest` returns and
+:class:`BankManifest` is what :func:`~tl_latentlens.bank.format.manifest.read_manifest` returns and
 :attr:`Bank.manifest <tl_latentlens.bank.Bank.manifest>` holds; :meth:`BankManifest.from_json`
 validates (:func:`validate_manifest`: nothing in a manifest is trusted) and
 :meth:`BankManifest.to_json` gives the JSON object back exactly. The directory layout, reading,
-writing, identity and file checks are in :mod:`tl_latentlens.bank.manifest`, which re-exports
+writing, identity and file checks are in :mod:`tl_latentlens.bank.format.manifest`, which re-exports
 these names.
 """
 
@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tl_latentlens import hooks as hk
-from tl_latentlens.bank import codec
-from tl_latentlens.bank.config import FORMAT_VERSION
 from tl_latentlens.bank.errors import BankFormatError
+from tl_latentlens.bank.format import codec
+from tl_latentlens.bank.format.config import FORMAT_VERSION
 
 __all__ = [
     "MANIFEST",
@@ -169,7 +169,7 @@ class BuildInfo(_Record):
 
 @dataclass(frozen=True)
 class HubOrigin(_Record):
-    """Where a hub view (a download of some hooks, see :mod:`tl_latentlens.bank.hub`) comes
+    """Where a hub view (a download of some hooks, see :mod:`tl_latentlens.bank.hub.remote`) comes
     from."""
 
     repo_id: str | None = None
@@ -186,7 +186,7 @@ class BankManifest(_Record):
     JSON object back exactly, unknown keys included.
 
     Attributes:
-        format_version: The on-disk format (:data:`~tl_latentlens.bank.config.FORMAT_VERSION`).
+        format_version: The on-disk format (:data:`~tl_latentlens.bank.format.config.FORMAT_VERSION`).
         model: The model's fingerprint (``VLM.fingerprint()``: name, geometry, weight digests).
         hooks: The stored hooks, in build order.
         d_model: Vector width.

@@ -52,8 +52,8 @@ from huggingface_hub.errors import (
 
 from tl_latentlens import hooks as hk
 from tl_latentlens._io import read_json, replace_dir
-from tl_latentlens.bank import manifest as mf
 from tl_latentlens.bank.errors import BankError, BankFormatError, MissingHookError
+from tl_latentlens.bank.format import manifest as mf
 
 __all__ = [
     "HubBankError",

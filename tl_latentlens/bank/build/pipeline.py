@@ -1,8 +1,8 @@
 """``build_bank``: corpus -> contextual text bank directory (resumable, written atomically).
 
-Steps: pass 1 (:mod:`~tl_latentlens.bank.select`) tokenises and spools the corpus and picks the
-entries; the plan (:mod:`~tl_latentlens.bank.plan`) orders them into batches; the tables are
-written (:mod:`~tl_latentlens.bank.tables`); pass 2 (:mod:`~tl_latentlens.bank.encode`) runs
+Steps: pass 1 (:mod:`~tl_latentlens.bank.build.select`) tokenises and spools the corpus and picks the
+entries; the plan (:mod:`~tl_latentlens.bank.build.plan`) orders them into batches; the tables are
+written (:mod:`~tl_latentlens.bank.build.tables`); pass 2 (:mod:`~tl_latentlens.bank.build.encode`) runs
 the model; an HNSW index is built per hook; the manifest with checksums is written last and the
 staged directory is renamed into place.
 
@@ -18,7 +18,7 @@ replace). The finished bank replaces ``out`` crash-safely
 
 Called on every rank of a ``torch.distributed`` job of more than one rank (e.g. under
 ``torchrun``), the build splits pass 2 between the ranks and rank 0 publishes a bank
-byte-identical to a single-process one (:mod:`~tl_latentlens.bank.distributed`).
+byte-identical to a single-process one (:mod:`~tl_latentlens.bank.build.distributed`).
 """
 
 from __future__ import annotations
@@ -39,24 +39,25 @@ import numpy as np
 
 from tl_latentlens import hooks as hk
 from tl_latentlens._io import FileLock, LockedError, recover_replace
-from tl_latentlens.bank import codec, distributed
-from tl_latentlens.bank import manifest as mf
+from tl_latentlens.bank.format import codec
+from tl_latentlens.bank.build import distributed
+from tl_latentlens.bank.format import manifest as mf
 from tl_latentlens.bank.bank import Bank
-from tl_latentlens.bank.config import FORMAT_VERSION, BankConfig
-from tl_latentlens.bank.encode import allocate_vectors, auto_batch_size, encode_batches
+from tl_latentlens.bank.format.config import FORMAT_VERSION, BankConfig
+from tl_latentlens.bank.build.encode import allocate_vectors, auto_batch_size, encode_batches
 from tl_latentlens.bank.errors import BankExistsError, BankLockedError, CorruptBankError
-from tl_latentlens.bank.finalize import finalize_hook, remove_raw
-from tl_latentlens.bank.plan import make_plan
-from tl_latentlens.bank.select import Selection, select_entries
-from tl_latentlens.bank.sources import CorpusStats, iter_corpus
-from tl_latentlens.bank.store import (
+from tl_latentlens.bank.build.finalize import finalize_hook, remove_raw
+from tl_latentlens.bank.build.plan import make_plan
+from tl_latentlens.bank.build.select import Selection, select_entries
+from tl_latentlens.bank.build.sources import CorpusStats, iter_corpus
+from tl_latentlens.bank.format.store import (
     atomic_save_npy,
     atomic_write_json,
     file_record,
     publish_dir,
     read_json,
 )
-from tl_latentlens.bank.tables import write_tables
+from tl_latentlens.bank.build.tables import write_tables
 from tl_latentlens.models.base import VLM
 
 __all__ = ["build_bank"]
@@ -85,12 +86,12 @@ def build_bank(
 
     Args:
         vlm: The model whose language model produces the residuals.
-        corpus: Sentences; see :func:`~tl_latentlens.bank.sources.iter_corpus` for the kinds.
+        corpus: Sentences; see :func:`~tl_latentlens.bank.build.sources.iter_corpus` for the kinds.
         out_dir: Bank directory to create.
         hooks: Residual hooks to store; default ``hooks.default_bank_hooks(vlm.n_layers)``.
         max_tokens, batch_size, max_per_token, seed, dtype, hnsw_M, ef_construction: See
             :class:`~tl_latentlens.bank.BankConfig`; ``batch_size=None`` sizes the batches for
-            the model's device (:func:`~tl_latentlens.bank.encode.auto_batch_size`: the CPU
+            the model's device (:func:`~tl_latentlens.bank.build.encode.auto_batch_size`: the CPU
             default there, as many as fit a share of a GPU's memory on one).
         resume: Continue an interrupted build of the same bank from ``<out>.partial``.
         overwrite: Replace an existing, different bank (or other directory) at ``out_dir``.
@@ -220,7 +221,7 @@ def _build_ranks(
     overwrite: bool,
 ) -> Bank:
     """A build over the ranks of a ``torch.distributed`` job (see
-    :mod:`~tl_latentlens.bank.distributed`); every rank returns the published bank."""
+    :mod:`~tl_latentlens.bank.build.distributed`); every rank returns the published bank."""
     lock = FileLock(lock_path(out))
     work = out.with_name(f"{out.name}.partial")
     local: dict[str, Any] = {}  # rank 0's state between the steps

@@ -48,13 +48,13 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from tl_latentlens._io import atomic_write_json, fsync_dir, fsync_tree, read_json, sha256_bytes
-from tl_latentlens.bank import codec
-from tl_latentlens.bank import manifest as mf
-from tl_latentlens.bank.config import BankConfig
-from tl_latentlens.bank.encode import encode_batch, pad_token_id
+from tl_latentlens.bank.format import codec
+from tl_latentlens.bank.format import manifest as mf
+from tl_latentlens.bank.format.config import BankConfig
+from tl_latentlens.bank.build.encode import encode_batch, pad_token_id
 from tl_latentlens.bank.errors import BankError, CorruptBankError
-from tl_latentlens.bank.select import Selection
-from tl_latentlens.bank.store import RaggedReader
+from tl_latentlens.bank.build.select import Selection
+from tl_latentlens.bank.format.store import RaggedReader
 from tl_latentlens.models.base import VLM
 
 __all__ = [

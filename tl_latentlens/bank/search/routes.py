@@ -32,7 +32,7 @@ import numpy as np
 from jaxtyping import Float, Int
 
 from tl_latentlens._io import atomic_save_npy
-from tl_latentlens.bank.index import load_hnsw
+from tl_latentlens.bank.search.index import load_hnsw
 
 __all__ = [
     "ROUTE_FILES",

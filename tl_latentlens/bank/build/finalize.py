@@ -2,7 +2,7 @@
 
 The encoding pass writes one raw row (float32/float16) per entry into ``vectors.npy``. This
 step (resumable: it can be rerun from any point until the build records the hook as final)
-renames that file to ``raw.npy``, groups identical rows (:mod:`~tl_latentlens.bank.dedup`),
+renames that file to ``raw.npy``, groups identical rows (:mod:`~tl_latentlens.bank.build.dedup`),
 writes the distinct rows in the bank's codec (with the codec's parameter files: the 1-byte codecs
 are fitted over all distinct rows of the hook first) with their norms and the occurrence table,
 and removes ``raw.npy`` once the caller has recorded the hook as final.
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from tl_latentlens._io import atomic_save_npy
-from tl_latentlens.bank import codec as cd
-from tl_latentlens.bank.dedup import group_identical, occurrence_table
-from tl_latentlens.bank.vectors import CHUNK_ROWS
+from tl_latentlens.bank.format import codec as cd
+from tl_latentlens.bank.build.dedup import group_identical, occurrence_table
+from tl_latentlens.bank.format.vectors import CHUNK_ROWS
 
 __all__ = ["finalize_hook", "remove_raw"]
 
@@ -33,7 +33,7 @@ def finalize_hook(folder: Path, codec: str, n_components: int | None = None) -> 
         folder: The hook folder.
         codec: The bank's storage codec.
         n_components: ``int8_pca``'s principal directions ``P`` (``None``:
-            :func:`~tl_latentlens.bank.codec.default_components`); ignored by other codecs.
+            :func:`~tl_latentlens.bank.format.codec.default_components`); ignored by other codecs.
 
     Returns:
         ``{"n_vectors": distinct vectors, "n_duplicates": entries that share a vector}``.
@@ -112,7 +112,7 @@ def finalize_hook(folder: Path, codec: str, n_components: int | None = None) -> 
 
 
 def _sample(first: np.ndarray) -> np.ndarray:
-    """Raw rows of a seeded sample of at most :data:`~tl_latentlens.bank.codec.PCA_SAMPLE`
+    """Raw rows of a seeded sample of at most :data:`~tl_latentlens.bank.format.codec.PCA_SAMPLE`
     distinct vectors, ascending (fast memory-map reads), to fit ``int8_pca``'s directions on."""
     if first.shape[0] <= cd.PCA_SAMPLE:
         return np.asarray(first)

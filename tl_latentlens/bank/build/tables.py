@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from tl_latentlens.bank import manifest as mf
+from tl_latentlens.bank.format import manifest as mf
 from tl_latentlens.bank.errors import BankError
-from tl_latentlens.bank.plan import Plan
-from tl_latentlens.bank.store import RaggedReader, RaggedWriter, atomic_save_npy
+from tl_latentlens.bank.build.plan import Plan
+from tl_latentlens.bank.format.store import RaggedReader, RaggedWriter, atomic_save_npy
 
 __all__ = ["write_tables", "token_strings"]
 

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from tl_latentlens.bank.config import BankConfig
+from tl_latentlens.bank.format.config import BankConfig
 from tl_latentlens.bank.errors import BankError, CorpusError
-from tl_latentlens.bank.sources import CorpusStats
-from tl_latentlens.bank.store import RaggedWriter
+from tl_latentlens.bank.build.sources import CorpusStats
+from tl_latentlens.bank.format.store import RaggedWriter
 from tl_latentlens.models.base import VLM, TextBatch
 
 __all__ = ["PrefixReservoir", "Selection", "prefix_hashes", "select_entries", "splitmix64"]
@@ -152,7 +152,7 @@ class Selection:
         corpus_fingerprint: SHA-256 of the sentences (each length-prefixed UTF-8).
         n_truncated: Sentences longer than ``max_tokens`` (cut to it).
         skipped: Items the corpus reader skipped, by reason (see
-            :class:`~tl_latentlens.bank.sources.CorpusStats`).
+            :class:`~tl_latentlens.bank.build.sources.CorpusStats`).
     """
 
     sentence: np.ndarray
@@ -194,7 +194,7 @@ def select_entries(
 
     Args:
         vlm: Model handle (only its tokenizer is used, via :meth:`VLM.tokenize_sentences`).
-        sentences: The corpus, e.g. from :func:`~tl_latentlens.bank.sources.iter_corpus`.
+        sentences: The corpus, e.g. from :func:`~tl_latentlens.bank.build.sources.iter_corpus`.
         cfg: Build options (``max_tokens``, ``max_per_token``, ``seed``).
         spool_dir: Existing directory receiving ragged stores ``texts`` and ``ids``.
         chunk: Sentences tokenised at once.

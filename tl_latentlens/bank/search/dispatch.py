@@ -20,9 +20,9 @@ import torch
 from jaxtyping import Float, Int
 
 from tl_latentlens.bank.errors import BankQueryError
-from tl_latentlens.bank.exact import candidate_union, exact_rows, exact_top_k
-from tl_latentlens.bank.routes import RouteParams, Routes
-from tl_latentlens.bank.vectors import HookVectors
+from tl_latentlens.bank.format.vectors import HookVectors
+from tl_latentlens.bank.search.exact import candidate_union, exact_rows, exact_top_k
+from tl_latentlens.bank.search.routes import RouteParams, Routes
 from tl_latentlens.devices import device_key
 
 __all__ = [

@@ -1,7 +1,7 @@
 r"""Bank directory layout, the manifest, identity comparison and file verification.
 
 The manifest is read as a typed, frozen :class:`BankManifest` (records and validation in
-:mod:`tl_latentlens.bank.manifest_schema`, re-exported here).
+:mod:`tl_latentlens.bank.format.manifest_schema`, re-exported here).
 
 A bank directory::
 
@@ -42,10 +42,11 @@ from typing import TYPE_CHECKING, Any
 
 from tl_latentlens import hooks as hk
 from tl_latentlens._io import atomic_write_json, sha256_bytes
-from tl_latentlens.bank import codec
-from tl_latentlens.bank.config import FORMAT_VERSION, BankConfig
+from tl_latentlens.bank.build.sources import describe_corpus
 from tl_latentlens.bank.errors import BankError, BankFormatError, CorruptBankError
-from tl_latentlens.bank.manifest_schema import (
+from tl_latentlens.bank.format import codec
+from tl_latentlens.bank.format.config import FORMAT_VERSION, BankConfig
+from tl_latentlens.bank.format.manifest_schema import (
     MANIFEST,
     BankManifest,
     BuildInfo,
@@ -57,12 +58,11 @@ from tl_latentlens.bank.manifest_schema import (
     hook_dir,
     validate_manifest,
 )
-from tl_latentlens.bank.sources import describe_corpus
-from tl_latentlens.bank.store import read_json, sha256_file
+from tl_latentlens.bank.format.store import read_json, sha256_file
 from tl_latentlens.models.digest import VARIANTS
 
 if TYPE_CHECKING:
-    from tl_latentlens.bank.select import Selection
+    from tl_latentlens.bank.build.select import Selection
     from tl_latentlens.models.base import VLM
 
 __all__ = [

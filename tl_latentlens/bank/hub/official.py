@@ -46,27 +46,27 @@ from huggingface_hub import hf_hub_download, snapshot_download
 
 from tl_latentlens import hooks as hk
 from tl_latentlens._io import FileLock, LockedError, read_json, sha256_file
-from tl_latentlens.bank import codec
-from tl_latentlens.bank import manifest as mf
-from tl_latentlens.bank.config import BankConfig
-from tl_latentlens.bank.encode import encode_batch, pad_token_id
+from tl_latentlens.bank.build.encode import encode_batch, pad_token_id
+from tl_latentlens.bank.build.finalize import finalize_hook, remove_raw
+from tl_latentlens.bank.build.plan import ENTRY_DTYPE, Plan
+from tl_latentlens.bank.build.select import Selection
+from tl_latentlens.bank.build.tables import write_tables
 from tl_latentlens.bank.errors import (
     BankError,
     BankFormatError,
     BankLockedError,
     BankModelMismatchError,
 )
-from tl_latentlens.bank.finalize import finalize_hook, remove_raw
-from tl_latentlens.bank.hub import cache_root
-from tl_latentlens.bank.plan import ENTRY_DTYPE, Plan
-from tl_latentlens.bank.select import Selection
-from tl_latentlens.bank.store import (
+from tl_latentlens.bank.format import codec
+from tl_latentlens.bank.format import manifest as mf
+from tl_latentlens.bank.format.config import BankConfig
+from tl_latentlens.bank.format.store import (
     RaggedReader,
     RaggedWriter,
     file_record,
     publish_dir,
 )
-from tl_latentlens.bank.tables import write_tables
+from tl_latentlens.bank.hub.remote import cache_root
 from tl_latentlens.models.base import VLM
 
 __all__ = ["ImportedIndex", "UntrustedPickleError", "import_latentlens", "load_layer_file"]

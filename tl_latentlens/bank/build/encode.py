@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tl_latentlens.bank import codec
-from tl_latentlens.bank import manifest as mf
-from tl_latentlens.bank.config import BankConfig
+from tl_latentlens.bank.format import codec
+from tl_latentlens.bank.format import manifest as mf
+from tl_latentlens.bank.format.config import BankConfig
 from tl_latentlens.bank.errors import BankError
-from tl_latentlens.bank.store import RaggedReader
+from tl_latentlens.bank.format.store import RaggedReader
 from tl_latentlens.capture import TextActivations, capture_text_batch
 from tl_latentlens.models.base import VLM, TextBatch
 
@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 def allocate_vectors(stage: Path, hooks: Sequence[str], n: int, d: int, dtype: str) -> None:
     """Create every hook's zero-filled raw ``vectors.npy``/``norms.npy`` (``dtype``: the raw
-    codec, :func:`~tl_latentlens.bank.codec.raw_codec`)."""
+    codec, :func:`~tl_latentlens.bank.format.codec.raw_codec`)."""
     for hook in hooks:
         folder = stage / mf.hook_dir(hook)
         folder.mkdir(parents=True, exist_ok=True)

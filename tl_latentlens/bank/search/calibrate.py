@@ -24,13 +24,13 @@ from tqdm.auto import tqdm
 
 from tl_latentlens import hooks as hk
 from tl_latentlens._io import locked
-from tl_latentlens.bank import manifest as mf
-from tl_latentlens.bank.exact import exact_top_k
-from tl_latentlens.bank.recall import tie_aware_recall_per_query
-from tl_latentlens.bank.routes import ROUTE_FILES, RouteParams, Routes, write_routes
-from tl_latentlens.bank.search import GATHER_COST, RECALL_BAR, RERANK_GROUP, HookSearcher
-from tl_latentlens.bank.store import file_record
-from tl_latentlens.bank.vectors import DEFAULT_RESIDENT_BYTES, HookVectors
+from tl_latentlens.bank.format import manifest as mf
+from tl_latentlens.bank.format.store import file_record
+from tl_latentlens.bank.format.vectors import DEFAULT_RESIDENT_BYTES, HookVectors
+from tl_latentlens.bank.search.dispatch import GATHER_COST, RECALL_BAR, RERANK_GROUP, HookSearcher
+from tl_latentlens.bank.search.exact import exact_top_k
+from tl_latentlens.bank.search.recall import tie_aware_recall_per_query
+from tl_latentlens.bank.search.routes import ROUTE_FILES, RouteParams, Routes, write_routes
 from tl_latentlens.capture import capture_image, capture_text
 
 __all__ = [

@@ -16,7 +16,7 @@ FORMAT_VERSION = 2
 #: the rest randomly rotated with one int8 scale per row; recall@10 >= 0.98 with margin against
 #: float32 on real residuals); ``int8_rotated`` (no principal part) is at the bar on some
 #: visual queries; ``int8`` (per-dimension scale) is the legacy 1-byte codec, below that bar
-#: (see :mod:`tl_latentlens.bank.codec`). Bytes per component exclude ``int8_pca``'s
+#: (see :mod:`tl_latentlens.bank.format.codec`). Bytes per component exclude ``int8_pca``'s
 #: coefficients (2 P bytes per vector).
 STORAGE_DTYPES = {"float32": 4, "float16": 2, "int8_pca": 1, "int8_rotated": 1, "int8": 1}
 

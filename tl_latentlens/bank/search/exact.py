@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
-from tl_latentlens.bank.vectors import CHUNK_ROWS, RESIDENT_BLOCK, HookVectors
+from tl_latentlens.bank.format.vectors import CHUNK_ROWS, RESIDENT_BLOCK, HookVectors
 from tl_latentlens.devices import full_float32
 
 __all__ = [

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tl_latentlens.bank.select import Selection
+from tl_latentlens.bank.build.select import Selection
 
 __all__ = ["ENTRY_DTYPE", "Plan", "make_plan"]
 

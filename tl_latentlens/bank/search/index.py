@@ -1,7 +1,7 @@
 """Loading hnswlib index files safely (the routes' sample index, :mod:`~.routes`).
 
 hnswlib parses its file without bounds checks, so every file is validated first
-(:func:`~tl_latentlens.bank.hnsw_file.validate_hnsw_file`): a hostile or corrupted file gets a
+(:func:`~tl_latentlens.bank.search.hnsw_file.validate_hnsw_file`): a hostile or corrupted file gets a
 clear :class:`~tl_latentlens.bank.errors.CorruptBankError`, never a crash.
 """
 
@@ -11,7 +11,7 @@ import os
 
 import hnswlib
 
-from tl_latentlens.bank.hnsw_file import validate_hnsw_file
+from tl_latentlens.bank.search.hnsw_file import validate_hnsw_file
 
 __all__ = ["load_hnsw"]
 

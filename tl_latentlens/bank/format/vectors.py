@@ -22,7 +22,7 @@ vectors in the model's space (what users get back); search multiplies *search-sp
 :meth:`HookVectors.resident`) by queries mapped with :meth:`HookVectors.to_search`. For the
 float codecs and legacy ``int8`` both are the unit decoded rows; for ``int8_rotated`` the search
 space is the rotated one (width ``d + 1``), for ``int8_pca`` the rotated one with the principal
-coefficients beside it (width ``d + P + 1``; see :mod:`~tl_latentlens.bank.codec`), so no stored
+coefficients beside it (width ``d + P + 1``; see :mod:`~tl_latentlens.bank.format.codec`), so no stored
 row is ever rotated back. Either way a query-row product is the cosine with the decoded vector.
 :class:`HookVectors` can keep the whole hook's search-space rows in RAM (``resident``) when it
 fits the caller's budget, so repeated exact searches do not decode again. A device keeps or
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
-from tl_latentlens.bank import codec as cd
+from tl_latentlens.bank.format import codec as cd
 
 __all__ = [
     "DEFAULT_RESIDENT_BYTES",
