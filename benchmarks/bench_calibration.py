@@ -63,9 +63,10 @@ def main() -> None:
     args = p.parse_args()
     torch.set_grad_enabled(False)
     import tl_latentlens.bank.search.calibrate as cal
-    from tl_latentlens.apps.demo import default_bank, default_calibration_sets
+    from tl_latentlens.apps.demo import default_calibration_sets
     from tl_latentlens.bank import Bank
     from tl_latentlens.default.loader import load_default_vlm
+    from tl_latentlens.lens.default_bank import default_bank
 
     print(machine())
     vlm = load_default_vlm()
@@ -81,9 +82,9 @@ def main() -> None:
             _linked_bank(bank.root, root)
             cal.GAIN = gain
             t0 = time.perf_counter()
-            got = cal.calibrate_bank_with_images(
-                Bank.open(root, vlm), vlm, stamps, unlike=unlike, held_out_text=text,
-                max_samples=8000, calibrate=args.hooks, max_queries=max_queries, progress=False,
+            got = cal.calibrate_bank(
+                Bank.open(root, vlm), vlm, stamps, prove_on=unlike, held_out_text=text,
+                max_samples=8000, hooks=args.hooks, max_queries=max_queries, progress=False,
             )  # fmt: skip
             wall = time.perf_counter() - t0
             rows.append((label, wall, got))

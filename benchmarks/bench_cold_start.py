@@ -162,9 +162,9 @@ def cli_wall(argv: list[str], entry: str, runs: int) -> float:
 
 
 def explain_section(runs: int, image: str | None) -> None:
-    from tl_latentlens.apps.demo import default_bank_dir
     from tl_latentlens.default.loader import load_default_vlm
     from tl_latentlens.evaluate.default_set import voc_image
+    from tl_latentlens.lens.default_bank import default_bank_dir
 
     bank = default_bank_dir(load_default_vlm())
     if not (bank / "manifest.json").is_file():

@@ -41,11 +41,11 @@ def best_of(fn):
 def main() -> None:
     torch.set_grad_enabled(False)
     from tl_latentlens import hooks as hk
-    from tl_latentlens.apps.demo import default_bank
     from tl_latentlens.capture import capture_image
     from tl_latentlens.default.loader import load_default_vlm
     from tl_latentlens.evaluate.default_set import heldout_composites
     from tl_latentlens.lens.baselines import bf16_error
+    from tl_latentlens.lens.default_bank import default_bank
 
     print(machine())
     vlm = load_default_vlm()

@@ -27,10 +27,10 @@ def main() -> None:
     p.add_argument("--sentences", type=int, default=12000, help="demo bank corpus size")
     args = p.parse_args()
     torch.set_grad_enabled(False)
-    from tl_latentlens.apps.demo import default_bank
     from tl_latentlens.default.loader import load_default_vlm
     from tl_latentlens.evaluate.default_set import heldout_composites
     from tl_latentlens.lens import LatentLens
+    from tl_latentlens.lens.default_bank import default_bank
 
     print(machine())
     print(cpu_line())

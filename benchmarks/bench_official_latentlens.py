@@ -128,13 +128,13 @@ def role_ours(cfg: dict) -> dict:
     }
     for exact in (False, True):
         t0 = time.perf_counter()
-        hits = bank.search(q, k=5, exact=exact)
+        hits = bank.search(q, k=5, method="exact" if exact else "auto")
         res[f"query_{'exact' if exact else 'hnsw'}_s"] = time.perf_counter() - t0
         res[f"top_{'exact' if exact else 'hnsw'}"] = [
             [(n.sentence, n.position, bank.layers[n.hook], n.similarity) for n in row]
             for row in hits
         ]
-    wide = bank.search(q, k=40, exact=True)
+    wide = bank.search(q, k=40, method="exact")
     res["top_like"] = [
         [(n.sentence, n.position, n.layer, n.similarity) for n in row if n.position >= 2][:5]
         for row in wide

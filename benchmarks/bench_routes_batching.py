@@ -34,17 +34,18 @@ def main() -> None:
     torch.set_grad_enabled(False)
     torch.set_num_threads(1)
     import tl_latentlens.bank.search.dispatch as search_mod
-    from tl_latentlens.apps.demo import default_bank
+    from tl_latentlens.apps.demo import calibrate_default_bank
     from tl_latentlens.bank.search.exact import exact_top_k
     from tl_latentlens.bank.search.recall import tie_aware_recall
     from tl_latentlens.capture import capture_image
     from tl_latentlens.default.loader import load_default_vlm
     from tl_latentlens.evaluate.default_set import heldout_composites
     from tl_latentlens.lens import LatentLens
+    from tl_latentlens.lens.default_bank import default_bank
 
     print(machine(), "- measured with 1 thread, CPU time")
     vlm = load_default_vlm()
-    bank = default_bank(vlm, max_sentences=args.sentences)
+    bank = default_bank(vlm, max_sentences=args.sentences, calibrate=calibrate_default_bank)
     hooks = LatentLens(vlm, bank).default_hooks()
     queries = []
     for im in heldout_composites(args.images):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,7 +21,7 @@ from torch import Tensor
 from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
 from tl_latentlens import hooks as hk
-from tl_latentlens.models.base import VLM, TextBatch, VisualLayout, VLMInputs
+from tl_latentlens.models.base import VLM, FwdHook, TextBatch, VisualLayout, VLMInputs
 from tl_latentlens.types import Residuals
 
 __all__ = [
@@ -36,6 +36,8 @@ __all__ = [
 
 #: The hook point that fires after the last block and before the final norm and the unembedding.
 AFTER_BLOCKS = "ln_final.hook_in"
+#: Hooks past the blocks: an intervention there needs the whole forward pass.
+_PAST_BLOCKS = ("ln_final.", "unembed.", "hook_unembed")
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,16 @@ class ImageActivations:
         residuals: hook name -> ``[n_visual, d_model]`` (float32, CPU).
         layout: Positions and patch grid of the visual tokens.
         input_ids: The run's token ids ``[pos]``.
+        extra: Other hooks cached in the same pass, whole (batch dimension kept; float32,
+            CPU): the vision side (``vision_encoder.hook_out`` ``[n_images, patches,
+            d_vision]``, ``vision_projector.hook_out``), attention patterns
+            (``blocks.{l}.attn.hook_pattern`` ``[1, heads, pos, pos]``) …
     """
 
     residuals: dict[str, Residuals]
     layout: VisualLayout
     input_ids: Int[Tensor, " pos"]
+    extra: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def hooks(self) -> list[str]:
@@ -99,21 +106,65 @@ def residuals_only(bridge: Any) -> Iterator[None]:
 
 
 def capture_inputs(
-    vlm: VLM, inputs: VLMInputs, hooks: Sequence[str] | None = None
+    vlm: VLM,
+    inputs: VLMInputs,
+    hooks: Sequence[str] | None = None,
+    *,
+    fwd_hooks: Sequence[FwdHook] | None = None,
+    extra: Sequence[str] = (),
+    vision: bool = False,
 ) -> ImageActivations:
-    """Capture visual-token residuals for already prepared inputs (see :meth:`VLM.prepare`)."""
+    """Capture visual-token residuals for already prepared inputs (see :meth:`VLM.prepare`).
+
+    Args:
+        vlm: The model handle.
+        inputs: From ``vlm.prepare``.
+        hooks: Residual hooks to read at the visual positions.
+        fwd_hooks: Interventions run during the pass, ``[(hook name or layer, fn)]`` (see
+            :meth:`VLM.run_with_cache`). A residual of layer ``l`` is then read where it fires
+            last, at ``blocks.{l}.hook_resid_pre``, so an intervention at any name of that
+            layer (``blocks.{l-1}.hook_resid_post`` or ``blocks.{l}.hook_resid_pre``) shows in
+            it, under whichever name ``hooks`` gives.
+        extra: Other hooks to cache whole (``ImageActivations.extra``), e.g.
+            ``blocks.3.attn.hook_pattern``.
+        vision: Also cache the vision side (:meth:`VLM.vision_hooks`) into ``extra``.
+    """
     hooks = vlm.validate_hooks(hooks or hk.default_capture_hooks(vlm.n_layers))
-    with residuals_only(vlm.bridge):
-        _, cache = vlm.run_with_cache(inputs, hooks)
+    others = vlm.validate_hook_names(list(extra) + (vlm.vision_hooks() if vision else []))
+    fwd = vlm.resolve_fwd_hooks(fwd_hooks)
+    read = {h: _read_at(h, vlm.n_layers) if fwd else h for h in hooks}
+    names = list(dict.fromkeys([*read.values(), *others]))
+    past = any(name.startswith(_PAST_BLOCKS) for name, _ in fwd)
+    with contextlib.nullcontext() if past else residuals_only(vlm.bridge):
+        _, cache = vlm.run_with_cache(inputs, names, fwd_hooks=fwd)
     pos = inputs.layout.positions.to(vlm.device)
-    residuals = {h: cache[h][0, pos].detach().float().cpu() for h in hooks}
+    residuals = {h: cache[read[h]][0, pos].detach().float().cpu() for h in hooks}
     return ImageActivations(
-        residuals=residuals, layout=inputs.layout, input_ids=inputs.input_ids[0].cpu()
+        residuals=residuals,
+        layout=inputs.layout,
+        input_ids=inputs.input_ids[0].cpu(),
+        extra={n: cache[n].detach().float().cpu() for n in others},
     )
 
 
+def _read_at(hook: str, n_layers: int) -> str:
+    """Where the residual of ``hook``'s layer fires last (what an intervention at any of its
+    names has changed): ``blocks.{l}.hook_resid_pre`` for a layer ``l < n_layers``."""
+    layer = hk.layer_of(hook)
+    if float(layer).is_integer() and 0 < layer < n_layers:
+        return f"blocks.{int(layer)}.hook_resid_pre"
+    return hook
+
+
 def capture_image(
-    vlm: VLM, images: Any, prompt: str | None = None, hooks: Sequence[str] | None = None
+    vlm: VLM,
+    images: Any,
+    prompt: str | None = None,
+    hooks: Sequence[str] | None = None,
+    *,
+    fwd_hooks: Sequence[FwdHook] | None = None,
+    extra: Sequence[str] = (),
+    vision: bool = False,
 ) -> ImageActivations:
     """Residual stream at the visual positions of a prompt with image(s).
 
@@ -123,6 +174,10 @@ def capture_image(
         prompt: Prompt with image placeholder(s); ``None`` uses the model's default prompt.
         hooks: Hook names; default every layer 0 … n_layers
             (``blocks.0.hook_resid_pre`` + every ``blocks.{i}.hook_resid_post``).
+        fwd_hooks: Interventions during the pass (see :func:`capture_inputs`).
+        extra: Other hooks to cache whole into ``ImageActivations.extra``.
+        vision: Also cache the vision tower's and the projector's outputs
+            (``vision_encoder.hook_out``, ``vision_projector.hook_out``) into ``extra``.
 
     Returns:
         :class:`ImageActivations` with ``[n_visual, d_model]`` per hook.
@@ -130,8 +185,11 @@ def capture_image(
     Example:
         >>> acts = capture_image(vlm, Image.open("cat.png"), hooks=["blocks.4.hook_resid_post"])
         >>> acts.residuals["blocks.4.hook_resid_post"].shape   # (49, 576)
+        >>> capture_image(vlm, image, vision=True).extra["vision_projector.hook_out"].shape
     """
-    return capture_inputs(vlm, vlm.prepare(images, prompt), hooks)
+    return capture_inputs(
+        vlm, vlm.prepare(images, prompt), hooks, fwd_hooks=fwd_hooks, extra=extra, vision=vision
+    )
 
 
 def capture_text_batch(vlm: VLM, batch: TextBatch, hooks: Sequence[str]) -> TextActivations:

@@ -15,7 +15,7 @@ Two rules (``shared/ARCHITECTURE.md``, "Devices and number formats"):
 Example:
     >>> choice = fast_dtype("cpu")
     >>> choice.dtype, choice.reason          # doctest: +SKIP
-    (torch.float32, 'cpu probe: bfloat16 0.02x the speed of float32 (AMD EPYC, torch 2.13.0)')
+    (torch.float32, 'cpu probe: bfloat16 <ratio>x the speed of float32 (<cpu>, torch <version>)')
 """
 
 from __future__ import annotations

@@ -14,17 +14,23 @@ hook of layer ``l`` is ``blocks.0.hook_resid_pre`` for ``l == 0`` and
 tensor and is accepted everywhere.
 
 No other module parses hook names: they call :func:`parse_hook`, :func:`layer_of`,
-:func:`hook_for_layer` and :func:`validate_hooks`.
+:func:`hook_for_layer`, :func:`validate_hooks`, and :func:`resolve_hook` where a user
+addresses a hook: everywhere a hook is taken (the bank, ``explain``, an ``Explanation``), a
+layer number and every equivalent name of that layer mean the same hook.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 __all__ = [
     "LAYER_CONVENTION",
+    "HookKey",
     "HookPoint",
     "UnknownHookError",
     "available_resid_hooks",
@@ -34,6 +40,8 @@ __all__ = [
     "layer_of",
     "paper_layers",
     "parse_hook",
+    "resolve_hook",
+    "resolve_model_hook",
     "stop_layer_for",
     "validate_hooks",
 ]
@@ -44,6 +52,11 @@ LAYER_CONVENTION = (
 )
 
 _BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post)$")
+
+
+#: How a user addresses a hook: its name, any equivalent name of the same layer
+#: (``blocks.3.hook_resid_post`` == ``blocks.4.hook_resid_pre``) or the layer number.
+HookKey: TypeAlias = str | int | float
 
 
 class UnknownHookError(ValueError):
@@ -205,3 +218,84 @@ def paper_layers(n_layers: int) -> list[int]:
 def default_bank_hooks(n_layers: int) -> list[str]:
     """Canonical hooks of :func:`paper_layers`."""
     return [hook_for_layer(layer, n_layers) for layer in paper_layers(n_layers)]
+
+
+def _key_layer(key: HookKey) -> float:
+    """The layer a hook key addresses (a name is parsed, a number checked)."""
+    if isinstance(key, str):
+        return layer_of(key)
+    if isinstance(key, numbers.Real) and not isinstance(key, bool):
+        layer = float(key)
+        if not math.isfinite(layer):
+            raise UnknownHookError(f"a layer must be a finite number, got {key!r}")
+        return int(layer) if layer.is_integer() else layer
+    raise UnknownHookError(
+        f"a hook is a hook name or a layer number, got {type(key).__name__} {key!r:.40}"
+    )
+
+
+def resolve_hook(key: HookKey, available: Iterable[str], *, where: str = "available") -> str:
+    """The one of ``available`` that ``key`` addresses.
+
+    ``key`` may be one of the names, any equivalent residual name of the same layer, or a
+    layer number (the convention in the module docstring). This is the one resolver behind
+    every place that takes a hook: the bank, ``LatentLens.explain*`` and ``Explanation``.
+
+    Args:
+        key: A hook name or a layer number.
+        available: The hook names to choose from (e.g. a bank's hooks, an explanation's hooks).
+        where: What ``available`` is, for the error message (``"the bank stores"``).
+
+    Returns:
+        The matching name from ``available``.
+
+    Raises:
+        UnknownHookError: ``key`` is not a hook or names none of ``available`` (the message
+            lists them with their layers).
+
+    Example:
+        >>> resolve_hook(4, ["blocks.0.hook_resid_pre", "blocks.3.hook_resid_post"])
+        'blocks.3.hook_resid_post'
+        >>> resolve_hook("blocks.4.hook_resid_pre", ["blocks.3.hook_resid_post"])
+        'blocks.3.hook_resid_post'
+    """
+    names = list(available)
+    if isinstance(key, str) and key in names:
+        return key
+    layer = _key_layer(key)
+    for name in names:
+        try:
+            if layer_of(name) == layer:
+                return name
+        except UnknownHookError:
+            continue
+    listing = ", ".join(f"{n} (layer {_layer_label(n)})" for n in names) or "nothing"
+    raise UnknownHookError(f"no hook for {key!r} (layer {layer}); {where}: {listing}")
+
+
+def _layer_label(name: str) -> str:
+    try:
+        return str(layer_of(name))
+    except UnknownHookError:
+        return "?"
+
+
+def resolve_model_hook(key: HookKey, n_layers: int) -> str:
+    """A model hook for ``key``: a residual name as given, a layer number as its canonical
+    name (:func:`hook_for_layer`).
+
+    Raises:
+        UnknownHookError: Not a residual hook of an ``n_layers``-block model (the message
+            lists the valid names).
+
+    Example:
+        >>> resolve_model_hook(8, 30), resolve_model_hook("blocks.8.hook_resid_pre", 30)
+        ('blocks.7.hook_resid_post', 'blocks.8.hook_resid_pre')
+    """
+    if isinstance(key, str):
+        return validate_hooks([key], n_layers)[0]
+    layer = _key_layer(key)
+    try:
+        return hook_for_layer(layer, n_layers)
+    except ValueError as err:
+        raise UnknownHookError(str(err)) from None

@@ -250,7 +250,7 @@ def test_storage_dtypes(tiny_vlm, tmp_path):
     with pytest.raises(ValueError, match="dtype must be one of"):
         build_bank(tiny_vlm, corpus(3), tmp_path / "b", HOOKS[:1], dtype="float8_e4m3")
     sents = corpus(10, seed=9)
-    b8 = build_bank(tiny_vlm, sents, tmp_path / "i8", HOOKS, dtype="int8", progress=False)
+    b8 = build_bank(tiny_vlm, sents, tmp_path / "i8", HOOKS, dtype="int8_pca", progress=False)
     b32 = build_bank(tiny_vlm, sents, tmp_path / "f32", HOOKS, dtype="float32", progress=False)
     assert b8.vectors(HOOKS[1]).dtype == np.int8
     a, b = b8.entry_vectors(HOOKS[1]), b32.entry_vectors(HOOKS[1])

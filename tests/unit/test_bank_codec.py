@@ -9,6 +9,10 @@ with massive activations; queries are held-out text-like vectors and shifted "vi
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -16,10 +20,12 @@ from bank_fixtures import hook_from_rows as _hook
 
 from tiny_models import WORDS
 from tl_latentlens.bank import Bank, build_bank
-from tl_latentlens.bank.build.finalize import finalize_hook
+from tl_latentlens.bank.build.finalize import finalize_hook, remove_raw
 from tl_latentlens.bank.errors import BankError
 from tl_latentlens.bank.format import codec
 from tl_latentlens.bank.format import manifest as mf
+from tl_latentlens.bank.format.config import STORAGE_DTYPES, BankConfig, RetiredCodecError
+from tl_latentlens.bank.format.store import file_record
 from tl_latentlens.bank.format.vectors import HookVectors
 from tl_latentlens.bank.search.calibrate import calibrate_hook, unit_rows
 from tl_latentlens.bank.search.dispatch import HookSearcher
@@ -318,28 +324,92 @@ def test_bank_build_takes_the_number_of_principal_directions(tiny_vlm, tmp_path)
         BankConfig(dtype="int8_pca", pca_components=0)
 
 
-@pytest.mark.parametrize("dtype", ["int8_rotated", "int8_pca"])
-def test_rotated_bank_search_equals_search_over_its_decoded_vectors(tiny_vlm, tmp_path, dtype):
-    """A whole bank stored as ``int8_rotated``/``int8_pca``: files checksummed, exact search
-    equal to a search over the vectors it decodes, which are the float32 bank's up to
-    quantisation."""
+def legacy_bank(src: Bank, out: Path, dtype: str) -> Bank:
+    """``src`` (a float16 bank) re-stored as ``dtype`` through the low-level path, as
+    ``build_bank(dtype=...)`` wrote banks before the codec was retired: the float16 raw rows
+    of every entry (a float16 bank stores exactly those) finalised with ``dtype``, the manifest
+    rewritten with the new files' checksums."""
+    assert src.dtype == "float16"
+    shutil.copytree(src.root, out)
+    hooks = []
+    for rec in src.manifest.hooks:
+        folder = out / mf.hook_dir(rec.name)
+        shutil.rmtree(folder)
+        folder.mkdir()
+        np.save(folder / "vectors.npy", src.entry_vectors(rec.name).astype(np.float16))
+        final = finalize_hook(folder, dtype)
+        remove_raw(folder)
+        hooks.append(replace(rec, n_vectors=final["n_vectors"], n_duplicates=final["n_duplicates"]))
+    rels = mf.shared_files() + [f for h in hooks for f in mf.hook_files(h.name, dtype)]
+    files = {rel: mf.FileRecord.from_json(file_record(out / rel)) for rel in rels}
+    content = {**(src.manifest.build.content or {}), "dtype": dtype}
+    build = replace(src.manifest.build, content=content)
+    mf.write_manifest(
+        out, replace(src.manifest, dtype=dtype, hooks=tuple(hooks), files=files, build=build)
+    )
+    return Bank.open(out, verify="full")
+
+
+@pytest.fixture(scope="module")
+def bank16(tiny_vlm, tmp_path_factory):
     hooks = ["blocks.0.hook_resid_pre", "blocks.2.hook_resid_post"]
     rng = np.random.default_rng(0)
     sents = [" ".join(rng.choice(WORDS, rng.integers(2, 10))) for _ in range(30)]
-    build_bank(tiny_vlm, sents, tmp_path / "i8r", hooks, dtype=dtype, progress=False)
-    b8 = Bank.open(tmp_path / "i8r", verify="full")
-    b32 = build_bank(tiny_vlm, sents, tmp_path / "f32", hooks, dtype="float32", progress=False)
+    root = tmp_path_factory.mktemp("b16")
+    b16 = build_bank(tiny_vlm, sents, root / "f16", hooks, dtype="float16", progress=False)
+    b32 = build_bank(tiny_vlm, sents, root / "f32", hooks, dtype="float32", progress=False)
+    b8 = build_bank(tiny_vlm, sents, root / "pca", hooks, dtype="int8_pca", progress=False)
+    return b16, b32, b8
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int8_rotated", "int8_pca"])
+def test_one_byte_bank_search_equals_search_over_its_decoded_vectors(bank16, tmp_path, dtype):
+    """A whole bank stored with a 1-byte codec (``int8_pca`` as built; the retired ``int8`` and
+    ``int8_rotated`` as old builds wrote them): files checksummed, exact search equal to a
+    search over the vectors it decodes, which are the float32 bank's up to quantisation."""
+    b16, b32, built = bank16
+    b8 = Bank.open(built.root, verify="full") if dtype == "int8_pca" else (
+        legacy_bank(b16, tmp_path / dtype, dtype))  # fmt: skip
+    hooks = b8.hooks
     assert b8.dtype == dtype and b8.vectors(hooks[1]).dtype == np.int8
+    assert b8.n_entries() == b32.n_entries()
     for name in codec.param_files(dtype):  # checksummed with the rest
         assert f"hooks/{hooks[1]}/{name}" in b8.manifest.files
     a, b = b8.entry_vectors(hooks[1]), b32.entry_vectors(hooks[1])
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-    assert cos.min() > 0.999
+    assert cos.min() > (0.999 if dtype != "int8" else 0.99)
     dec = unit_rows(b8.decoded(hooks[1]))
     q = unit_rows(np.random.default_rng(1).standard_normal((12, b8.d_model)))
     want = -np.sort(-(q @ dec.T), axis=1)[:, :10]
     for device in (None, "cpu"):
-        hits = b8.search_rows(q, hooks[1], 10, "exact", device)
+        hits = b8._search_rows(q, hooks[1], 10, "exact", device)
         np.testing.assert_allclose(hits.sims, want, atol=2e-6)
     got = b8.search(q[0], hook=hooks[1], k=3)[0]
     np.testing.assert_allclose([n.similarity for n in got], want[0, :3], atol=2e-6)
+    # the neighbours are the float32 bank's up to quantisation: mostly the same entries
+    top8 = {(n.sentence_id, n.position) for n in b8.search(q[0], hook=hooks[1], k=10)[0]}
+    top32 = {(n.sentence_id, n.position) for n in b32.search(q[0], hook=hooks[1], k=10)[0]}
+    assert len(top8 & top32) >= 8
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int8_rotated"])
+def test_retired_codecs_are_refused_for_new_builds(tiny_vlm, tmp_path, dtype):
+    """``int8``/``int8_rotated`` stay readable (above) but a build asking for one stops before
+    any work, with a ValueError that points to ``int8_pca``."""
+    with pytest.raises(RetiredCodecError, match=f"dtype='{dtype}' is no longer offered.*int8_pca"):
+        build_bank(tiny_vlm, ["a b c"], tmp_path / "b", ["blocks.0.hook_resid_pre"], dtype=dtype)
+    assert not (tmp_path / "b").exists() and not list(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="int8_pca"):
+        BankConfig(dtype=dtype)
+    assert issubclass(RetiredCodecError, ValueError)
+    assert set(STORAGE_DTYPES) == {"float32", "float16", "int8_pca"}
+    assert set(codec.CODECS) >= set(STORAGE_DTYPES) | {dtype}  # still read
+
+
+def test_build_bank_cli_offers_only_the_build_codecs(capsys):
+    from tl_latentlens.apps.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["build-bank", "--dtype", "int8_rotated", "corpus.txt", "out"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'int8_rotated'" in err and "int8_pca" in err

@@ -246,8 +246,8 @@ def test_device_residency_follows_a_share_of_free_device_memory(bank_dir, monkey
     state = _fake_gpu(monkeypatch, 2 * need[0] + need[1])
     bank.resident_bytes = 0
     q = _queries(bank)
-    want = bank.query(q, HOOKS, 5, method="exact").neighbours
-    got = bank.query(q, HOOKS, 5, method="exact", device="cuda").neighbours
+    want = bank.search(q, HOOKS, 5, method="exact").neighbours
+    got = bank.search(q, HOOKS, 5, method="exact", device="cuda").neighbours
     assert _kept(bank) == [HOOKS[0]]
     assert not any(bank.hook_vectors(h).is_resident for h in HOOKS)  # no RAM copy for it
     assert [[(n.hook, n.sentence_id, n.position) for n in per] for per in got] == [
@@ -255,7 +255,7 @@ def test_device_residency_follows_a_share_of_free_device_memory(bank_dir, monkey
     ]
     # the budget was taken at first use: more free memory later does not raise it
     state["free"] = 100 * sum(need)
-    bank.query(q, HOOKS, 5, method="exact", device="cuda:0")
+    bank.search(q, HOOKS, 5, method="exact", device="cuda:0")
     assert _kept(bank) == [HOOKS[0]]
     bank.close()
     assert _kept(bank) == []

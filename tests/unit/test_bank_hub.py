@@ -62,7 +62,7 @@ def test_push_then_download_only_the_requested_hooks_and_offline(tiny_vlm, bank,
             assert files[rel] == (bank.root / rel).read_bytes(), rel
         assert 'Bank.from_pretrained("org/bank"' in files["README.md"].decode()
 
-        got = Bank.from_pretrained("org/bank", hooks=[2], vlm=tiny_vlm, endpoint=hub.url, **env)
+        got = Bank.from_pretrained("org/bank", tiny_vlm, hooks=[2], endpoint=hub.url, **env)
         assert got.hooks == [HOOKS[1]]  # layer 2
         want = {mf.MANIFEST, *mf.shared_files(), *mf.hook_files(HOOKS[1], bank.dtype)}
         assert set(hub.downloads()) == want  # nothing of the other hooks was fetched
@@ -70,7 +70,7 @@ def test_push_then_download_only_the_requested_hooks_and_offline(tiny_vlm, bank,
         assert got.manifest.hub.commit == commit
     # offline: the server is gone, the hub cache answers
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    again = Bank.from_pretrained("org/bank", hooks=["blocks.2.hook_resid_pre"], vlm=tiny_vlm, **env)
+    again = Bank.from_pretrained("org/bank", tiny_vlm, hooks=["blocks.2.hook_resid_pre"], **env)
     assert again.hooks == [HOOKS[1]]
     assert search(again, HOOKS[1], q) == search(bank, HOOKS[1], q)
     with pytest.raises(HubBankError, match="only hooks downloaded before"):
@@ -114,3 +114,23 @@ def test_revisions_and_a_smaller_push_replacing_a_bigger_one(tiny_vlm, bank, env
     assert main.hooks == HOOKS[:1] and main.n_sentences == small.n_sentences
     assert old.hooks == HOOKS and old.n_sentences == bank.n_sentences
     assert pinned.hooks == [HOOKS[2]]
+
+
+def test_a_published_bank_opens_by_its_registry_name(tiny_vlm, bank, env, monkeypatch):
+    """A registry entry of format ``tl_latentlens`` names a bank on the hub: from_pretrained
+    takes the name (and the entry's pinned revision); from_latentlens points back to it."""
+    from tl_latentlens.bank import UnknownPretrainedError
+    from tl_latentlens.bank.hub import registry
+
+    q = np.random.default_rng(2).standard_normal((2, bank.d_model)).astype(np.float32)
+    with HubServer() as hub:
+        v1 = bank.push_to_hub("org/bank", endpoint=hub.url, token=TOKEN, revision="v1")
+        entry = {"model": "tiny", "kind": "llm", "repo_id": "org/bank", "layers": [0, 2, 3],
+                 "revision": "v1", "format": "tl_latentlens"}  # fmt: skip
+        tiny = registry.parse_registry({"indices": {"tiny-bank": entry}})
+        monkeypatch.setattr(registry, "_package_registry", lambda: tiny)
+        got = Bank.from_pretrained("tiny-bank", tiny_vlm, hooks=[2], endpoint=hub.url, **env)
+    assert got.manifest.hub.commit == v1 and got.hooks == [HOOKS[1]]
+    assert search(got, HOOKS[1], q) == search(bank, HOOKS[1], q)
+    with pytest.raises(UnknownPretrainedError, match=r"Bank.from_pretrained\('tiny-bank'"):
+        Bank.from_latentlens("tiny-bank", tiny_vlm, trust_pickle=True)

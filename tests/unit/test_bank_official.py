@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from tiny_models import WORDS
-from tl_latentlens.bank import Bank, BankModelMismatchError
+from tl_latentlens.bank import Bank, BankModelMismatchError, UnknownPretrainedError
 from tl_latentlens.bank.hub.official import UntrustedPickleError
 
 latentlens = pytest.importorskip(
@@ -148,3 +148,49 @@ def test_import_from_a_hub_repository(tiny_vlm, official, tmp_path, monkeypatch)
     want = index.search(q, top_k=3, layers=[2])
     got = bank.search(q, k=3)
     assert [[n.caption for n in row] for row in want] == [[n.sentence for n in row] for row in got]
+
+
+def test_a_registry_name_resolves_and_imports(tiny_vlm, official, tmp_path, monkeypatch, caplog):
+    """A registry entry (the packaged registry's format) pointing at a repository on the local
+    hub: ``Bank.from_latentlens(name, vlm)`` resolves the name to its repository and imports it,
+    pinned to the entry's revision."""
+    from huggingface_hub import HfApi, constants
+
+    from fixtures.hub_server import HubServer
+    from tl_latentlens.bank.hub import registry
+
+    path, index = official
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with HubServer() as hub:
+        api = HfApi(endpoint=hub.url, token="hf_test")
+        api.create_repo("org/latentlens-tiny")
+        api.upload_folder(repo_id="org/latentlens-tiny", folder_path=str(path))
+        api.create_branch("org/latentlens-tiny", branch="v1")
+        (tmp_path / "later").mkdir()
+        (tmp_path / "later" / "metadata.json").write_text(json.dumps({"layers": [9]}))
+        api.upload_folder(repo_id="org/latentlens-tiny", folder_path=str(tmp_path / "later"))
+        entry = {"model": "tiny Llama", "kind": "llm", "repo_id": "org/latentlens-tiny",
+                 "layers": [0, 1, 2, 3], "revision": "v1", "note": "a test fixture"}  # fmt: skip
+        tiny = registry.parse_registry({"indices": {"tiny-official": entry}})
+        monkeypatch.setattr(registry, "_package_registry", lambda: tiny)
+        with caplog.at_level(logging.INFO):
+            bank = Bank.from_latentlens(
+                "Tiny-Official", tiny_vlm, trust_pickle=True, layers=[1, 2],
+                out_dir=tmp_path / "b", endpoint=hub.url, cache_dir=str(tmp_path / "hf"),
+            )  # fmt: skip
+        assert set(hub.downloads()) == {
+            "metadata.json", "layer_1/embeddings_cache.pt", "layer_2/embeddings_cache.pt"
+        }  # fmt: skip
+        v1 = hub._resolve("org/latentlens-tiny", "v1")
+    assert "pretrained index 'tiny-official': org/latentlens-tiny (tiny Llama)" in caplog.text
+    assert bank.manifest.corpus["source"] == f"hf://org/latentlens-tiny@{v1}"
+    assert bank.layers == {"blocks.0.hook_resid_post": 1, "blocks.1.hook_resid_post": 2}
+    q = torch.randn(4, bank.d_model)
+    want = index.search(q, top_k=3, layers=[1, 2])
+    got = bank.search(q, k=3)
+    assert [[(n.caption, n.position) for n in row] for row in want] == [
+        [(n.sentence, n.position) for n in row] for row in got
+    ]
+    with pytest.raises(UnknownPretrainedError, match="known names: tiny-official"):
+        Bank.from_latentlens("tiny", tiny_vlm, trust_pickle=True)

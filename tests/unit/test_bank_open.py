@@ -133,10 +133,10 @@ def test_lazy_open_hashes_each_file_once_per_user_until_it_changes(copy, tmp_pat
     monkeypatch.setattr(mf, "verify_files", counting)
     q = np.ones(64, dtype=np.float32)
     vec = f"hooks/{HOOKS[1]}/vectors.npy"
-    Bank.open(copy).search(q, hook=HOOKS[1], exact=True)
+    Bank.open(copy).search(q, hook=HOOKS[1], method="exact")
     assert vec in hashed and "entries.npy" in hashed
     hashed.clear()
-    Bank.open(copy).search(q, hook=HOOKS[1], exact=True)
+    Bank.open(copy).search(q, hook=HOOKS[1], method="exact")
     assert hashed == []
     Bank.open(copy, verify="full")
     assert vec in hashed
@@ -144,7 +144,7 @@ def test_lazy_open_hashes_each_file_once_per_user_until_it_changes(copy, tmp_pat
     _flip(copy / vec)
     bank = Bank.open(copy)
     with pytest.raises(CorruptBankError, match="checksum"):
-        bank.search(q, hook=HOOKS[1], exact=True)
+        bank.search(q, hook=HOOKS[1], method="exact")
     assert hashed == [vec]  # only the changed file
 
 
@@ -167,7 +167,7 @@ def test_corrupted_vectors_detected(copy):
     q = np.ones(64, dtype=np.float32)
     bank.search(q, hook=HOOKS[0])  # an intact hook works
     with pytest.raises(CorruptBankError, match="vectors.npy"):
-        bank.search(q, hook=HOOKS[1], exact=True)
+        bank.search(q, hook=HOOKS[1], method="exact")
 
 
 def test_corrupted_index_and_tables_detected(copy):
@@ -219,7 +219,7 @@ def test_search_exact_matches_brute_force_across_hooks(bank_dir):
     rows = rng.choice(bank.n_entries(), 6, replace=False)
     q = bank.entry_vectors(HOOKS[1], rows) + 0.3 * rng.standard_normal((6, 64)).astype(np.float32)
     qn = q / np.linalg.norm(q, axis=1, keepdims=True)
-    results = bank.search(torch.from_numpy(q), hook=None, k=7, exact=True)
+    results = bank.search(torch.from_numpy(q), hook=None, k=7, method="exact")
     assert len(results) == 6
     sims = []
     for hook in HOOKS:
@@ -241,7 +241,7 @@ def test_search_exact_matches_brute_force_across_hooks(bank_dir):
             assert h.sentence == bank.sentence(h.sentence_id)
             assert h.n_occurrences >= 1 + len(h.other_contexts)
     # the query's own row is its best match in its own hook
-    own = bank.search(bank.entry_vectors(HOOKS[1], rows), hook=HOOKS[1], k=1, exact=True)
+    own = bank.search(bank.entry_vectors(HOOKS[1], rows), hook=HOOKS[1], k=1, method="exact")
     assert [o[0].sentence_id for o in own] == bank.entries["sentence_id"][rows].tolist()
 
 
@@ -251,7 +251,7 @@ def test_identical_vectors_are_one_neighbour_with_all_contexts(bank_dir):
     bank = Bank.open(bank_dir)
     tok = np.bincount(bank.entries["token_id"]).argmax()  # the most frequent token
     entry = int(np.flatnonzero(bank.entries["token_id"] == tok)[0])
-    hits = bank.search(bank.entry_vectors(HOOKS[0], [entry]), hook=HOOKS[0], k=3, exact=True)[0]
+    hits = bank.search(bank.entry_vectors(HOOKS[0], [entry]), hook=HOOKS[0], k=3, method="exact")[0]
     top = hits[0]
     assert top.token_id == tok and top.similarity == pytest.approx(1.0, abs=1e-5)
     n_occ = int((bank.entries["token_id"] == tok).sum())
@@ -271,9 +271,9 @@ def test_auto_is_exact_on_a_small_bank_and_routes_are_calibrated(bank_dir, tmp_p
     shutil.copytree(bank_dir, path)
     q = torch.randn(20, 64, generator=torch.Generator().manual_seed(0))
     bank = Bank.open(path)
-    report = bank.query(q, hook=HOOKS, k=5)
+    report = bank.search(q, hook=HOOKS, k=5)
     assert report.methods == {h: "exact" for h in HOOKS}
-    exact = bank.search(q, hook=HOOKS, k=5, exact=True)
+    exact = bank.search(q, hook=HOOKS, k=5, method="exact")
     assert [[n.similarity for n in r] for r in report.neighbours] == [
         [n.similarity for n in r] for r in exact
     ]
@@ -285,7 +285,7 @@ def test_auto_is_exact_on_a_small_bank_and_routes_are_calibrated(bank_dir, tmp_p
     held = {
         "visual": {h: shift + rng.standard_normal((50, 64)).astype(np.float32) for h in HOOKS[1:]}
     }
-    cal = calibrate_bank(path, samples, held, list_len=64, progress=False)
+    cal = calibrate_bank(path, samples=samples, prove_on=held, list_len=64, progress=False)
     assert set(cal) == set(HOOKS[1:])
     from tl_latentlens.bank.search.calibrate import CALIBRATION_POLICY, GAIN, expected_cost
 
@@ -310,10 +310,10 @@ def test_auto_is_exact_on_a_small_bank_and_routes_are_calibrated(bank_dir, tmp_p
     bank = Bank.open(path, verify="full")  # route files are listed with checksums
     info = bank.hook_info(HOOKS[1])["routes"]
     assert info["recall_at_10"]["visual"] == pytest.approx(cal[HOOKS[1]].recall["visual"], abs=1e-4)
-    routed = bank.query(q, hook=HOOKS[1], k=5, method="routes")
+    routed = bank.search(q, hook=HOOKS[1], k=5, method="routes")
     assert routed.methods == {HOOKS[1]: "routes"}
     # auto still searches exactly: the bank is far below the size where routes pay
-    assert bank.query(q, hook=HOOKS[1], k=5).methods == {HOOKS[1]: "exact"}
+    assert bank.search(q, hook=HOOKS[1], k=5).methods == {HOOKS[1]: "exact"}
     single = bank.search(q[0].numpy(), hook=HOOKS[0], k=3)
     assert len(single) == 1 and len(single[0]) == 3
     assert [n.similarity for n in single[0]] == sorted(
@@ -332,18 +332,19 @@ def test_hooks_sharing_a_sample_graph_look_it_up_once(bank_dir, tmp_path, monkey
     rng = np.random.default_rng(1)
     shared = rng.standard_normal((300, 64)).astype(np.float32)  # the same samples at two hooks
     held = {"visual": {h: rng.standard_normal((40, 64)).astype(np.float32) for h in HOOKS[1:]}}
-    calibrate_bank(path, {h: shared for h in HOOKS[1:]}, held, list_len=64, progress=False)
+    calibrate_bank(path, samples=dict.fromkeys(HOOKS[1:], shared), prove_on=held, list_len=64,
+                   progress=False)  # fmt: skip
     bank = Bank.open(path)
     q = torch.randn(12, 64, generator=torch.Generator().manual_seed(3))
     calls = []
     real = Routes.lookup
     monkeypatch.setattr(Routes, "lookup", lambda self, *a: calls.append(1) or real(self, *a))
-    joint = bank.query(q, hook=HOOKS[1:], k=5, method="routes")
+    joint = bank.search(q, hook=HOOKS[1:], k=5, method="routes")
     assert joint.methods == {h: "routes" for h in HOOKS[1:]} and len(calls) == 1
     # the same neighbours as each hook looking its samples up on its own
     unit = np.asarray(torch.nn.functional.normalize(q, dim=1))
     for h in HOOKS[1:]:
-        alone = bank.search_rows(unit, h, 5, "routes")
+        alone = bank._search_rows(unit, h, 5, "routes")
         assert np.array_equal(
             alone.rows, bank.searcher(h).search(unit, 5, "routes", lookups={}).rows
         )
@@ -359,39 +360,67 @@ def test_k_larger_than_bank_and_highlight(tiny_vlm, tmp_path):
     assert n.context(before=1, after=1) == (("the",), "red", ("car",))
 
 
-def test_calibrate_with_images_records_a_held_out_text_set(bank_dir, tiny_vlm, tmp_path):
+def test_calibrate_with_images_records_every_proving_set(bank_dir, tiny_vlm, tmp_path):
     from tiny_models import random_image
-    from tl_latentlens.bank.search.calibrate import calibrate_bank_with_images
+    from tl_latentlens.bank.search.calibrate import calibrate_bank
 
     path = tmp_path / "bank"
     shutil.copytree(bank_dir, path)
     bank = Bank.open(path, tiny_vlm)
     images = [random_image(seed) for seed in range(6)]
-    cal = calibrate_bank_with_images(
-        bank, tiny_vlm, images, unlike={"photos": [random_image(99)]},
+    mine = [random_image(50 + s) for s in range(2)]  # the user's own images: one argument
+    vectors = np.random.default_rng(0).standard_normal((30, 64)).astype(np.float32)
+    cal = calibrate_bank(
+        bank, tiny_vlm, images, prove_on={"photos": [random_image(99)], "mine": mine,
+                                          "vectors": vectors},
         held_out_text=["the red car", "a small dog"], list_len=32, progress=False,
     )  # fmt: skip
     assert set(cal) == set(bank.hooks)
+    sets = {"held-out images", "photos", "mine", "vectors", "held-out text", "text"}
+    n_visual = tiny_vlm.prepare(mine[0]).layout.n_visual
     for c in cal.values():
-        assert set(c.recall) == {"held-out images", "photos", "held-out text", "text"}
+        assert set(c.recall) == sets
         assert 0.0 <= c.recall["held-out text"] <= 1.0
-    recorded = Bank.open(path).hook_info(HOOKS[-1])["routes"]["recall_at_10"]
-    assert "held-out text" in recorded
+        # the user's images' visual tokens at every bank layer
+        assert c.n_queries["mine"] == 2 * n_visual * len(bank.hooks)
+        assert c.n_queries["vectors"] == 30
+    recorded = Bank.open(path).hook_info(HOOKS[-1])["routes"]
+    assert "held-out text" in recorded["recall_at_10"]
+    proving = recorded["proving_sets"]
+    assert set(proving) == sets
+    assert proving["mine"]["kind"] == "images" and proving["vectors"]["kind"] == "vectors"
+    assert proving["held-out text"]["kind"] == "text"
+    for name, info in proving.items():
+        assert info["recall_at_10"] == pytest.approx(cal[HOOKS[-1]].recall[name], abs=1e-4)
+        assert info["queries"] == cal[HOOKS[-1]].n_queries[name] > 0
+
+
+def test_calibrate_bank_refuses_what_it_cannot_use(bank_dir, tiny_vlm):
+    from tiny_models import random_image
+    from tl_latentlens.bank.search.calibrate import calibrate_bank
+
+    images = [random_image(seed) for seed in range(3)]
+    with pytest.raises(ValueError, match="pass vlm="):
+        calibrate_bank(bank_dir, images=images)
+    with pytest.raises(ValueError, match="pass images= .* or samples="):
+        calibrate_bank(bank_dir, tiny_vlm)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        calibrate_bank(bank_dir, tiny_vlm, images[:1])
 
 
 def test_calibrate_with_images_gives_routes_to_the_named_hooks_only(bank_dir, tiny_vlm, tmp_path):
     from tiny_models import random_image
-    from tl_latentlens.bank.search.calibrate import calibrate_bank_with_images
+    from tl_latentlens.bank.search.calibrate import calibrate_bank
 
     path = tmp_path / "bank"
     shutil.copytree(bank_dir, path)
     bank = Bank.open(path, tiny_vlm)
     images = [random_image(seed) for seed in range(4)]
-    with pytest.raises(ValueError, match=r"does not store: \['blocks.99.hook_resid_post'\]"):
-        calibrate_bank_with_images(bank, tiny_vlm, images, calibrate=["blocks.99.hook_resid_post"])
-    cal = calibrate_bank_with_images(
-        bank, tiny_vlm, images, calibrate=[HOOKS[-1]], list_len=32, progress=False
-    )
+    with pytest.raises(ValueError, match="blocks.99.hook_resid_post"):
+        calibrate_bank(bank, tiny_vlm, images, hooks=["blocks.99.hook_resid_post"])
+    with pytest.raises(ValueError, match="blocks.99.hook_resid_post"):
+        calibrate_bank(path, tiny_vlm, images, hooks=["blocks.99.hook_resid_post"])
+    cal = calibrate_bank(bank, tiny_vlm, images, hooks=[HOOKS[-1]], list_len=32, progress=False)
     assert set(cal) == {HOOKS[-1]}
     opened = Bank.open(path)
     assert [h for h in opened.hooks if opened.hook_info(h).get("routes")] == [HOOKS[-1]]
@@ -416,21 +445,19 @@ def test_calibrate_bank_command_checks_hooks_before_loading(bank_dir, tmp_path):
 
 def test_calibrate_with_images_refuses_bad_held_out_text(bank_dir, tiny_vlm):
     from tiny_models import random_image
-    from tl_latentlens.bank.search.calibrate import calibrate_bank_with_images
+    from tl_latentlens.bank.search.calibrate import calibrate_bank
 
     bank = Bank.open(bank_dir, tiny_vlm)
     images = [random_image(seed) for seed in range(3)]
     with pytest.raises(ValueError, match="list of sentences, not one string"):
-        calibrate_bank_with_images(bank, tiny_vlm, images, held_out_text="the red car")
+        calibrate_bank(bank, tiny_vlm, images, held_out_text="the red car")
     with pytest.raises(ValueError, match="max_text_tokens must be positive"):
-        calibrate_bank_with_images(
-            bank, tiny_vlm, images, held_out_text=["the red car"], max_text_tokens=0
-        )
+        calibrate_bank(bank, tiny_vlm, images, held_out_text=["the red car"], max_text_tokens=0)
 
 
 def test_routes_proven_for_another_connector_are_not_used_by_auto(bank_dir, tiny_vlm, tmp_path):
     from tiny_models import random_image
-    from tl_latentlens.bank.search.calibrate import calibrate_bank_with_images
+    from tl_latentlens.bank.search.calibrate import calibrate_bank
     from tl_latentlens.lens import LatentLens
     from tl_latentlens.models.connector import Connector, ConnectorVLM
 
@@ -438,7 +465,7 @@ def test_routes_proven_for_another_connector_are_not_used_by_auto(bank_dir, tiny
     shutil.copytree(bank_dir, path)
     bank = Bank.open(path, tiny_vlm)
     images = [random_image(seed) for seed in range(4)]
-    calibrate_bank_with_images(bank, tiny_vlm, images, list_len=32, progress=False)
+    calibrate_bank(bank, tiny_vlm, images, list_len=32, progress=False)
     bank = Bank.open(path, tiny_vlm)
     mine = tiny_vlm.visual_fingerprint()
     assert {bank.hook_info(h)["routes"]["queries_from"] for h in bank.hooks} == {mine}

@@ -88,9 +88,10 @@ def test_demo_builds_its_bank_in_the_measured_dtype(tiny_vlm, tmp_path, monkeypa
     (no second copy), a bfloat16 choice with a bfloat16 copy; the reason reaches the record."""
     from tl_latentlens.apps import demo
     from tl_latentlens.devices import PrecisionChoice
+    from tl_latentlens.lens import default_bank
 
     choice = PrecisionChoice(fastest, f"cpu probe: faked {fastest}")
-    monkeypatch.setattr(demo, "fast_dtype", lambda device: choice)
+    monkeypatch.setattr(default_bank, "fast_dtype", lambda device: choice)
     loads: list = []
 
     def load_vlm(model, device=None, dtype=torch.float32):
@@ -100,7 +101,7 @@ def test_demo_builds_its_bank_in_the_measured_dtype(tiny_vlm, tmp_path, monkeypa
     monkeypatch.setattr(demo, "load_vlm", load_vlm)
     seen = {}
 
-    def default_bank(vlm, n, m, encoder):
+    def default_bank(vlm, n, m, encoder, calibrate=None):
         seen["encoder"] = encoder
         raise _Stop
 
@@ -118,10 +119,11 @@ def test_demo_builds_its_bank_in_the_measured_dtype(tiny_vlm, tmp_path, monkeypa
 
 def test_bank_dtype_flag_overrides_the_probe(tiny_vlm, monkeypatch):
     from tl_latentlens.apps import demo
+    from tl_latentlens.lens import default_bank
 
-    monkeypatch.setattr(demo, "fast_dtype", lambda device: pytest.fail("probe not needed"))
+    monkeypatch.setattr(default_bank, "fast_dtype", lambda device: pytest.fail("not needed"))
     choice = demo.bank_precision(tiny_vlm, "bfloat16")
-    assert choice.dtype == torch.bfloat16 and "--bank-dtype" in choice.reason
+    assert choice.dtype == torch.bfloat16 and "requested" in choice.reason
     cfg = demo.DemoConfig(bank_dtype="float32")
     assert demo.bank_encoder(cfg, tiny_vlm, demo.bank_precision(tiny_vlm, "float32")) is None
 

@@ -59,7 +59,7 @@ def test_default_bank_is_built_by_the_encoder_and_opened_for_the_model(
     import torch
 
     from tiny_models import WORDS
-    from tl_latentlens.apps import demo
+    from tl_latentlens.lens import default_bank as demo
     from tl_latentlens.models.connector import ConnectorVLM
 
     monkeypatch.setenv("TL_LATENTLENS_CACHE", str(tmp_path / "cache"))
@@ -88,8 +88,8 @@ def test_default_bank_recalibrates_for_another_connector(tiny_vlm, tmp_path, mon
     import torch
 
     from tiny_models import WORDS
-    from tl_latentlens.apps import demo
     from tl_latentlens.bank.search.calibrate import CALIBRATION_POLICY, calibrate_bank
+    from tl_latentlens.lens import default_bank as demo
     from tl_latentlens.models.connector import Connector, ConnectorVLM
 
     monkeypatch.setenv("TL_LATENTLENS_CACHE", str(tmp_path / "cache"))
@@ -105,22 +105,21 @@ def test_default_bank_recalibrates_for_another_connector(tiny_vlm, tmp_path, mon
         rng = np.random.default_rng(0)
         samples = {h: rng.standard_normal((64, vlm.d_model)).astype(np.float32) for h in bank.hooks}
         held = {"held-out": {h: q[:8] for h, q in samples.items()}}
-        calibrate_bank(bank.root, samples, held, queries_from=vlm.visual_fingerprint(),
-                       list_len=16, progress=False)  # fmt: skip
+        calibrate_bank(bank.root, samples=samples, prove_on=held,
+                       queries_from=vlm.visual_fingerprint(), list_len=16, progress=False)  # fmt: skip
         calibrated_for.append(vlm.name)
 
-    monkeypatch.setattr(demo, "calibrate_default_bank", fake_calibration)
-    bank = demo.default_bank(tiny_vlm, 20, 20)
+    bank = demo.default_bank(tiny_vlm, 20, 20, calibrate=fake_calibration)
     assert calibrated_for == [tiny_vlm.name]
     routes = [bank.hook_info(h)["routes"] for h in bank.hooks]
     assert {r["queries_from"] for r in routes} == {tiny_vlm.visual_fingerprint()}
     assert {r["policy"] for r in routes} == {CALIBRATION_POLICY}
-    demo.default_bank(tiny_vlm, 20, 20)  # calibrated for this model: opened as it is
+    demo.default_bank(tiny_vlm, 20, 20, calibrate=fake_calibration)  # calibrated: as it is
     assert calibrated_for == [tiny_vlm.name]
     torch.manual_seed(5)
     conn = Connector(tiny_vlm.encoder.d_vision, tiny_vlm.d_model)
     retrained = ConnectorVLM(tiny_vlm.bridge, tiny_vlm.encoder, conn, name="retrained")
-    bank = demo.default_bank(retrained, 20, 20)
+    bank = demo.default_bank(retrained, 20, 20, calibrate=fake_calibration)
     assert calibrated_for == [tiny_vlm.name, "retrained"]
     assert {bank.hook_info(h)["routes"]["queries_from"] for h in bank.hooks} == {
         retrained.visual_fingerprint()

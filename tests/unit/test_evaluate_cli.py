@@ -96,7 +96,7 @@ def test_study_on_tiny_model_and_bank(tiny_vlm, tmp_path):
         for i in range(3)
     ]  # fmt: skip
     judge = MaskJudge(wordnet=WordNet(write_wordnet(tmp_path / "wn", TINY)))
-    cfg = EvalConfig(k=2, patches_per_layer=4, seed=0, exact=True)
+    cfg = EvalConfig(k=2, patches_per_layer=4, seed=0, method="exact")
     res = run_study(lens, ims, judge, cfg, tmp_path / "s")
     assert list(res.table["layer"]) == [0, 2, 3] and (res.table["n_patches"] == 4).all()
     assert {"leap.png", "layers.png", "report.json"} <= set(res.files)

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -26,7 +27,9 @@ from tl_latentlens.evaluate import (
     aggregate,
     run_study,
 )
+from tl_latentlens.evaluate.controls import ControlResult, ControlRow
 from tl_latentlens.evaluate.judges import Verdict
+from tl_latentlens.evaluate.report import format_table
 from tl_latentlens.evaluate.sampling import draw, sample_plan
 from tl_latentlens.lens.results import Explanation, PatchExplanation, TokenCandidate
 from tl_latentlens.models.base import VisualLayout
@@ -76,7 +79,7 @@ class FakeLens:
         # as LatentLens.explain_many: one batched search for several images
         self.batches += 1
         return [
-            self.explain(im, prompt, hooks, k, per_layer=per_layer, exact=method == "exact",
+            self.explain(im, prompt, hooks, k, per_layer=per_layer, method=method,
                          patches=patches[i], inputs=inputs[i])
             for i, im in enumerate(images)
         ]  # fmt: skip
@@ -89,7 +92,7 @@ class FakeLens:
         k=5,
         *,
         per_layer=False,
-        exact=False,
+        method="auto",
         patches=None,
         inputs=None,
     ):
@@ -239,6 +242,60 @@ def test_study_outputs_and_report(tmp_path, wordnet):
                for v in shuffled.values())  # fmt: skip
     # labelled patches only were sampled for the mask judge
     assert all(r["label"] is not None for r in recs)
+
+
+def _controls():
+    """A text and a visual control as the lens would give them (hits per sentence / word)."""
+    text_rows = tuple(
+        ControlRow.of(lens_, layer, hk.hook_for_layer(layer, N_LAYERS), target,
+                      [(i % 5, i % 4 != 0, i % 2 == 0) for i in range(40)])
+        for layer in (0, 2, 4)
+        for lens_, target in (("latent", "same word"), ("logit", "next word"),
+                              ("embedding", "same word"))
+    )  # fmt: skip
+    visual_rows = tuple(
+        ControlRow.of(lens_, 0, "blocks.0.hook_resid_pre", "injected word",
+                      [(i, True, True) for i in range(6)])
+        for lens_ in ("latent", "logit", "embedding")
+    )  # fmt: skip
+    return [
+        ControlResult("text", 3, text_rows, description="held-out sentences"),
+        ControlResult("visual", 3, visual_rows, description="injected words"),
+    ]
+
+
+def test_study_records_and_prints_the_positive_controls(tmp_path, wordnet):
+    controls = _controls()
+    res = run_study(
+        FakeLens(), images(), MaskJudge(wordnet=wordnet), CFG, tmp_path / "s", controls=controls
+    )
+    assert res.controls == controls
+    report = json.loads((tmp_path / "s" / "report.json").read_text())
+    assert [c["kind"] for c in report["controls"]] == ["text", "visual"]
+    assert [ControlResult.from_dict(c).to_dict() for c in report["controls"]] == [
+        c.to_dict() for c in controls
+    ]
+    latent0 = ControlResult.from_dict(report["controls"][0]).row("latent", 0)
+    assert (latent0.n, latent0.hits, latent0.topk) == (40, 30, 75.0)
+    assert latent0.lo < 75.0 < latent0.hi  # Wilson, as the study's own rows
+    assert latent0.group_lo <= latent0.lo and latent0.group_hi >= latent0.hi  # by sentence
+    csv = pd.read_csv(tmp_path / "s" / "controls.csv")
+    assert list(csv["control"]) == ["text control"] * 3 + ["visual control"]
+    assert csv.loc[0, "latent_top3"] == 75.0 and csv.loc[0, "logit_target"] == "next word"
+    text = format_table(res.table, res.controls).splitlines()
+    labels = [line.strip().split("  ")[0] for line in text[1:]]
+    assert labels[:7] == ["text 0", "text 2", "text 4", "visual 0", "0", "2", "4"]
+    assert "75.0 / " in text[1] and text[1].count(" next") == 1
+    assert "text control: held-out sentences" in text and "visual control: injected words" in text
+    # 75 % at layer 0 is below the text control's floor: the table says so
+    assert text[-2:] == [
+        "! text control: latent top-3 at layer 0 is 75.0 % (expected >= 80 %)",
+        "! text control: embedding top-3 at layer 0 is 75.0 % (expected >= 100 %)",
+    ]
+    # without controls: the table as before, nothing recorded
+    plain = run_study(FakeLens(), images(), MaskJudge(wordnet=wordnet), CFG, tmp_path / "p")
+    assert plain.controls == [] and not (tmp_path / "p" / "controls.csv").exists()
+    assert format_table(plain.table).splitlines()[1].split()[0] == "0"
 
 
 def test_resume_skips_done_work_and_matches_a_fresh_run(tmp_path, wordnet):

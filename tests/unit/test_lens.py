@@ -38,11 +38,11 @@ def lens(tiny_vlm, bank):
 
 def test_explain_equals_exact_search_of_captured_residuals(tiny_vlm, bank, lens):
     img = random_image(7)
-    result = lens.explain(img, k=4, exact=True)
+    result = lens.explain(img, k=4, method="exact")
     assert result.hooks == HOOKS and result.grid == (4, 4) and result.n_visual == 16
     acts = capture_image(tiny_vlm, img, hooks=HOOKS)
     for hook in HOOKS:
-        expected = bank.search(acts.residuals[hook], hook=None, k=4, exact=True)
+        expected = bank.search(acts.residuals[hook], hook=None, k=4, method="exact")
         for i in range(16):
             got = result.neighbours(hook, i)
             assert [(n.sentence_id, n.position, n.hook) for n in got] == [
@@ -56,7 +56,7 @@ def test_explain_equals_exact_search_of_captured_residuals(tiny_vlm, bank, lens)
 
 def test_default_search_is_exact_on_a_small_bank_and_recorded(lens, tmp_path):
     img = random_image(8)
-    a = lens.explain(img, k=3, exact=True, baselines=False)
+    a = lens.explain(img, k=3, method="exact", baselines=False)
     b = lens.explain(img, k=3, baselines=False)
     assert b.search == {h: "exact" for h in HOOKS}
     assert [[(n.sentence_id, n.position) for n in p.latent] for p in a.patches] == [
@@ -122,7 +122,7 @@ def test_explain_many_with_patches_and_inputs_equals_explain(lens, tiny_vlm):
         images, k=3, progress=False, method="exact", patches=subsets, inputs=ready
     )
     for img, sub, got in zip(images, subsets, many):
-        one = lens.explain(img, k=3, exact=True, patches=sub)
+        one = lens.explain(img, k=3, method="exact", patches=sub)
         assert [(p.hook, p.index) for p in got.patches] == [(p.hook, p.index) for p in one.patches]
         assert [[n.sentence_id for n in p.latent] for p in got.patches] == [
             [n.sentence_id for n in p.latent] for p in one.patches
@@ -234,11 +234,11 @@ def test_embedding_lens_bf16_scan_returns_the_float32_top_k(monkeypatch, near_ti
 def test_explain_vectors_from_cache_and_tensor(tiny_vlm, lens, bank):
     _, cache = tiny_vlm.bridge.run_with_cache("the red cat sits", names_filter=HOOKS)
     hook = "blocks.0.hook_resid_post"
-    res = lens.explain_vectors(cache, hook, k=2, positions=[1, 2], exact=True)
+    res = lens.explain_vectors(cache, hook, k=2, positions=[1, 2], method="exact")
     assert res.hooks == [hook] and res.n_visual == 2
     # a token of a sentence in the bank finds itself (similarity ~1) when the prefix matches
     vec = cache[hook][0, 2]
-    direct = lens.explain_vectors(vec, hook, k=1, exact=True)
+    direct = lens.explain_vectors(vec, hook, k=1, method="exact")
     assert direct.patch(hook, 0).latent[0].similarity == pytest.approx(
         res.patch(hook, 1).latent[0].similarity, abs=1e-6
     )
@@ -264,11 +264,11 @@ def test_errors(tiny_vlm, lens, bank, tmp_path):
         lens.explain(random_image(), k=0)
     with pytest.raises(ImageTokenMismatchError):
         lens.explain(random_image(), prompt="no placeholder here")
-    with pytest.raises(ValueError, match="stores no hook"):
+    with pytest.raises(ValueError, match="no hook for .*the bank stores"):
         lens.explain(random_image(), bank_hooks=["blocks.1.hook_resid_post"])
     with pytest.raises(ValueError, match="unknown hook"):
         lens.explain(random_image(), hooks=["blocks.9.hook_resid_post"])
-    with pytest.raises(ValueError, match="not in the cache"):
+    with pytest.raises(ValueError, match="the cache holds"):
         lens.explain_vectors(
             {"blocks.0.hook_resid_pre": torch.zeros(1, 2, 64)}, "blocks.1.hook_resid_pre"
         )
@@ -298,8 +298,10 @@ def test_search_in_cpu_blocks_of_query_rows_changes_nothing(lens, monkeypatch):
     whole = lens.explain_many(images, k=3, batch_size=2, progress=False)
     monkeypatch.setattr(latent, "CPU_QUERY_ROWS", 7)
     calls = []
-    query = lens.bank.query
-    monkeypatch.setattr(lens.bank, "query", lambda q, **kw: calls.append(len(q)) or query(q, **kw))
+    search = lens.bank.search
+    monkeypatch.setattr(
+        lens.bank, "search", lambda q, **kw: calls.append(len(q)) or search(q, **kw)
+    )
     blocks = lens.explain_many(images, k=3, batch_size=2, progress=False)
     assert max(calls) == 7 and sum(calls) == 2 * 16 * len(HOOKS)
     for a, b in zip(whole, blocks):  # same neighbours; similarities to float32 rounding

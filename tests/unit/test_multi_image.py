@@ -46,24 +46,24 @@ def lens(tiny_vlm, tmp_path_factory):
 # ---- explain ---------------------------------------------------------------------------------
 def test_explain_keeps_every_image_of_the_prompt(lens):
     a, b = random_image(1), random_image(2)
-    result = lens.explain([a, b], "<image> and <image> here", k=2, exact=True)
+    result = lens.explain([a, b], "<image> and <image> here", k=2, method="exact")
     assert isinstance(result.image, list) and len(result.image) == 2
     assert result.image[1] is b or np.array_equal(np.asarray(result.image[1]), np.asarray(b))
     per_image = {i: [p for p in result.at(HOOKS[0]) if p.image_index == i] for i in (0, 1)}
     assert [len(v) for v in per_image.values()] == [16, 16]
     assert {(p.row, p.col) for p in per_image[1]} == {(r, c) for r in range(4) for c in range(4)}
-    one = lens.explain(a, k=2, exact=True)
+    one = lens.explain(a, k=2, method="exact")
     assert one.image is a  # one image (no crop box): the image itself, not a list
 
 
 def test_explain_with_prepared_inputs_does_not_prepare_again(lens, monkeypatch):
     img = random_image(3)
     inputs = lens.vlm.prepare(img, None)
-    want = lens.explain(img, k=2, exact=True)
+    want = lens.explain(img, k=2, method="exact")
     calls = []
     real = lens.vlm.prepare
     monkeypatch.setattr(lens.vlm, "prepare", lambda *a, **k: calls.append(a) or real(*a, **k))
-    got = lens.explain(img, k=2, exact=True, inputs=inputs)
+    got = lens.explain(img, k=2, method="exact", inputs=inputs)
     assert calls == []
     assert [p.latent for p in got.patches] == [p.latent for p in want.patches]
 
@@ -155,7 +155,7 @@ def test_llava_explanation_draws_on_the_crop(llava, tmp_path):
         max_per_token=None, progress=False,
     )  # fmt: skip
     img = random_image(5, 48).resize((64, 40))
-    result = LatentLens(llava, bank).explain(img, k=2, exact=True)
+    result = LatentLens(llava, bank).explain(img, k=2, method="exact")
     box = llava.prepare(img).layout.box(0)
     assert result.image.size == (40, 40)
     assert np.array_equal(np.asarray(result.image), np.asarray(crop_to_box(img, box)))

@@ -92,13 +92,13 @@ def test_hook_arguments(bank_dir):
 def test_queries_are_normalised_safely(bank_dir, scale):
     bank = Bank.open(bank_dir)
     q = torch.randn(3, 64, generator=torch.Generator().manual_seed(0))
-    want = [[(n.sentence_id, n.position) for n in r] for r in bank.search(q, k=3, exact=True)]
+    want = [[(n.sentence_id, n.position) for n in r] for r in bank.search(q, k=3, method="exact")]
     for big in (q * scale, (q.double() * scale).numpy()):
-        got = bank.search(big, k=3, exact=True)
+        got = bank.search(big, k=3, method="exact")
         assert [[(n.sentence_id, n.position) for n in r] for r in got] == want
         assert all(n.similarity > 0.0 for r in got for n in r[:1])
     for far in (1e300, 1e-300):  # beyond float32 (given as float64): still a direction
-        got = bank.search(q.double().numpy() * far, k=3, exact=True)
+        got = bank.search(q.double().numpy() * far, k=3, method="exact")
         assert [[(n.sentence_id, n.position) for n in r] for r in got] == want
     with pytest.raises(BankQueryError, match="all zeros"):
         bank.search(torch.zeros(64))
@@ -118,7 +118,7 @@ def _use(bank):
     q = torch.randn(2, 64, generator=torch.Generator().manual_seed(1))
     for hook in bank.hooks:
         for exact in (True, False):
-            for row in bank.search(q, hook=hook, k=3, exact=exact):
+            for row in bank.search(q, hook=hook, k=3, method="exact" if exact else "auto"):
                 for n in row:
                     n.sentence, n.token, n.sentence_tokens  # noqa: B018 - must not raise
 

@@ -331,7 +331,7 @@ def test_open_bank_keeps_reading_it_after_a_replace(tiny_vlm, tmp_path):
     old = build_bank(tiny_vlm, corpus(), out, HOOKS, **OPTS)
     q = torch.randn(6, 64, generator=torch.Generator().manual_seed(0))
     before = {
-        exact: [[(n.sentence, n.token, n.similarity) for n in row] for row in old.search(q, k=3, exact=exact)]
+        exact: [[(n.sentence, n.token, n.similarity) for n in row] for row in old.search(q, k=3, method="exact" if exact else "auto")]
         for exact in (True, False)
     }  # fmt: skip
     fresh = Bank.open(out, verify="size")  # opened, nothing searched yet (all lazy loads pending)
@@ -343,7 +343,7 @@ def test_open_bank_keeps_reading_it_after_a_replace(tiny_vlm, tmp_path):
     assert Bank.open(out).manifest.generation != old.manifest.generation
     for bank in (old, fresh):
         for exact in (True, False):
-            got = [[(n.sentence, n.token, n.similarity) for n in row] for row in bank.search(q, k=3, exact=exact)]  # fmt: skip
+            got = [[(n.sentence, n.token, n.similarity) for n in row] for row in bank.search(q, k=3, method="exact" if exact else "auto")]  # fmt: skip
             assert got == before[exact]
     # the sentences it returns are its own
     assert {bank.sentence(i) for i in range(bank.n_sentences)} <= set(corpus())

@@ -3,12 +3,14 @@
 Example::
 
     tl-latentlens calibrate-bank banks/wordnet --model default --images stamps/*.png \\
-        --unlike photos/*.jpg
+        --unlike photos/*.jpg --prove-on mine/*.png
 
 Captures the visual tokens of the images at every bank layer, gives every bank hook routes
 (query-sample routing with exact re-ranking) and records their recall@10 against exact search
-on the held-out images (and the ``--unlike`` images) in the manifest. ``search(method="auto")``
-uses a hook's routes only where that recall is >= 0.98 and the hook is large enough to gain.
+on the held-out images, the ``--unlike`` images and your own ``--prove-on`` images in the
+manifest. ``search(method="auto")`` uses a hook's routes only where that recall is >= 0.98 on
+every set and the hook is large enough to gain; every routed search also audits itself on a
+share of its queries and answers exactly where the audit falls short.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from PIL import Image
 from tl_latentlens.apps._args import UsageError, check_bank, check_files, check_model
 from tl_latentlens.bank import Bank
 from tl_latentlens.bank.format.manifest import read_manifest
-from tl_latentlens.bank.search.calibrate import calibrate_bank_with_images
+from tl_latentlens.bank.search.calibrate import calibrate_bank
 from tl_latentlens.models.load import load_vlm
 
 __all__ = ["add_parser", "run", "validate"]
@@ -40,6 +42,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--model", default="default", help="the bank's model (load_vlm name or path)")
     p.add_argument("--images", nargs="+", required=True, help="calibration image files")
     p.add_argument("--unlike", nargs="*", default=[], help="held-out images unlike the others")
+    p.add_argument(
+        "--prove-on",
+        nargs="*",
+        default=[],
+        help="your own images (like the ones you will explain): routes must also pass on them",
+    )
     p.add_argument(
         "--text",
         default=None,
@@ -67,6 +75,7 @@ def validate(args: argparse.Namespace) -> None:
     check_model(args.model)
     check_files(args.images, "image")
     check_files(args.unlike, "image")
+    check_files(args.prove_on, "image")
     if args.text is not None:
         check_files([args.text], "text")
     if len(args.images) < 2:
@@ -89,11 +98,15 @@ def run(args: argparse.Namespace) -> int:
     def load(paths: list[str]) -> list[Image.Image]:
         return [Image.open(Path(p).expanduser()).convert("RGB") for p in paths]
 
-    cal = calibrate_bank_with_images(
+    prove_on = {}
+    if args.unlike:
+        prove_on["unlike"] = load(args.unlike)
+    if args.prove_on:
+        prove_on["prove-on"] = load(args.prove_on)
+    cal = calibrate_bank(
         bank, vlm, load(args.images), prompt=args.prompt, held_out_share=args.held_out_share,
-        unlike={"unlike": load(args.unlike)} if args.unlike else None,
-        held_out_text=_sentences(args.text), max_samples=args.max_samples,
-        list_len=args.list_len, calibrate=args.hooks,
+        prove_on=prove_on, held_out_text=_sentences(args.text), max_samples=args.max_samples,
+        list_len=args.list_len, hooks=args.hooks,
     )  # fmt: skip
     print(json.dumps({h: c.to_dict() for h, c in cal.items()}, indent=2))
     return 0

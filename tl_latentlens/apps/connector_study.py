@@ -36,7 +36,6 @@ from typing import Any
 
 import torch
 
-from tl_latentlens.apps.demo import default_bank
 from tl_latentlens.bank import Bank
 from tl_latentlens.bank import build_bank as bank_build
 from tl_latentlens.default.corpus import concrete_nouns, noun_phrases, visual_phrases
@@ -48,6 +47,7 @@ from tl_latentlens.evaluate.hubness import hubness
 from tl_latentlens.evaluate.records import JudgementLog
 from tl_latentlens.hooks import hook_for_layer
 from tl_latentlens.lens import LatentLens
+from tl_latentlens.lens.default_bank import default_bank
 
 __all__ = [
     "TABLE_BANK_CORPORA",
@@ -234,7 +234,7 @@ def evaluate_connector(
         layers=layers,
         k=5,
         patches_per_layer=patches_per_layer,
-        exact=True,
+        method="exact",
         count_kinds=("concrete",),
         plots=False,
         save_explanations=False,

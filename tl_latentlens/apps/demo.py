@@ -16,11 +16,13 @@ Images, bank and model are checked before the model loads.
 from __future__ import annotations
 
 import argparse
-import html
+import io
+import json
 import logging
+import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -28,30 +30,37 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
 
-from tl_latentlens._io import atomic_write_bytes
+from tl_latentlens._io import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes
 from tl_latentlens.apps._args import check_bank, check_files, check_model, check_positive
-from tl_latentlens.bank import FORMAT_VERSION, Bank, build_bank
-from tl_latentlens.bank.search.calibrate import CALIBRATION_POLICY, calibrate_bank_with_images
-from tl_latentlens.default.assets import cache_dir, skimage_data_dir
-from tl_latentlens.default.bank_corpus import CORPUS_VERSION, default_corpus
+from tl_latentlens.bank import Bank
+from tl_latentlens.bank.search.calibrate import calibrate_bank
+from tl_latentlens.default.assets import AssetError, clipart_dir, skimage_data_dir
+from tl_latentlens.default.bank_corpus import default_corpus
 from tl_latentlens.default.data import load_stamps, single_stamp_image, split_stamps
-from tl_latentlens.devices import PrecisionChoice, fast_dtype
+from tl_latentlens.devices import PrecisionChoice
 from tl_latentlens.evaluate import EvalConfig, MaskJudge, format_chance, format_table, run_study
+from tl_latentlens.evaluate.controls import (
+    ControlResult,
+    format_controls,
+    text_control,
+    visual_control,
+)
 from tl_latentlens.evaluate.default_set import heldout_composites, load_images, voc_image
 from tl_latentlens.evaluate.images import EvalImage
 from tl_latentlens.lens import LatentLens, mid_layer_leap
+from tl_latentlens.lens.default_bank import bank_precision, default_bank, default_encoder
 from tl_latentlens.models.base import VLM
 from tl_latentlens.models.load import load_vlm
+from tl_latentlens.render.front_page import FrontPage, ShowcaseEntry, front_page_html
 from tl_latentlens.render.pictures import leap_heatmap_png
 
 __all__ = [
     "DemoConfig",
     "add_parser",
-    "default_bank",
-    "default_bank_dir",
+    "calibrate_default_bank",
+    "default_calibration_sets",
     "run",
     "run_demo",
     "validate",
@@ -105,73 +114,13 @@ class DemoConfig:
         return min(self.corpus_sentences, 1500) if self.quick else self.corpus_sentences
 
 
-def default_bank_dir(vlm: VLM, max_sentences: int = 12000, max_per_token: int = 20) -> Path:
-    """Where :func:`default_bank` keeps the default corpus bank of ``vlm`` (in the cache)."""
-    fp = vlm.fingerprint()
-    name = (
-        f"default-{CORPUS_VERSION}-v{FORMAT_VERSION}-{fp['embedding_sha256']}-"
-        f"{fp['weight_processing']}-{max_sentences}-{max_per_token}"
-    )
-    return cache_dir() / "banks" / name
-
-
-def default_bank(
-    vlm: VLM,
-    max_sentences: int = 12000,
-    max_per_token: int = 20,
-    encoder: Callable[[], VLM] | None = None,
-) -> Bank:
-    """The default corpus bank of ``vlm`` in the cache, built on first use.
-
-    The directory name carries the model fingerprint and the corpus size, so a different model
-    or size gets its own bank; an interrupted build resumes.
-
-    Args:
-        vlm: The model the bank is for (and calibrated with).
-        max_sentences: Default-corpus sentences.
-        max_per_token: Stored contexts per token type.
-        encoder: Makes the model that runs the build's forward passes (default: ``vlm``), called
-            only when the bank must be built; the demo passes a bfloat16 copy where
-            :func:`~tl_latentlens.devices.fast_dtype` finds bfloat16 faster.
-    """
-    out = default_bank_dir(vlm, max_sentences, max_per_token)
-    if (out / "manifest.json").is_file():
-        bank = Bank.open(out, vlm)
-    else:
-        corpus = default_corpus(max_sentences)
-        logger.info("building the default bank (%d sentences) at %s", len(corpus), out)
-        builder = encoder() if encoder is not None else vlm
-        bank = build_bank(builder, corpus, out, max_per_token=max_per_token, batch_size=32)
-        if builder is not vlm:
-            bank = Bank.open(out, vlm)  # the same weights (dtype-independent digests)
-    # routes missing, chosen under an older calibration policy, or proven on another model's
-    # visual tokens (a new connector): calibrate (again)
-    if max_sentences >= CALIBRATE_FROM and not all(
-        r.get("policy", 1) >= CALIBRATION_POLICY
-        and r.get("queries_from") == vlm.visual_fingerprint()
-        for r in (bank.hook_info(h).get("routes") or {} for h in bank.hooks)
-    ):
-        calibrate_default_bank(bank, vlm, max_sentences)
-        bank = Bank.open(out, vlm)
-    return bank
-
-
-#: Default banks of at least this many sentences get routes; smaller ones are searched exactly.
-#: At the demo's 12,000 sentences routes do not pay for the committed connector: its visual
-#: tokens are spread out, so most image queries fall back to exact search, routed search is no
-#: faster than exact (``benchmarks/bench_explain.py``) and calibrating would cost most of the
-#: first run (``benchmarks/bench_calibration.py``). Exact search grows with the bank, routed
-#: search hardly.
-CALIBRATE_FROM = 50_000
-
-
 def default_calibration_sets(
     bank_sentences: int, n_images: int = 240
 ) -> tuple[list[Image.Image], dict[str, list[Image.Image]], list[str]]:
     """What the default bank's routes are calibrated and proven on: training stamps (centred on
     white and at random places; a fifth is held out), the images unlike them (composites of
-    *validation* objects, photos the demo does not show) and the default-corpus sentences that
-    follow the bank's (held-out text)."""
+    *validation* objects, photos the demo does not show, clip art: :func:`clipart_images`)
+    and the default-corpus sentences that follow the bank's (held-out text)."""
     train, _ = split_stamps(load_stamps())
     rng = np.random.default_rng(0)
     picked = [train[i] for i in rng.choice(len(train), min(n_images, len(train)), replace=False)]
@@ -185,9 +134,46 @@ def default_calibration_sets(
     unlike = {
         "composites": [im.image for im in heldout_composites(12, part="validation")],
         "photos": photos,
+        "clip art": clipart_images(24, part="calibration"),
     }
     text = default_corpus(bank_sentences + 300)[bank_sentences:]
     return stamps, unlike, text
+
+
+def clipart_images(n: int, part: str = "calibration", seed: int = 0) -> list[Image.Image]:
+    """``n`` openclipart drawings (Debian ``openclipart-png``) centred on white, drawn at
+    random from one half of its top-level categories: ``part="calibration"`` (the even
+    ones, which the default bank's routes are proven on) or ``"unseen"`` (the odd ones,
+    which no calibration sees: ``benchmarks/bench_unseen_style.py``). Empty when the
+    package is not installed."""
+    if part not in ("calibration", "unseen"):
+        raise ValueError(f"part must be 'calibration' or 'unseen', got {part!r}")
+    try:
+        root = clipart_dir()
+    except AssetError as err:
+        logger.warning("no clip art for calibration (%s)", err)
+        return []
+    cats = sorted(p for p in root.iterdir() if p.is_dir())
+    cats = cats[0::2] if part == "calibration" else cats[1::2]
+    files = sorted(f for c in cats for f in c.rglob("*.png"))
+    rng = np.random.default_rng(seed)
+    out: list[Image.Image] = []
+    for i in rng.permutation(len(files)):
+        if len(out) >= n:
+            break
+        try:
+            with Image.open(files[i]) as im:
+                if max(im.size) > 4096 or min(im.size) < 48:
+                    continue  # tiny icons, and decompression bombs
+                cut = im.convert("RGBA")
+        except (OSError, ValueError):
+            continue
+        canvas = Image.new("RGB", (224, 224), (255, 255, 255))
+        f = int(0.8 * 224) / max(cut.size)
+        cut = cut.resize((max(1, round(cut.width * f)), max(1, round(cut.height * f))))
+        canvas.paste(cut, ((224 - cut.width) // 2, (224 - cut.height) // 2), cut)
+        out.append(canvas)
+    return out
 
 
 def calibrate_default_bank(
@@ -197,9 +183,7 @@ def calibrate_default_bank(
     (:func:`default_calibration_sets`)."""
     stamps, unlike, text = default_calibration_sets(bank_sentences, n_images)
     logger.info("calibrating routes of the default bank (%d images)", len(stamps))
-    calibrate_bank_with_images(
-        bank, vlm, stamps, unlike=unlike, held_out_text=text, max_samples=max_samples
-    )
+    calibrate_bank(bank, vlm, stamps, prove_on=unlike, held_out_text=text, max_samples=max_samples)
 
 
 def _sample_images(cfg: DemoConfig) -> list[EvalImage]:
@@ -231,7 +215,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         Bank.open(cfg.bank, vlm)
         if cfg.bank
         else default_bank(
-            vlm, cfg.effective_sentences, cfg.max_per_token, bank_encoder(cfg, vlm, precision)
+            vlm,
+            cfg.effective_sentences,
+            cfg.max_per_token,
+            bank_encoder(cfg, vlm, precision),
+            calibrate=calibrate_default_bank,
         )
     )
     t_bank = time.perf_counter()
@@ -248,15 +236,18 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         explanations.append(result)
         result.to_html(out / f"{im.id}.html", title=f"LatentLens · {im.id}")
         png = result.save_png(out / f"{im.id}_patches.png", hook=_middle_hook(result))
+        _save_thumbnail(im.image, out / f"{im.id}_thumb.jpg")
         result.save(out / f"{im.id}.json")
         pages.append((im.id, out / f"{im.id}.html", png))
     leap_png = leap_heatmap_png(mid_layer_leap(explanations), out / "leap.png")
     t_explain = time.perf_counter()
+    controls = positive_controls(lens, cfg, out / "cache")
+    t_controls = time.perf_counter()
     table = None
     annotated = [im for im in images if im.annotated]
     hubs = chance = None
     if annotated:
-        study = _study(lens, annotated, cfg.k, out / "study")
+        study = _study(lens, annotated, cfg.k, out / "study", controls)
         table, hubs = study.table, _hubness_table(study.report)
         chance = study.report.get("chance")
     t_end = time.perf_counter()
@@ -264,11 +255,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "model_load_s": t_model - t_start,
         "bank_s": t_bank - t_model,
         "explain_s": t_explain - t_bank,
-        "study_s": t_end - t_explain,
+        "controls_s": t_controls - t_explain,
+        "study_s": t_end - t_controls,
         "total_s": t_end - t_start,
     }
     record = precision_record(precision, bank)
-    index = _write_index(out, pages, leap_png, table, timings, bank, hubs, chance, record)
+    index = _write_index(out, pages, leap_png, table, timings, bank, hubs, chance, record, controls)
     return {
         "precision": record,
         "index": index,
@@ -277,30 +269,51 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "table": table,
         "hubness": hubs,
         "chance": chance,
+        "controls": controls,
         "timings": timings,
     }
 
 
-def bank_precision(vlm: VLM, requested: str | None = None) -> PrecisionChoice:
-    """The dtype of the default bank's forward passes: ``requested`` (``--bank-dtype``) or what
-    :func:`~tl_latentlens.devices.fast_dtype` measures as fastest on the model's device (a
-    cached probe: bfloat16 only where this machine runs it faster). Logged with its reason."""
-    if requested is not None:
-        choice = PrecisionChoice(requested, "--bank-dtype given")
-    else:
-        choice = fast_dtype(vlm.device)
-    logger.info("default bank forward passes: %s (%s)", choice.dtype_name, choice.reason)
-    return choice
+def positive_controls(
+    lens: LatentLens, cfg: DemoConfig, cache: Path | None = None
+) -> list[ControlResult]:
+    """The lens's positive controls (:mod:`tl_latentlens.evaluate.controls`): held-out text
+    (the default-corpus sentences after the bank's) and word embeddings injected at the visual
+    positions (the default control words the bank holds). With ``cache`` (a folder), a rerun
+    with the same model, bank and options reads them back instead of running them again."""
+    key = sha256_bytes(
+        json.dumps(
+            {"lens": lens.identity(), "k": cfg.k, "sentences": cfg.effective_sentences, "v": 1},
+            sort_keys=True,
+            default=str,
+        ).encode("utf-8")
+    )[:16]
+    path = None if cache is None else cache / f"controls-{key}.json"
+    if path is not None and path.is_file():
+        try:
+            return [ControlResult.from_dict(d) for d in read_json(path)]
+        except (ValueError, KeyError, TypeError) as err:  # a torn or older file: run again
+            logger.warning("ignoring the cached controls %s (%s)", path.name, err)
+    held_out = default_corpus(cfg.effective_sentences + 150)[cfg.effective_sentences :]
+    out = [
+        text_control(lens, held_out, k=cfg.k),
+        visual_control(lens, k=cfg.k, skip_missing=True),
+    ]
+    for c in out:
+        for failure in c.failures():
+            logger.warning("%s", failure)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, [c.to_dict() for c in out])
+    return out
 
 
 def bank_encoder(
     cfg: DemoConfig, vlm: VLM, precision: PrecisionChoice | None
 ) -> Callable[[], VLM] | None:
-    """A loader of the model in ``precision`` for the bank's forward passes, or ``None`` where
-    ``vlm`` already runs in it (then no second copy is ever loaded)."""
-    if precision is None or precision.dtype == _model_dtype(vlm):
-        return None
-    return partial(load_vlm, cfg.model, device=cfg.device, dtype=precision.dtype)
+    """A loader of ``cfg.model`` in ``precision`` for the bank's forward passes, or ``None``
+    where ``vlm`` already runs in it (:func:`~tl_latentlens.lens.default_bank.default_encoder`)."""
+    return default_encoder(partial(load_vlm, cfg.model), vlm, precision)
 
 
 def precision_record(precision: PrecisionChoice | None, bank: Any) -> dict[str, Any]:
@@ -314,25 +327,23 @@ def precision_record(precision: PrecisionChoice | None, bank: Any) -> dict[str, 
     }
 
 
-def _model_dtype(vlm: VLM) -> torch.dtype:
-    return next(vlm.bridge.parameters()).dtype
-
-
-def _study(lens: Any, images: list[Any], k: int, out: Path) -> Any:
+def _study(
+    lens: Any, images: list[Any], k: int, out: Path, controls: list[ControlResult] = ()
+) -> Any:
     """The per-layer study of the annotated images: graded mask judge, strict headline, exact
     search for every interpretability number (issue 12).
     A study of another model or bank in ``out`` is replaced."""
     config = EvalConfig(
-        patches_per_layer=100, k=k, seed=0, plots=True, exact=True, count_kinds=("concrete",)
+        patches_per_layer=100, k=k, seed=0, plots=True, method="exact", count_kinds=("concrete",)
     )
     try:
-        return run_study(lens, images, MaskJudge(), config, out, resume=True)
+        return run_study(lens, images, MaskJudge(), config, out, resume=True, controls=controls)
     except ValueError as e:
         if "cannot resume" not in str(e):
             raise
         logger.info("%s holds another study (%s): starting afresh", out, e)
         shutil.rmtree(out)
-        return run_study(lens, images, MaskJudge(), config, out, resume=True)
+        return run_study(lens, images, MaskJudge(), config, out, resume=True, controls=controls)
 
 
 def _hubness_table(report: dict[str, Any]) -> Any:
@@ -349,6 +360,15 @@ def _showcase(images: list[Any], quick: bool) -> list[Any]:
     return [im for im in images if im.id not in skip]
 
 
+def _save_thumbnail(image: Image.Image, path: Path, size: int = 256) -> None:
+    """A small JPEG of ``image`` for the front page, written atomically."""
+    thumb = image.convert("RGB")
+    thumb.thumbnail((size, size))
+    buf = io.BytesIO()
+    thumb.save(buf, format="JPEG", quality=85)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def _middle_hook(result: Any) -> str:
     return result.hooks[len(result.hooks) // 2]
 
@@ -363,41 +383,55 @@ def _write_index(
     hubs: Any = None,
     chance: dict[str, Any] | None = None,
     precision: dict[str, Any] | None = None,
+    controls: Sequence[ControlResult] = (),
 ) -> Path:
-    rows = "".join(
-        f'<li><a href="{html.escape(p.name)}">{html.escape(name)}</a> · '
-        f'<a href="{html.escape(png.name)}">patch words</a></li>'
-        for name, p, png in pages
-    )
-    tbl = table.to_html(index=False, float_format=lambda x: f"{x:.1f}") if table is not None else ""
-    times = " · ".join(f"{k} {v:.1f}" for k, v in timings.items())
-    prec = ""
-    if precision:
-        prec = f"<p>{html.escape(format_precision(precision))}</p>"
-    hub = ""
-    if hubs is not None and len(hubs):
-        hub = (
-            "<h2>Hubness (LatentLens top-1 words)</h2><p>Per layer: top-1 slots, distinct words, "
-            "the largest k-occurrence, the share of slots taken by the 5 most frequent words "
-            "and those words.</p>" + hubs.to_html(index=False, float_format=lambda x: f"{x:.1f}")
+    """``out/index.html``: the front page (:mod:`tl_latentlens.render.front_page`), links
+    relative to ``out``; a ``<name>_thumb.jpg`` beside a report is shown as its thumbnail."""
+
+    def rel(p: Path) -> str:
+        return Path(os.path.relpath(Path(p).resolve(), Path(out).resolve())).as_posix()
+
+    showcase = tuple(
+        ShowcaseEntry(
+            name=name,
+            report=rel(page),
+            picture=rel(png) if png else None,
+            thumbnail=rel(thumb) if (thumb := Path(out) / f"{name}_thumb.jpg").is_file() else None,
         )
-    body = (
-        f"<h1>tl_latentlens demo</h1><p>bank: {html.escape(str(bank.root))} "
-        f"({bank.n_entries()} vectors per hook, {len(bank.hooks)} hooks)</p>{prec}<p>{times}</p>"
-        f"<h2>Reports</h2><ul>{rows}</ul><h2>Mid-layer leap</h2>"
-        f'<img src="{leap_png.name}" style="max-width:700px"><h2>Per-layer table</h2>'
-        "<p>Percent of labelled patches of held-out objects (exact search) whose top-k words "
-        "name the object under the patch (strict: <code>_top</code>; <code>_lo/_hi</code>: 95 % "
-        "Wilson interval; <code>_img_lo/_img_hi</code>: 95 % interval resampling whole images, "
-        "whose patches are not independent), and per level: <code>_concrete</code>, <code>_abstract</code> (related "
-        "concept), <code>_global</code> (another object in the image). LatentLens words are "
-        f"judged as the whole word containing the matched token.</p>{tbl}"
-        f"<p>{html.escape(format_chance(chance))}</p>{hub}"
+        for name, page, png in pages
     )
-    path = out / "index.html"
-    page = f"<!doctype html><meta charset=utf-8><body>{body}</body>"
-    atomic_write_bytes(path, page.encode("utf-8"))
+    records = () if table is None else tuple(table.to_dict("records"))
+    hub_rows = () if hubs is None or not len(hubs) else tuple(hubs.to_dict("records"))
+    front = FrontPage(
+        title="LatentLens demo",
+        showcase=showcase,
+        table=records,
+        chance=chance,
+        chance_text=format_chance(chance),
+        hubness=hub_rows,
+        timings=dict(timings),
+        bank=f"{Path(bank.root).name}: {bank.n_entries():,} contexts per layer, "
+        f"{len(bank.hooks)} layers",
+        notes=(format_precision(precision),) if precision else (),
+        leap=rel(leap_png) if leap_png and Path(leap_png).is_file() else None,
+        controls=tuple(row for c in controls for row in control_rows(c)),
+        control_notes=tuple(
+            line for c in controls for line in (c.description, *c.failures()) if line
+        ),
+    )
+    path = Path(out) / "index.html"
+    atomic_write_bytes(path, front_page_html(front).encode("utf-8"))
     return path
+
+
+def control_rows(control: ControlResult) -> list[dict[str, Any]]:
+    """A control's rows for the front page: the study table's columns, the layer labelled with
+    the control's kind (``"text 8"``) and the positions scored as ``n_patches``; the visual
+    control at layer 0 only, where its answer is known by construction."""
+    rows = control.table().to_dict("records")
+    if control.kind == "visual":
+        rows = [r for r in rows if r["layer"] == 0]
+    return [{**r, "layer": f"{control.kind} {r['layer']}", "n_patches": r.get("n")} for r in rows]
 
 
 def format_precision(record: dict[str, Any] | None) -> str:
@@ -446,10 +480,12 @@ def run(args: argparse.Namespace) -> int:
             "% of labelled patches of held-out objects whose top-k words name the object under "
             "them (strict mask judge, exact search):"
         )
-        print(format_table(res["table"]))
+        print(format_table(res["table"], res.get("controls", ())))
         print("related / global levels and 95 % intervals: index.html and study/table.csv")
         if line := format_chance(res.get("chance")):
             print(line)
+    elif res.get("controls"):
+        print(format_controls(res["controls"]))
     if res.get("hubness") is not None:
         h = res["hubness"]
         print("LatentLens top-5 hub share of top-1 slots per layer (%): " + ", ".join(

@@ -29,9 +29,11 @@ from tl_latentlens.apps._args import (
     check_writable_dir,
 )
 from tl_latentlens.bank import Bank
+from tl_latentlens.default.bank_corpus import default_corpus
 from tl_latentlens.default.loader import load_default_vlm
 from tl_latentlens.evaluate.chat_client import require_openai
 from tl_latentlens.evaluate.config import EvalConfig
+from tl_latentlens.evaluate.controls import ControlResult, text_control, visual_control
 from tl_latentlens.evaluate.default_set import load_images
 from tl_latentlens.evaluate.judges import Judge, MaskJudge
 from tl_latentlens.evaluate.llm_judge import LLMJudge, LLMJudgeConfig
@@ -41,6 +43,7 @@ from tl_latentlens.evaluate.report import format_chance, format_table
 from tl_latentlens.evaluate.study import run_study
 from tl_latentlens.hooks import paper_layers
 from tl_latentlens.lens import LatentLens
+from tl_latentlens.lens.default_bank import DEFAULT_SENTENCES
 from tl_latentlens.models.base import VLM
 from tl_latentlens.models.load import load_vlm
 
@@ -112,15 +115,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--per-layer", action="store_true", help="LatentLens searches only the same text layer"
     )
     p.add_argument(
-        "--exact",
-        action="store_true",
-        help="exact search for every hook (default: routes where calibration proved them)",
+        "--method",
+        choices=("auto", "exact", "routes"),
+        default="auto",
+        help="bank search: auto (routes where calibration proved them, audited on each "
+        "search), exact, or routes",
     )
     p.add_argument("--prompt", default=None, help="prompt with the image placeholder")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the study in --out")
     p.add_argument(
         "--aggregate-only", action="store_true", help="recompute the table from --out's judgements"
+    )
+    p.add_argument(
+        "--controls",
+        default="default",
+        help="the lens's positive controls, printed above the image rows: 'default' (held-out "
+        "default-corpus sentences + word embeddings injected at the visual tokens), a .txt file "
+        "of held-out sentences (one per line, never in the bank), or 'none'",
     )
     p.add_argument("--device", default=None)
     p.add_argument(
@@ -175,6 +187,22 @@ def _aggregate_only(out: Path) -> int:
     return 0
 
 
+def run_controls(lens: LatentLens, spec: str, k: int) -> list[ControlResult]:
+    """``--controls``: the text control on held-out sentences (the default corpus's sentences
+    after the default bank's, or a file's) and the visual control; ``none``: no controls."""
+    if spec == "none":
+        return []
+    if spec == "default":
+        held_out = default_corpus(DEFAULT_SENTENCES + 150)[DEFAULT_SENTENCES:]
+    else:
+        held_out = [s for s in Path(spec).read_text(encoding="utf-8").splitlines() if s.strip()]
+    out = [text_control(lens, held_out, k=k), visual_control(lens, k=k, skip_missing=True)]
+    for control in out:
+        for failure in control.failures():
+            logger.warning("%s", failure)
+    return out
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run the study from parsed arguments; prints the table. Returns the exit status."""
     out = Path(args.out)
@@ -197,7 +225,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "per_layer": args.per_layer,
         "prompt": args.prompt,
-        "exact": args.exact,
+        "method": args.method,
         "judge_workers": args.judge_workers,
     }
     if args.protocol == "paper":
@@ -206,8 +234,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         config = EvalConfig.paper(**common)
     else:
         config = EvalConfig(k=args.k, **common)
-    result = run_study(lens, images, judge, config, out, resume=args.resume)
-    print(format_table(result.table))
+    controls = run_controls(lens, args.controls, k=config.k)
+    result = run_study(lens, images, judge, config, out, resume=args.resume, controls=controls)
+    print(format_table(result.table, controls))
     if line := format_chance(result.report.get("chance")):
         print(line)
     for name, path in result.files.items():

@@ -56,9 +56,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=5, help="neighbours per patch")
     p.add_argument("--per-layer", action="store_true", help="search only the same text layer")
     p.add_argument(
-        "--exact",
-        action="store_true",
-        help="exact search at every hook (default: routes where the bank proved them)",
+        "--method",
+        choices=("auto", "exact", "routes"),
+        default="auto",
+        help="bank search: auto (routes where the bank proved them, audited on each search), "
+        "exact, or routes",
     )
     p.add_argument("--out", default="latentlens_out", help="output directory")
     p.add_argument("--device", default=None, help="torch device (default: CUDA if present)")
@@ -111,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             hooks=args.hooks,
             k=args.k,
             per_layer=args.per_layer,
-            exact=args.exact,
+            method=args.method,
         )
         stem = "+".join(Path(path).stem for path in paths)
         result.save(out / f"{stem}.json")

@@ -24,14 +24,16 @@ from tl_latentlens.bank.errors import (
     CorruptBankError,
     MissingHookError,
 )
-from tl_latentlens.bank.format.config import FORMAT_VERSION, BankConfig
+from tl_latentlens.bank.format.config import FORMAT_VERSION, BankConfig, RetiredCodecError
 from tl_latentlens.bank.format.manifest import BankManifest
-from tl_latentlens.bank.results import Neighbour, SearchReport
-from tl_latentlens.bank.search.calibrate import (
-    HookCalibration,
-    calibrate_bank,
-    calibrate_bank_with_images,
+from tl_latentlens.bank.hub.registry import (
+    PretrainedIndex,
+    PretrainedIndices,
+    UnknownPretrainedError,
+    pretrained,
 )
+from tl_latentlens.bank.results import Neighbour, SearchReport
+from tl_latentlens.bank.search.calibrate import HookCalibration, ProvingSet, calibrate_bank
 from tl_latentlens.bank.search.dispatch import RECALL_BAR, HookHits
 from tl_latentlens.bank.search.routes import RouteParams
 
@@ -53,13 +55,18 @@ __all__ = [
     "HookCalibration",
     "HookHits",
     "Neighbour",
+    "PretrainedIndex",
+    "PretrainedIndices",
+    "ProvingSet",
     "RECALL_BAR",
+    "RetiredCodecError",
     "RouteParams",
     "SearchReport",
+    "UnknownPretrainedError",
     "Verify",
     "build_bank",
     "calibrate_bank",
-    "calibrate_bank_with_images",
     "describe_corpus",
     "iter_corpus",
+    "pretrained",
 ]

@@ -6,12 +6,13 @@ import contextlib
 import logging
 import math
 import mmap
+import numbers
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,11 +35,15 @@ from tl_latentlens.bank.format.vectors import (
     DEVICE_SHARE,
     HookVectors,
 )
+from tl_latentlens.bank.hub import registry
 from tl_latentlens.bank.results import Neighbour, SearchReport
 from tl_latentlens.bank.search.dispatch import HookHits, HookSearcher, Method
 from tl_latentlens.bank.search.query import merge_top_k, prepare_queries
 from tl_latentlens.bank.search.routes import RouteParams, Routes
 from tl_latentlens.devices import device_key, free_device_bytes
+
+if TYPE_CHECKING:
+    from tl_latentlens.models.base import VLM
 
 __all__ = ["Bank", "Verify"]
 
@@ -93,7 +98,7 @@ class Bank:
 
     # ---- opening ----------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path, vlm: Any = None, *, verify: Verify = "lazy") -> Bank:
+    def open(cls, path: str | Path, vlm: VLM | None = None, *, verify: Verify = "lazy") -> Bank:
         """Open and validate a bank directory.
 
         Args:
@@ -107,6 +112,9 @@ class Bank:
             BankFormatError: Unreadable, malformed manifest or another format version.
             CorruptBankError: A file is missing, truncated, malformed or corrupted.
             BankModelMismatchError: ``vlm`` is not the bank's model.
+
+        Example:
+            >>> bank = Bank.open("banks/smollm2", vlm, verify="full")
         """
         if verify not in ("full", "lazy", "size"):
             raise ValueError(f"verify must be 'full', 'lazy' or 'size', got {verify!r}")
@@ -263,8 +271,9 @@ class Bank:
 
     def _check_digests(self, paths: list[str]) -> None:
         """SHA-256 check of ``paths`` (as mapped at open). ``"lazy"`` skips a file whose stamp
-        at open is one it had when its digest was last confirmed (:class:`DigestMemo`): the
-        demo bank's 10 hooks re-hashed on every process start cost 0.7 s."""
+        at open is one it had when its digest was last confirmed (:class:`DigestMemo`):
+        re-hashing every hook on each process start was a visible share of a cold ``explain``
+        (``benchmarks/bench_cold_start.py``)."""
         memo = digest_memo() if self._verify == "lazy" else None
         records = self._manifest.files
         todo = list(paths)
@@ -282,7 +291,7 @@ class Bank:
                 (self._stats[rel], records[rel].sha256) for rel in todo if rel in self._stats
             )
 
-    def check_model(self, vlm: Any) -> None:
+    def check_model(self, vlm: VLM) -> None:
         """Raise unless ``vlm`` has the weights the bank was built with.
 
         Compares dtype-independent digests of the embedding and of every block up to the
@@ -362,31 +371,24 @@ class Bank:
         JSON object (a copy; typed: ``bank.manifest.hook(name)``)."""
         return self._manifest.hook(self.resolve_hook(hook)).to_json()
 
-    def resolve_hook(self, hook: str | int) -> str:
-        """The stored hook for a name, an equivalent name of the same layer, or a layer number.
+    def resolve_hook(self, hook: hk.HookKey) -> str:
+        """The stored hook for a name, an equivalent name of the same layer, or a layer number
+        (:func:`tl_latentlens.hooks.resolve_hook`).
 
         Raises:
-            MissingHookError: The bank stores no such hook/layer.
+            MissingHookError: The bank stores no such hook/layer (the message lists what it
+                stores).
         """
-        if isinstance(hook, str) and hook in self._layers:
-            return hook
-        if isinstance(hook, str):
-            try:
-                layer = hk.layer_of(hook)
-            except ValueError as err:
-                raise MissingHookError(f"{err}; the bank stores: {self._stored()}") from None
-        elif isinstance(hook, (int, float, np.integer, np.floating)) and not isinstance(hook, bool):
-            layer = float(hook)
-            if not math.isfinite(layer):
-                raise BankQueryError(f"layer must be a finite number, got {hook!r}")
-        else:
+        if isinstance(hook, bool) or not isinstance(hook, (str, numbers.Real)):
             raise BankQueryError(
                 f"hook must be a hook name or a layer number, got {type(hook).__name__} {hook!r:.40}"
             )
-        for name, have in self._layers.items():
-            if have == layer:
-                return name
-        raise MissingHookError(f"the bank stores no hook for {hook!r}; it stores: {self._stored()}")
+        if not isinstance(hook, str) and not math.isfinite(float(hook)):
+            raise BankQueryError(f"layer must be a finite number, got {hook!r}")
+        try:
+            return hk.resolve_hook(hook, self._layers, where="the bank stores")
+        except hk.UnknownHookError as err:
+            raise MissingHookError(str(err)) from None
 
     def _stored(self) -> str:
         return ", ".join(f"{h} (layer {lay})" for h, lay in self._layers.items())
@@ -533,10 +535,12 @@ class Bank:
                 routes.samples_key = record.sha256 if record is not None else None
                 params = RouteParams(**cal["params"])
                 recall = dict(cal.get("recall_at_10", {}))
-            self._searchers[name] = HookSearcher(self.hook_vectors(name), routes, params, recall)
+            self._searchers[name] = HookSearcher(
+                self.hook_vectors(name), routes, params, recall, name=name
+            )
         return self._searchers[name]
 
-    def search_rows(
+    def _search_rows(
         self,
         queries: np.ndarray,
         hook: str,
@@ -544,9 +548,10 @@ class Bank:
         method: Method = "auto",
         device: str | torch.device | None = None,
         lookups: dict | None = None,
+        seed: int | None = None,
     ) -> HookHits:
         """Top-``k`` stored vectors of L2-normalised float32 ``queries`` in one hook
-        (``lookups``: see :meth:`~tl_latentlens.bank.search.dispatch.HookSearcher.search`)."""
+        (``lookups``, ``seed``: see :meth:`~tl_latentlens.bank.search.dispatch.HookSearcher.search`)."""
         on_device = device is not None and torch.device(device).type != "cpu"
         return self.searcher(hook).search(
             queries,
@@ -556,6 +561,7 @@ class Bank:
             resident=self._fits_resident(hook),
             lookups=lookups,
             device_resident=on_device and self._fits_resident(hook, device),
+            seed=seed,
         )
 
     def _shared_lookups(
@@ -623,7 +629,7 @@ class Bank:
             )
         return fits
 
-    def query(
+    def search(
         self,
         vectors: Any,
         hook: str | int | Sequence[str | int] | None = None,
@@ -631,11 +637,47 @@ class Bank:
         *,
         method: Method = "auto",
         device: str | torch.device | None = None,
+        seed: int | None = None,
     ) -> SearchReport:
-        """Like :meth:`search`, plus how each hook was searched (method, exact fallbacks,
-        seconds): see :class:`~tl_latentlens.bank.results.SearchReport`."""
+        """Nearest contextual text tokens of each query vector, and how each hook was searched.
+
+        Args:
+            vectors: ``[n, d_model]`` or ``[d_model]``, torch or numpy (L2-normalised here).
+            hook: One stored hook (or an equivalent name / a layer number); ``None`` (every
+                stored hook) or a list searches across hooks: the top ``k`` of all of them,
+                merged by similarity, each tagged with its hook and layer.
+            k: Neighbours per query (distinct stored vectors; a vector shared by several
+                corpus occurrences is returned once, with ``n_occurrences``).
+            method: ``"auto"`` (default): exact search, unless the hook has routes whose
+                calibration proved recall@10 >= 0.98 and it is large enough for them to pay;
+                a routed hook audits itself (a few of its queries are also searched exactly)
+                and is answered exactly when the audit falls below the bar. ``"exact"``;
+                ``"routes"`` (approximate, needs :func:`calibrate_bank`; audited, never
+                replaced by exact search).
+            device: Torch device for exact search (``"cuda"``: the products run there; the
+                results equal the CPU's, ties included). Hooks stay on the device between
+                calls within :attr:`device_resident_bytes`; the others are streamed to it.
+            seed: Seed of the audit's draw of queries (default: from the queries' bytes, so
+                the same call audits the same queries).
+
+        Returns:
+            A :class:`~tl_latentlens.bank.results.SearchReport`: per query row its ``k``
+            :class:`Neighbour` (``report[i]``, ``report.neighbours``), most similar first,
+            and per searched hook its method, exact fallbacks, audit and seconds.
+
+        Raises:
+            BankQueryError: Bad shape/dimension, non-finite or zero queries, ``k <= 0``,
+                unknown ``method``.
+            MissingHookError: A hook the bank does not store.
+
+        Example:
+            >>> report = bank.search(torch.randn(576), hook="blocks.3.hook_resid_post", k=3)
+            >>> report[0][0].token, report.methods, report.audit_recall
+        """
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
             raise BankQueryError(f"k must be a positive int, got {k!r}")
+        if method not in ("auto", "exact", "routes"):
+            raise BankQueryError(f"method must be 'auto', 'exact' or 'routes', got {method!r}")
         if hook is None:
             hooks = self.hooks
         elif isinstance(hook, (str, int, float, np.integer, np.floating)):
@@ -648,8 +690,12 @@ class Bank:
         if q.shape[0] == 0:
             return SearchReport([], {}, {}, {})
         lookups = self._shared_lookups(q, hooks, method, device)
-        hits = {name: self.search_rows(q, name, int(k), method, device, lookups) for name in hooks}
+        hits = {
+            name: self._search_rows(q, name, int(k), method, device, lookups, seed)
+            for name in hooks
+        }
         merged = merge_top_k([(h.sims, h.rows) for h in hits.values()], int(k))
+        audited = {name: h for name, h in hits.items() if h.audit_recall is not None}
         return SearchReport(
             neighbours=[
                 [self.neighbour(hooks[h], row, sim) for h, row, sim in per if row >= 0]
@@ -658,81 +704,71 @@ class Bank:
             methods={name: h.method for name, h in hits.items()},
             exact_fallback={name: h.n_exact_fallback for name, h in hits.items()},
             seconds={name: h.seconds for name, h in hits.items()},
+            audit_recall={name: float(h.audit_recall) for name, h in audited.items()},  # type: ignore[arg-type]
+            audited={name: h.n_audited for name, h in audited.items()},
+            audit_failed={name: h.audit_failed for name, h in audited.items()},
         )
 
-    def search(
-        self,
-        vectors: Any,
-        hook: str | int | Sequence[str | int] | None = None,
-        k: int = 5,
-        exact: bool | None = None,
-        *,
-        method: Method = "auto",
-        device: str | torch.device | None = None,
-    ) -> list[list[Neighbour]]:
-        """Nearest contextual text tokens of each query vector.
-
-        Args:
-            vectors: ``[n, d_model]`` or ``[d_model]``, torch or numpy (L2-normalised here).
-            hook: One stored hook (or an equivalent name / a layer number); ``None`` (every
-                stored hook) or a list searches across hooks: the top ``k`` of all of them,
-                merged by similarity, each tagged with its hook and layer.
-            k: Neighbours per query (distinct stored vectors; a vector shared by several
-                corpus occurrences is returned once, with ``n_occurrences``).
-            exact: ``True`` is ``method="exact"`` (kept for older code).
-            method: ``"auto"`` (default): exact search, unless the hook has routes whose
-                calibration proved recall@10 >= 0.98 and it is large enough for them to pay;
-                ``"exact"``; ``"routes"`` (approximate, needs :func:`calibrate_bank`).
-            device: Torch device for exact search (``"cuda"``: the products run there; the
-                results equal the CPU's, ties included). Hooks stay on the device between
-                calls within :attr:`device_resident_bytes`; the others are streamed to it.
-
-        Returns:
-            One list of ``k`` :class:`Neighbour` per query row, most similar first.
-
-        Raises:
-            BankQueryError: Bad shape/dimension, non-finite or zero queries, ``k <= 0``.
-            MissingHookError: A hook the bank does not store.
-
-        Example:
-            >>> bank.search(torch.randn(576), hook="blocks.3.hook_resid_post", k=3)[0]
-        """
-        if exact:
-            method = "exact"
-        return self.query(vectors, hook, k, method=method, device=device).neighbours
-
-    # ---- the hub and the official indices (bank/hub.py, bank/official.py) --------------------
+    # ---- the hub and the official indices (bank/hub/remote.py, official.py, registry.py) ----
     @classmethod
     def from_pretrained(
         cls,
         repo_id: str,
-        hooks: Sequence[str | int] | None = None,
+        vlm: VLM | None = None,
         *,
+        hooks: Sequence[str | int] | None = None,
         revision: str | None = None,
-        vlm: Any = None,
         verify: Verify = "full",
-        **hub_options: Any,
+        cache_dir: str | os.PathLike | None = None,
+        token: str | bool | None = None,
+        endpoint: str | None = None,
+        local_files_only: bool = False,
+        force_download: bool = False,
     ) -> Bank:
         """Download a bank from the Hugging Face hub (only ``hooks``, names or layer numbers,
         plus the shared tables) and open it, every file checked against the manifest's
-        SHA-256. Works offline from the hub cache (``HF_HUB_OFFLINE=1``). ``hub_options``:
-        ``cache_dir``, ``token``, ``endpoint``, ``local_files_only``, ``force_download``
-        (see :func:`tl_latentlens.bank.hub.remote.download_bank`).
+        SHA-256. Works offline from the hub cache (``HF_HUB_OFFLINE=1``).
+
+        Args:
+            repo_id: ``"org/name"`` of a model repository holding a tl_latentlens bank, or
+                the registry name of a published one (:func:`tl_latentlens.pretrained`; an
+                official ``latentlens`` index is imported with :meth:`from_latentlens`).
+            vlm: When given, the bank must have been built with this model (:meth:`check_model`).
+            hooks: Hook names or layer numbers to fetch; ``None`` fetches every hook.
+            revision: Branch, tag or commit (default ``main``).
+            verify: How the opened bank is checked (see :data:`Verify`).
+            cache_dir, token, endpoint, local_files_only, force_download: See
+                :func:`tl_latentlens.bank.hub.remote.download_bank`.
 
         Raises:
             HubBankError: The repository, revision or files cannot be fetched (or, offline,
                 are not cached).
+            UnknownPretrainedError: ``repo_id`` names an official ``latentlens`` index (the
+                message says to use :meth:`from_latentlens`).
             CorruptBankError: A downloaded file does not match the manifest's SHA-256 (the
                 message says how to download it again).
             MissingHookError: A requested hook is not in the bank.
 
         Example:
-            >>> bank = Bank.from_pretrained("org/smollm2-bank", hooks=[0, 16], vlm=vlm)
+            >>> bank = Bank.from_pretrained("org/smollm2-bank", vlm, hooks=[0, 16])
         """
         # lazy: huggingface_hub is imported only when the hub is used
         from tl_latentlens.bank.hub import remote as hub
 
-        path = hub.download_bank(repo_id, hooks, revision=revision, **hub_options)
+        indices = registry.pretrained()
+        entry = indices.find(repo_id) or indices.find_repo(repo_id)
+        if entry is not None and entry.format == "latentlens":
+            raise registry.UnknownPretrainedError(
+                f"{repo_id!r} is an index of the official latentlens package ({entry.repo_id}, "
+                f"{entry.model}), not a tl_latentlens bank: import it with "
+                f"Bank.from_latentlens({entry.name!r}, vlm, trust_pickle=True)"
+            )
+        if entry is not None:  # a published bank by its registry name
+            repo_id, revision = entry.repo_id, revision or entry.revision
+        path = hub.download_bank(
+            repo_id, hooks, revision=revision, cache_dir=cache_dir, token=token,
+            endpoint=endpoint, local_files_only=local_files_only, force_download=force_download,
+        )  # fmt: skip
         try:
             return cls.open(path, vlm, verify=verify)
         except CorruptBankError as err:
@@ -741,10 +777,19 @@ class Bank:
                 "force_download=True to fetch it again)"
             ) from err
 
-    def push_to_hub(self, repo_id: str, **hub_options: Any) -> str:
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        revision: str | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        endpoint: str | None = None,
+        commit_message: str | None = None,
+    ) -> str:
         """Upload this bank to the model repository ``repo_id`` (created if missing); returns
-        the commit id. ``hub_options``: ``revision`` (a branch), ``private``, ``token``,
-        ``endpoint``, ``commit_message`` (see :func:`tl_latentlens.bank.hub.remote.push_bank`).
+        the commit id. ``revision`` names a branch (created when missing); see
+        :func:`tl_latentlens.bank.hub.remote.push_bank`.
 
         Example:
             >>> bank.push_to_hub("me/smollm2-bank")
@@ -752,31 +797,63 @@ class Bank:
         # lazy: huggingface_hub is imported only when the hub is used
         from tl_latentlens.bank.hub import remote as hub
 
-        return hub.push_bank(self.root, repo_id, **hub_options)
+        return hub.push_bank(
+            self.root, repo_id, revision=revision, private=private, token=token,
+            endpoint=endpoint, commit_message=commit_message,
+        )  # fmt: skip
 
     @classmethod
     def from_latentlens(
         cls,
-        path_or_repo: str | os.PathLike,
-        vlm: Any,
+        name_or_path_or_repo: str | os.PathLike,
+        vlm: VLM,
+        *,
         trust_pickle: bool = False,
-        **options: Any,
+        layers: Sequence[int] | None = None,
+        out_dir: str | os.PathLike | None = None,
+        dtype: str = "float16",
+        overwrite: bool = False,
+        check_vectors: int = 8,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        token: str | bool | None = None,
+        endpoint: str | None = None,
+        local_files_only: bool = False,
+        force_download: bool = False,
     ) -> Bank:
-        """Convert an index saved by the official ``latentlens`` package (``metadata.json`` +
-        ``layer_N/embeddings_cache.pt``, a local folder or a hub repository) into a bank and
-        open it. Its files are torch pickles: without ``trust_pickle=True`` this refuses
-        (see :func:`tl_latentlens.bank.hub.official.import_latentlens` for ``options``).
+        """Convert an index of the official ``latentlens`` package (``metadata.json`` +
+        ``layer_N/embeddings_cache.pt``) into a bank and open it: a local folder, a name of the
+        registry of prebuilt indices (:func:`tl_latentlens.pretrained`) or a hub repository id.
+        Its files are torch pickles: without ``trust_pickle=True`` this refuses.
+
+        Args:
+            name_or_path_or_repo: A folder, a registry name (``"qwen2.5-vl-7b"``) or
+                ``"org/name"`` on the hub.
+            vlm: The model the index was built with (its tokenizer, hooks and a re-encoding
+                check; the opened bank is checked against it too).
+            trust_pickle, layers, out_dir, dtype, overwrite, check_vectors, revision,
+                cache_dir, token, endpoint, local_files_only, force_download: See
+                :func:`tl_latentlens.bank.hub.official.import_latentlens`.
+
+        Raises:
+            UnknownPretrainedError: Not a folder, a registry name or a repository id (the
+                message lists the registry's names).
+            UntrustedPickleError: ``trust_pickle`` is False.
+            BankModelMismatchError: The index was built with another model.
 
         Example:
-            >>> bank = Bank.from_latentlens("McGill-NLP/latentlens-qwen2vl-embeddings", vlm,
-            ...                             trust_pickle=True)
+            >>> bank = Bank.from_latentlens("qwen2.5-vl-7b", vlm, trust_pickle=True,
+            ...                             layers=[8, 16])
         """
         # lazy: official imports torch's unpickler, huggingface_hub and the build's writers
         from tl_latentlens.bank.hub import official
 
         imported = official.import_latentlens(
-            path_or_repo, vlm, trust_pickle=trust_pickle, **options
-        )
+            name_or_path_or_repo, vlm, trust_pickle=trust_pickle, layers=layers,
+            out_dir=out_dir, dtype=dtype, overwrite=overwrite, check_vectors=check_vectors,
+            revision=revision, cache_dir=cache_dir, token=token, endpoint=endpoint,
+            local_files_only=local_files_only, force_download=force_download,
+        )  # fmt: skip
         # a bank written just now was checked while it was written: sizes suffice
         return cls.open(imported.path, vlm, verify="size" if imported.written else "lazy")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tl_latentlens.hooks import UnknownHookError
+
 __all__ = [
     "BankError",
     "BankExistsError",
@@ -39,7 +41,7 @@ class BankExistsError(BankError):
     """``out_dir`` holds something else than the bank asked for and ``overwrite`` is False."""
 
 
-class MissingHookError(BankError, KeyError):
+class MissingHookError(BankError, UnknownHookError, KeyError):
     """A hook (or layer) the bank does not store; the message lists the stored ones."""
 
     def __str__(self) -> str:  # KeyError would repr() the message

@@ -79,7 +79,7 @@ def wordnet_sentences(
 @lru_cache(maxsize=2)
 def _sentences(root: str | None) -> tuple[tuple[bool, str], ...]:
     """Every gloss and example of a database, read once per process: nltk builds a ``Synset``
-    per line (~15 s for the whole database), and the default corpus reads it twice."""
+    per line (slow for the whole database), and the default corpus reads it twice."""
     wn = _wordnet(root)
     out: list[tuple[bool, str]] = []
     for pos in POS:

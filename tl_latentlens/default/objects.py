@@ -434,7 +434,7 @@ def load_objects(
 ) -> list[LabelledObject]:
     """Labelled objects of the given sources (unlabelled stamps are dropped).
 
-    Labelling reads every clip-art file once (~30 s); with ``cache`` the list is stored as JSON
+    Labelling reads every clip-art file once (slow); with ``cache`` the list is stored as JSON
     in the cache directory under a digest of the file listing, the sources and
     :data:`LABEL_RULES_VERSION`, and reused.
     """

@@ -6,6 +6,7 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from tl_latentlens.bank.search.dispatch import Method
 from tl_latentlens.evaluate.judges import KINDS
 
 __all__ = ["PROTOCOLS", "EvalConfig"]
@@ -26,7 +27,7 @@ _IDENTITY = (
     "protocol",
     "per_layer",
     "prompt",
-    "exact",
+    "method",
     "min_label_fraction",
 )
 
@@ -47,7 +48,8 @@ class EvalConfig:
         per_layer: LatentLens searches only the bank layer equal to the visual layer (default:
             every bank layer, which the mid-layer-leap heatmap needs).
         prompt: Prompt with the image placeholder (``None``: the model's default).
-        exact: Exact nearest-neighbour search for every hook (default: the bank's ``auto``).
+        method: Bank search (:meth:`~tl_latentlens.bank.Bank.search`): ``"auto"`` (routes
+            where the bank proved them, audited on each search), ``"exact"`` or ``"routes"``.
         min_label_fraction: Share of a patch one label must cover for the patch to count as
             labelled (pixel masks only).
         count_kinds: Verdict kinds counted as interpretable in the table.
@@ -69,7 +71,7 @@ class EvalConfig:
     protocol: str = "default"
     per_layer: bool = False
     prompt: str | None = None
-    exact: bool = False
+    method: Method = "auto"
     min_label_fraction: float = 0.5
     count_kinds: tuple[str, ...] = KINDS
     judge_workers: int = 1
@@ -99,6 +101,8 @@ class EvalConfig:
             raise ValueError(
                 f"count_kinds must be a non-empty subset of {KINDS}, got {self.count_kinds}"
             )
+        if self.method not in ("auto", "exact", "routes"):
+            raise ValueError(f"method must be 'auto', 'exact' or 'routes', got {self.method!r}")
         if self.judge_workers < 1:
             raise ValueError(f"judge_workers must be >= 1, got {self.judge_workers}")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_latentlens.evaluate.chance import constant_answer, sentence_words, shuffled_label_rates
+from tl_latentlens.evaluate.controls import ControlResult, control_cell
 from tl_latentlens.evaluate.hubness import hubness
 from tl_latentlens.evaluate.records import latest_records
 from tl_latentlens.lens.leap import mid_layer_leap
@@ -32,11 +33,17 @@ def _topk_col(table: Any) -> str:
     return cols[0][len("latent_") :]
 
 
-def format_table(table: Any) -> str:
-    """The per-layer table as aligned text (percentages, one decimal).
+def format_table(table: Any, controls: Sequence[ControlResult] = ()) -> str:
+    """The per-layer table as aligned text (percentages, one decimal), the positive controls'
+    rows first when given.
+
+    Control rows (:mod:`~tl_latentlens.evaluate.controls`) are labelled ``text <layer>``
+    (every bank layer) and ``visual 0`` (layer 0, where the injected word must come back); their
+    cells add the 95 % interval resampling sentences (words); the text control's LogitLens is
+    scored on the next word (``next``). A line under the table says how they were made.
 
     Example:
-        >>> print(format_table(aggregate("study/judgements.jsonl")))
+        >>> print(format_table(aggregate("study/judgements.jsonl"), [text, visual]))
         layer  n  LatentLens top5 / @1  LogitLens top5 / @1  EmbeddingLens top5 / @1
     """
     top = _topk_col(table)
@@ -45,7 +52,7 @@ def format_table(table: Any) -> str:
         return "  -  " if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:5.1f}"
 
     head = ["layer", "patches"] + [f"{name} {top} / @1" for name in LENS_NAMES.values()]
-    rows = []
+    rows = _control_rows(controls)
     for _, r in table.iterrows():
         layer = float(r["layer"])
         cells = [str(int(layer)) if layer.is_integer() else str(layer), str(int(r["n_patches"]))]
@@ -56,7 +63,27 @@ def format_table(table: Any) -> str:
         rows.append(cells)
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in [head, *rows]]
+    lines += [f"{c.label}: {c.description}" for c in controls]
+    lines += [f"! {f}" for c in controls for f in c.failures()]
     return "\n".join(lines)
+
+
+def _control_rows(controls: Sequence[ControlResult]) -> list[list[str]]:
+    """Table rows of the controls: the text control at every layer, the visual one at 0."""
+    rows = []
+    for c in controls:
+        layers = c.layers if c.kind == "text" else [x for x in c.layers if x == 0]
+        for layer in layers:
+            cells = [f"{c.kind} {layer}", str(max(r.n for r in c.rows if r.layer == layer))]
+            for lens in LENS_NAMES:
+                try:
+                    r = c.row(lens, layer)
+                except KeyError:
+                    cells.append("-")
+                    continue
+                cells.append(control_cell(r) + (" next" if r.target == "next word" else ""))
+            rows.append(cells)
+    return rows
 
 
 def format_chance(chance: dict[str, Any] | None) -> str:
@@ -187,11 +214,20 @@ def write_outputs(
     config: Any,
     plan: Any,
     identity: dict[str, Any],
+    controls: Sequence[ControlResult] = (),
 ) -> tuple[dict[str, Path], dict[str, Any]]:
-    """Write ``table.csv``, the plots, ``leap.*`` and ``report.json``; return (files, report)."""
+    """Write ``table.csv``, the plots, ``leap.*``, ``controls.csv`` (with controls) and
+    ``report.json``; return (files, report)."""
     files: dict[str, Path] = {"judgements": out / "judgements.jsonl", "plan": out / "plan.json"}
     table.to_csv(out / "table.csv", index=False, float_format="%.2f")
     files["table.csv"] = out / "table.csv"
+    if controls:
+        import pandas as pd
+
+        pd.concat([c.table() for c in controls]).to_csv(
+            out / "controls.csv", index=False, float_format="%.2f"
+        )
+        files["controls.csv"] = out / "controls.csv"
     hubs = {lens: hubness(files["judgements"], lens=lens) for lens in LENS_NAMES}
     hubs["latent"].to_csv(out / "hubness.csv", index=False, float_format="%.2f")
     files["hubness.csv"] = out / "hubness.csv"
@@ -235,6 +271,7 @@ def write_outputs(
             identity["bank"],
             _previous_chance(out / "report.json"),
         ),
+        "controls": [c.to_dict() for c in controls],
         "files": {name: str(path.name) for name, path in files.items()},
     }
     (out / "report.json").write_text(

@@ -33,7 +33,9 @@ from tqdm.auto import tqdm
 
 from tl_latentlens import hooks as hk
 from tl_latentlens.bank.format.manifest import identity
+from tl_latentlens.bank.results import word_span
 from tl_latentlens.evaluate.config import EvalConfig
+from tl_latentlens.evaluate.controls import ControlResult
 from tl_latentlens.evaluate.images import EvalImage
 from tl_latentlens.evaluate.judges import Judge, JudgeCase, MaskJudge
 from tl_latentlens.evaluate.records import LENSES, JudgementLog, aggregate, record_key
@@ -62,6 +64,8 @@ class StudyResult:
         plan: The sampling plan.
         explanations: One (sampled-patches-only) explanation per image.
         judged: Verdicts asked for in this run (0 when everything was resumed).
+        controls: The positive controls recorded with the study (text, visual), printed above
+            the visual rows by :func:`~tl_latentlens.evaluate.report.format_table`.
     """
 
     table: Any
@@ -71,6 +75,7 @@ class StudyResult:
     plan: SamplePlan
     explanations: list[Any] = field(default_factory=list)
     judged: int = 0
+    controls: list[ControlResult] = field(default_factory=list)
 
 
 def candidates_of(patch: Any, lens: str) -> list[dict[str, Any]]:
@@ -94,10 +99,6 @@ def candidates_of(patch: Any, lens: str) -> list[dict[str, Any]]:
     ]
 
 
-def _starts_word(token: str) -> bool:
-    return not token[:1].isalnum()  # a leading space, punctuation or a special token
-
-
 def whole_word(tokens: Sequence[str], position: int, token: str) -> str:
     """The word of a sentence that contains the token at ``position`` (pieces joined).
 
@@ -111,13 +112,8 @@ def whole_word(tokens: Sequence[str], position: int, token: str) -> str:
     """
     if not tokens or not 0 <= position < len(tokens) or tokens[position] != token:
         return token.strip()
-    start = position
-    while start > 0 and not _starts_word(tokens[start]) and tokens[start - 1][-1:].isalnum():
-        start -= 1
-    end = position + 1
-    while end < len(tokens) and not _starts_word(tokens[end]):
-        end += 1
-    return "".join(tokens[start:end]).strip()
+    span = word_span(tokens, position)
+    return span.word if span is not None else token.strip()
 
 
 def study_identity(
@@ -218,6 +214,7 @@ def run_study(
     config: EvalConfig,
     out: str | Path,
     resume: bool = False,
+    controls: Sequence[ControlResult] = (),
 ) -> StudyResult:
     """Run (or resume) a study and write its outputs.
 
@@ -228,6 +225,10 @@ def run_study(
         config: Sampling and counting settings.
         out: Output folder (created).
         resume: Continue a study in ``out``: judged keys are skipped, the plan must match.
+        controls: Positive controls of the same lens
+            (:func:`~tl_latentlens.evaluate.controls.text_control`,
+            :func:`~tl_latentlens.evaluate.controls.visual_control`), recorded in
+            ``report.json`` and ``controls.csv`` and shown above the visual rows.
 
     Raises:
         ValueError: ``out`` holds a different or unfinished study without ``resume``, no
@@ -276,9 +277,9 @@ def run_study(
     bar.close()
     table = aggregate(log.path, kinds=config.count_kinds)
     files, report = write_outputs(
-        out, table, explanations, lens, images, judge, config, plan, ident
+        out, table, explanations, lens, images, judge, config, plan, ident, controls
     )
-    return StudyResult(table, out, files, report, plan, explanations, judged)
+    return StudyResult(table, out, files, report, plan, explanations, judged, list(controls))
 
 
 def _explain_batch(
@@ -318,7 +319,7 @@ def _explain_batch(
         k=config.k,
         batch_size=len(todo),
         per_layer=config.per_layer,
-        method="exact" if config.exact else "auto",
+        method=config.method,
         patches=[plan.patches_for_image(i) for i in todo],
         inputs=[inputs[i] for i in todo],
         progress=False,

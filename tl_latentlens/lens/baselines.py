@@ -24,8 +24,8 @@ def decode_tokens(tokenizer: Any, ids: list[int], cache: dict[int, str] | None =
     """Human-readable string of each token id (``decode([id])``, so BPE markers are resolved).
 
     ``cache`` (a dict owned by the caller, for one tokenizer) memoises the strings: a
-    tokenizer's ``decode`` costs ~0.1 ms a call and the baselines of one image decode
-    thousands of ids.
+    tokenizer's ``decode`` is slow per call and the baselines of one image decode thousands
+    of ids.
     """
     if cache is None:
         return [tokenizer.decode([int(i)]) for i in ids]
@@ -159,8 +159,9 @@ class EmbeddingLens:
         return values, indices
 
 
-#: Candidates per query re-scored in float32 after the bfloat16 scan (beyond k). With 96, all
-#: 490 visual tokens of one image proved their top-5 (64: 98.6 %, 32: 81 %).
+#: Candidates per query re-scored in float32 after the bfloat16 scan (beyond k): the smallest
+#: count tried with which every visual token of one image proved its top-5 (fewer leave some
+#: queries to a float32 rescan; figures in benchmarks/README.md).
 BF16_CANDIDATES = 96
 
 

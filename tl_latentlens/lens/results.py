@@ -14,11 +14,27 @@ from typing import Any
 
 from tl_latentlens._io import atomic_write_bytes
 from tl_latentlens.bank.results import Neighbour
+from tl_latentlens.hooks import HookKey, UnknownHookError, resolve_hook
+from tl_latentlens.lens.diff import diff_explanations
 from tl_latentlens.lens.leap import mid_layer_leap
 
-__all__ = ["TokenCandidate", "PatchExplanation", "Explanation", "FORMAT_VERSION"]
+__all__ = [
+    "FORMAT_VERSION",
+    "Explanation",
+    "NotExplainedError",
+    "PatchExplanation",
+    "TokenCandidate",
+]
 
 FORMAT_VERSION = 1
+
+
+class NotExplainedError(KeyError, UnknownHookError):
+    """A hook or visual token that an :class:`Explanation` does not hold (the message lists
+    what it holds)."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)
@@ -81,8 +97,8 @@ class PatchExplanation:
         return self.latent[0].token.strip() if self.latent else ""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (what :func:`dataclasses.asdict` gives, without its deep copies:
-        a 49-patch x 10-hook result serialises ~10x faster)."""
+        """JSON-ready dict (what :func:`dataclasses.asdict` gives, without its deep copies,
+        which dominate serialising a whole result; figures in benchmarks/README.md)."""
         out = _shallow(self)
         for name in ("latent", "logit", "embedding"):
             out[name] = tuple(_shallow(x) for x in out[name])
@@ -125,8 +141,18 @@ class Explanation:
         search: How each bank hook was searched: ``{bank hook: "exact" | "routes"}``
             (``auto`` decides per hook; see :meth:`tl_latentlens.bank.Bank.search`).
         exact_fallback: Per bank hook, visual tokens that routes sent to exact search.
+        search_audit: Per routed bank hook, ``(recall, queries)``: the tie-aware recall@10 of
+            the routed answer estimated by the search's audit and how many queries it searched
+            exactly (a hook whose audit fell below the bar was answered exactly: its
+            ``search`` is ``"exact"``).
         image: What the model saw (the processor's crop), kept in memory for pictures and not
             saved; a list for a prompt with several images.
+        interventions: The ``fwd_hooks`` the run was made under, one dict per hook: ``key``
+            (as given), ``hook`` (where it ran), ``fn`` and ``module`` of the function
+            (empty: a plain run). Saved.
+        attention: The run's attention to the patches when asked
+            (``explain(..., attention=True)``, a
+            :class:`~tl_latentlens.lens.attention.PatchAttention`); in memory only.
     """
 
     model: str
@@ -141,35 +167,55 @@ class Explanation:
     timings: dict[str, float] = field(default_factory=dict)
     search: dict[str, str] = field(default_factory=dict)
     exact_fallback: dict[str, int] = field(default_factory=dict)
+    search_audit: dict[str, tuple[float, int]] = field(default_factory=dict)
     image: Any = field(default=None, repr=False, compare=False)
+    interventions: list[dict[str, str]] = field(default_factory=list)
+    attention: Any = field(default=None, repr=False, compare=False)
 
     # ---- access -----------------------------------------------------------------------------
-    def patch(self, hook: str, index: int) -> PatchExplanation:
-        """The explanation of visual token ``index`` at ``hook``.
+    def hook(self, key: HookKey) -> str:
+        """The explained hook that ``key`` addresses: its name, any equivalent name of the same
+        layer, or a layer number (:func:`tl_latentlens.hooks.resolve_hook`).
 
         Raises:
-            KeyError: No such hook / index in this result (the message lists the hooks).
-        """
-        for p in self.patches:
-            if p.hook == hook and p.index == index:
-                return p
-        if hook not in self.hooks:
-            raise KeyError(f"hook {hook!r} was not explained; explained hooks: {self.hooks}")
-        raise KeyError(f"no visual token {index} at {hook!r} (n_visual={self.n_visual})")
+            NotExplainedError: No explained hook matches (the message lists them).
 
-    def neighbours(self, hook: str, patch: int) -> list[Neighbour]:
+        Example:
+            >>> result.hook(8)
+            'blocks.7.hook_resid_post'
+        """
+        try:
+            return resolve_hook(key, self.hooks, where="explained hooks")
+        except UnknownHookError as err:
+            raise NotExplainedError(str(err)) from None
+
+    def patch(self, hook: HookKey, index: int) -> PatchExplanation:
+        """The explanation of visual token ``index`` at ``hook`` (a name or a layer number).
+
+        Raises:
+            NotExplainedError: No such hook / index in this result (the message lists the
+                hooks); a ``KeyError`` and a ``ValueError``.
+        """
+        name = self.hook(hook)
+        for p in self.patches:
+            if p.hook == name and p.index == index:
+                return p
+        raise NotExplainedError(f"no visual token {index} at {name!r} (n_visual={self.n_visual})")
+
+    def neighbours(self, hook: HookKey, patch: int) -> list[Neighbour]:
         """LatentLens neighbours of visual token ``patch`` at ``hook``, best first.
 
         Example:
+            >>> [n.token for n in result.neighbours(8, 12)]
             >>> [n.token for n in result.neighbours("blocks.0.hook_resid_pre", 0)]
         """
         return list(self.patch(hook, patch).latent)
 
-    def at(self, hook: str) -> list[PatchExplanation]:
-        """Every visual token's explanation at ``hook``, in token order."""
-        if hook not in self.hooks:
-            raise KeyError(f"hook {hook!r} was not explained; explained hooks: {self.hooks}")
-        return sorted((p for p in self.patches if p.hook == hook), key=lambda p: p.index)
+    def at(self, hook: HookKey) -> list[PatchExplanation]:
+        """Every visual token's explanation at ``hook`` (a name or a layer number), in token
+        order."""
+        name = self.hook(hook)
+        return sorted((p for p in self.patches if p.hook == name), key=lambda p: p.index)
 
     @property
     def n_visual(self) -> int:
@@ -181,7 +227,8 @@ class Explanation:
         """One row per (hook, visual token, lens, rank) as a pandas DataFrame.
 
         Columns: hook, layer, index, image_index, row, col, lens ("latent"/"logit"/"embedding"), rank, token,
-        score, and for LatentLens: text_hook, text_layer, sentence, sentence_id, position.
+        score, and for LatentLens: word (the whole word containing the token, see
+        :attr:`Neighbour.word`), text_hook, text_layer, sentence, sentence_id, position.
         """
         import pandas as pd
 
@@ -202,6 +249,7 @@ class Explanation:
                         "lens": "latent",
                         "rank": rank,
                         "token": n.token,
+                        "word": n.word,
                         "score": n.similarity,
                         "text_hook": n.hook,
                         "text_layer": n.layer,
@@ -222,6 +270,17 @@ class Explanation:
 
         return mid_layer_leap(self)
 
+    def diff(self, other: Explanation) -> Any:
+        """How the LatentLens neighbours moved from this result to ``other`` (e.g. a run under
+        ``fwd_hooks``): an :class:`~tl_latentlens.lens.diff.ExplanationDiff` with per visual
+        token and hook the top-k overlap, rank-biased overlap, token Jaccard, similarity
+        change and the tokens that entered / left.
+
+        Example:
+            >>> plain.diff(ablated).summary()
+        """
+        return diff_explanations(self, other)
+
     # ---- persistence ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (the image is not included)."""
@@ -238,6 +297,8 @@ class Explanation:
             "timings": self.timings,
             "search": self.search,
             "exact_fallback": self.exact_fallback,
+            "search_audit": {h: [r, n] for h, (r, n) in self.search_audit.items()},
+            "interventions": [dict(x) for x in self.interventions],
             "patches": [p.to_dict() for p in self.patches],
         }
 
@@ -277,6 +338,10 @@ class Explanation:
             timings=dict(d.get("timings", {})),
             search=dict(d.get("search", {})),
             exact_fallback={k: int(v) for k, v in d.get("exact_fallback", {}).items()},
+            interventions=[
+                {str(k): str(v) for k, v in x.items()} for x in d.get("interventions", [])
+            ],
+            search_audit={h: (float(r), int(n)) for h, (r, n) in d.get("search_audit", {}).items()},
         )
 
     # ---- rendering (delegated) ----------------------------------------------------------------
@@ -285,18 +350,30 @@ class Explanation:
         # lazy: a notebook convenience; render sits above lens and imports it
         from tl_latentlens.render.html import explanation_html
 
-        return explanation_html(self, path=path, **kwargs)
+        return explanation_html(self, path=path, **self._resolved(kwargs))
 
     def show(self, **kwargs: Any) -> Any:
         """Display in a notebook (inline HTML)."""
         # lazy: a notebook convenience; render sits above lens and imports it
         from tl_latentlens.render.html import show_explanation
 
-        return show_explanation(self, **kwargs)
+        return show_explanation(self, **self._resolved(kwargs))
 
-    def save_png(self, path: str | os.PathLike, hook: str | None = None, **kwargs: Any) -> Path:
-        """Image with its patch grid and the top LatentLens word per patch at ``hook``."""
+    def save_png(self, path: str | os.PathLike, hook: HookKey | None = None, **kwargs: Any) -> Path:
+        """Image with its patch grid and the top LatentLens word per patch at ``hook`` (a name
+        or a layer number; default: the middle explained hook)."""
         # lazy: a notebook convenience; render sits above lens and imports it
         from tl_latentlens.render.pictures import patch_words_png
 
-        return patch_words_png(self, path, hook=hook, **kwargs)
+        name = None if hook is None else self.hook(hook)
+        return patch_words_png(self, path, hook=name, **kwargs)
+
+    def _resolved(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Render options with ``hook``/``hooks`` given by layer number or any name resolved
+        to the explained hooks."""
+        out = dict(kwargs)
+        if out.get("hook") is not None:
+            out["hook"] = self.hook(out["hook"])
+        if out.get("hooks") is not None:
+            out["hooks"] = [self.hook(h) for h in out["hooks"]]
+        return out

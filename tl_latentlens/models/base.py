@@ -17,11 +17,12 @@ import contextlib
 import json
 import logging
 import os
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
@@ -43,6 +44,10 @@ __all__ = [
     "ImageTokenMismatchError",
     "Box",
     "crop_to_box",
+    "FwdHook",
+    "HookFn",
+    "VISION_ENCODER_OUT",
+    "VISION_PROJECTOR_OUT",
 ]
 
 logger = logging.getLogger(__name__)
@@ -51,6 +56,25 @@ IMAGE_MARKER = "<image>"
 
 #: ``(left, top, right, bottom)`` in an image's own pixels; may reach past its edges (padding).
 Box = tuple[float, float, float, float]
+
+
+#: TransformerLens 4.3's names for the vision side of a multimodal bridge (its ``vision_encoder``
+#: and ``vision_projector`` components): the vision tower's output and the projector's output,
+#: which the language model sees as its visual tokens. :class:`~tl_latentlens.models.connector.
+#: ConnectorVLM` exposes its encoder and connector under the same names.
+VISION_ENCODER_OUT = "vision_encoder.hook_out"
+VISION_PROJECTOR_OUT = "vision_projector.hook_out"
+
+#: A TransformerLens hook function: ``fn(activation, hook) -> activation | None``.
+HookFn: TypeAlias = Callable[..., Any]
+#: One intervention: a hook name (any hook of the model, vision side included) or a layer
+#: number (the residual entering that block, :data:`tl_latentlens.hooks.LAYER_CONVENTION`), and
+#: the function TransformerLens runs there.
+FwdHook: TypeAlias = tuple["str | int | float", HookFn]
+
+_BLOCK_PREFIX = re.compile(r"^blocks\.(\d+)\.")
+#: Hook names that fire before the first block (so a run that caches only them stops there).
+_BEFORE_BLOCKS = ("embed.", "hook_embed", "hook_pos_embed", "pos_embed.", "rotary_emb.", "vision_")
 
 
 class ImageTokenMismatchError(ValueError):
@@ -312,7 +336,7 @@ class VLM(ABC):
         For loaders that know the weights are a pure function of ``source`` (the embedded
         default: the packaged GGUF's SHA-256, the load dtype and the stamp of the cached weight
         file). A later process that loads the same ``source`` reads the digests instead of
-        hashing every weight again (0.6 s for SmolLM2-135M; ~2 GB of hashing for an 8B model).
+        hashing every weight again (gigabytes of hashing for an 8B model).
         The file is ignored when its ``source``, scheme or weight processing differ, when it is
         malformed, and once this handle's weights change.
 
@@ -370,27 +394,148 @@ class VLM(ABC):
         yield
 
     # ---- running --------------------------------------------------------------------------
+    def vision_hooks(self) -> list[str]:
+        """The vision-side hooks this model has, of :data:`VISION_ENCODER_OUT` and
+        :data:`VISION_PROJECTOR_OUT` (TransformerLens's multimodal bridges name them so; a
+        bridge without a vision component has none).
+
+        Example:
+            >>> vlm.vision_hooks()
+            ['vision_encoder.hook_out', 'vision_projector.hook_out']
+        """
+        have = self.bridge.hook_dict
+        return [h for h in (VISION_ENCODER_OUT, VISION_PROJECTOR_OUT) if h in have]
+
+    def residual_equivalent(self, hook: Any) -> Any:
+        """The residual hook that holds the same vectors as ``hook`` at the visual positions:
+        :data:`VISION_PROJECTOR_OUT` is layer 0 (``blocks.0.hook_resid_pre``: the projector's
+        output is what the language model sees); any other key is returned as given.
+
+        Example:
+            >>> vlm.residual_equivalent("vision_projector.hook_out")
+            'blocks.0.hook_resid_pre'
+        """
+        if hook == VISION_PROJECTOR_OUT:
+            return hk.hook_for_layer(0, self.n_layers)
+        return hook
+
+    def hook_names(self) -> list[str]:
+        """Every hook name of this model: the bridge's (``bridge.hook_dict``, aliases
+        included) and the vision side's (:meth:`vision_hooks`)."""
+        return list(dict.fromkeys([*self.bridge.hook_dict, *self.vision_hooks()]))
+
+    def validate_hook_names(self, names: str | Sequence[str]) -> list[str]:
+        """Check names of any hook of this model (residual, attention, MLP, vision side);
+        residual names as :meth:`validate_hooks` does.
+
+        Raises:
+            UnknownHookError: A name the model does not have (the message says where to look).
+        """
+        names = [names] if isinstance(names, str) else list(names)
+        have = set(self.hook_names())
+        for name in names:
+            if not isinstance(name, str):
+                raise hk.UnknownHookError(f"a hook name is a string, got {name!r}")
+            if name.startswith("blocks.") and name.split(".")[-1].startswith("hook_resid_"):
+                self.validate_hooks([name])
+            elif name not in have:
+                near = sorted(h for h in have if h.split(".")[-1] == name.split(".")[-1])[:6]
+                raise hk.UnknownHookError(
+                    f"unknown hook {name!r} for {self.name}; "
+                    + (f"hooks of that kind: {near}" if near else "see vlm.hook_names()")
+                )
+        return list(dict.fromkeys(names))
+
+    def resolve_fwd_hooks(self, fwd_hooks: Sequence[FwdHook] | None) -> list[tuple[str, HookFn]]:
+        """``fwd_hooks`` with every hook addressed by name: a layer number becomes the
+        canonical hook of that layer (:func:`tl_latentlens.hooks.resolve_model_hook`).
+
+        Raises:
+            UnknownHookError: A hook the model does not have.
+            ValueError: An entry is not a ``(hook, function)`` pair.
+        """
+        out: list[tuple[str, HookFn]] = []
+        for entry in fwd_hooks or ():
+            if not isinstance(entry, (tuple, list)) or len(entry) != 2 or not callable(entry[1]):
+                raise ValueError(
+                    f"fwd_hooks takes (hook name or layer, function) pairs, got {entry!r:.80}"
+                )
+            key, fn = entry
+            name = key if isinstance(key, str) else hk.resolve_model_hook(key, self.n_layers)
+            out.append((self.validate_hook_names([name])[0], fn))
+        return out
+
+    @contextlib.contextmanager
+    def side_hooks(
+        self, fwd_hooks: Sequence[tuple[str, HookFn]], names: Sequence[str], cache: dict
+    ) -> Iterator[None]:
+        """Run ``fwd_hooks`` and cache ``names`` at hooks outside the bridge (the vision side
+        of a model that keeps it out of the bridge); a no-op here, where every hook is the
+        bridge's. The cached tensors go into ``cache``."""
+        yield
+
+    def _outside_bridge(self, name: str) -> bool:
+        return name not in self.bridge.hook_dict
+
     def run_with_cache(
-        self, inputs: VLMInputs, hooks: Sequence[str], full: bool = False
+        self,
+        inputs: VLMInputs,
+        hooks: Sequence[str],
+        full: bool = False,
+        *,
+        fwd_hooks: Sequence[FwdHook] | None = None,
+        vision: bool = False,
     ) -> tuple[Tensor, Any]:
         """One forward pass caching only ``hooks`` (``names_filter`` + ``stop_at_layer``).
 
         Args:
             inputs: From :meth:`prepare`.
-            hooks: Hook names to cache (validated).
+            hooks: Hook names to cache (validated): residual hooks, and any other hook of the
+                model (``blocks.3.attn.hook_pattern``, :data:`VISION_PROJECTOR_OUT` …).
             full: Run every block and the unembedding even if the hooks need fewer.
+            fwd_hooks: Interventions, ``[(hook name or layer, fn)]``, run as
+                ``bridge.hooks(fwd_hooks=...)`` runs them (``fn(activation, hook)``; what it
+                returns replaces the activation). They run after the visual tokens are in
+                place and before the cache reads a hook, so the cache holds what the patched
+                model computed.
+            vision: Also cache the vision side, :meth:`vision_hooks` (the encoder's and the
+                projector's outputs), in the same cache.
 
         Returns:
-            ``(output, cache)`` as ``TransformerBridge.run_with_cache`` returns them.
+            ``(output, cache)`` as ``TransformerBridge.run_with_cache`` returns them; vision
+            hooks outside the bridge (the connector VLM's) are added to the same
+            ``ActivationCache``.
+
+        Example:
+            >>> _, cache = vlm.run_with_cache(inputs, ["blocks.4.hook_resid_post"], vision=True,
+            ...     fwd_hooks=[(2, lambda x, hook: x * 0.5)])
+            >>> cache["vision_projector.hook_out"].shape   # [n_images, patches, d_model]
         """
-        hooks = self.validate_hooks(hooks)
-        stop = None if full else hk.stop_layer_for(hooks, self.n_layers)
+        names = list(hooks) + (self.vision_hooks() if vision else [])
+        names = self.validate_hook_names(names)
+        user = self.resolve_fwd_hooks(fwd_hooks)
+        stop = None if full else _stop_layer_for_names(names, self.n_layers)
         kwargs = dict(inputs.model_kwargs)
         model_input = kwargs.pop("input")
-        with torch.no_grad(), full_float32(), self.visual_hooks(inputs):
-            return self.bridge.run_with_cache(
-                model_input, names_filter=list(hooks), stop_at_layer=stop, **kwargs
+        in_bridge = [n for n in names if not self._outside_bridge(n)]
+        outside = [n for n in names if self._outside_bridge(n)]
+        bridge_hooks = [(n, fn) for n, fn in user if not self._outside_bridge(n)]
+        side_fwd = [(n, fn) for n, fn in user if self._outside_bridge(n)]
+        side_cache: dict[str, Tensor] = {}
+        with (
+            torch.no_grad(),
+            full_float32(),
+            self.side_hooks(side_fwd, outside, side_cache),
+            self.visual_hooks(inputs),
+            # after the visual tokens are written (a hook on embed.hook_out sees them)
+            self.bridge.hooks(fwd_hooks=bridge_hooks),
+        ):
+            out, cache = self.bridge.run_with_cache(
+                model_input, names_filter=in_bridge, stop_at_layer=stop, **kwargs
             )
+        for name, tensor in side_cache.items():
+            cache.cache_dict[name] = tensor
+        return out, cache
 
     def forward(self, inputs: VLMInputs, **kwargs: Any) -> Tensor:
         """Full forward pass (logits) with the visual tokens in place; keeps autograd."""
@@ -445,6 +590,26 @@ class VLM(ABC):
             keep[b, sl] = ~torch.tensor(spec, dtype=torch.bool)
             positions[b, sl] = torch.arange(len(ids))
         return TextBatch(input_ids=input_ids, attention_mask=mask, keep=keep, positions=positions)
+
+
+def _stop_layer_for_names(names: Sequence[str], n_layers: int) -> int | None:
+    """The ``stop_at_layer`` that runs just enough blocks for hooks of any kind: residual ones
+    as :func:`tl_latentlens.hooks.stop_layer_for`; another ``blocks.<i>.…`` hook needs block
+    ``i``; hooks before the blocks (embedding, vision side) one block, the least the bridge
+    runs; anything after the blocks (final norm, unembedding) all of them."""
+    needed = 1
+    for name in names:
+        try:
+            needed = max(needed, hk.parse_hook(name).blocks_needed)
+            continue
+        except hk.UnknownHookError:
+            pass
+        m = _BLOCK_PREFIX.match(name)
+        if m is not None:
+            needed = max(needed, int(m.group(1)) + 1)
+        elif not name.startswith(_BEFORE_BLOCKS):
+            return None
+    return None if needed >= n_layers else needed
 
 
 @dataclass(frozen=True)

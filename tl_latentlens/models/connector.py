@@ -16,10 +16,14 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
 
 from tl_latentlens.models.base import (
     IMAGE_MARKER,
+    VISION_ENCODER_OUT,
+    VISION_PROJECTOR_OUT,
     VLM,
+    HookFn,
     ImageTokenMismatchError,
     VisualLayout,
     VLMInputs,
@@ -344,11 +348,64 @@ class ConnectorVLM(VLM):
                 ]
         return items
 
+    # ---- the vision side's hooks -----------------------------------------------------------
+    @property
+    def vision_points(self) -> dict[str, HookPoint]:
+        """Hook points of the vision side, named as TransformerLens's multimodal bridges name
+        theirs: :data:`~tl_latentlens.models.base.VISION_ENCODER_OUT` (the encoder's patch
+        features, ``[n_images, patches, d_vision]``) and
+        :data:`~tl_latentlens.models.base.VISION_PROJECTOR_OUT` (the connector's output,
+        ``[n_images, patches, d_model]``: layer 0 of the visual tokens)."""
+        points = self.__dict__.get("_vision_points")
+        if points is None:
+            points = {}
+            for name in (VISION_ENCODER_OUT, VISION_PROJECTOR_OUT):
+                point = HookPoint()
+                point.name = name
+                points[name] = point
+            self.__dict__["_vision_points"] = points
+        return points
+
+    def vision_hooks(self) -> list[str]:
+        """The encoder's and the connector's outputs (:attr:`vision_points`)."""
+        return list(self.vision_points)
+
+    def _outside_bridge(self, name: str) -> bool:
+        return name in self.vision_points
+
+    @contextlib.contextmanager
+    def side_hooks(
+        self, fwd_hooks: Sequence[tuple[str, HookFn]], names: Sequence[str], cache: dict
+    ) -> Iterator[None]:
+        """Run ``fwd_hooks`` at the vision side's hook points and cache ``names`` there (into
+        ``cache``), as ``bridge.hooks`` and ``run_with_cache`` do for the bridge's."""
+        handles = []
+
+        def saver(name: str) -> HookFn:
+            def save(act: Tensor, hook: Any) -> None:
+                cache[name] = act.detach()
+
+            return save
+
+        try:
+            for name, fn in fwd_hooks:
+                handles.append(self.vision_points[name].add_hook(fn))
+            for name in names:
+                handles.append(self.vision_points[name].add_hook(saver(name)))
+            yield
+        finally:
+            for handle in handles:
+                handle.hook.remove()
+
     def visual_tokens(self, pixels: PixelBatch) -> Float[Tensor, "batch patches d_model"]:
-        """Connector output for a pixel batch (encoder frozen, connector keeps autograd)."""
+        """Connector output for a pixel batch (encoder frozen, connector keeps autograd),
+        through the :attr:`vision_points` (identities unless a hook is attached)."""
+        points = self.vision_points
         with torch.no_grad():
-            feats = self.encoder(pixels.to(self.device))
-        return self.connector(feats.to(**_placement_of(self.connector)))
+            feats = points[VISION_ENCODER_OUT](self.encoder(pixels.to(self.device)))
+        return points[VISION_PROJECTOR_OUT](
+            self.connector(feats.to(**_placement_of(self.connector)))
+        )
 
     @contextlib.contextmanager
     def visual_hooks(self, inputs: VLMInputs) -> Iterator[None]:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tl_latentlens.models.base import VLM, ImageTokenMismatchError, VLMInputs
+from tl_latentlens.models.base import VLM, FwdHook, ImageTokenMismatchError, VLMInputs
 from tl_latentlens.models.families import VLMFamily, family_for_config, image_token_id
 
 __all__ = ["HFVLM"]
@@ -163,12 +163,19 @@ class HFVLM(VLM):
 
     # ---- running --------------------------------------------------------------------------
     def run_with_cache(
-        self, inputs: VLMInputs, hooks: Sequence[str], full: bool = False
+        self,
+        inputs: VLMInputs,
+        hooks: Sequence[str],
+        full: bool = False,
+        *,
+        fwd_hooks: Sequence[FwdHook] | None = None,
+        vision: bool = False,
     ) -> tuple[Tensor, Any]:
-        """As :meth:`VLM.run_with_cache`; an HF image-token/feature mismatch raises
-        :class:`ImageTokenMismatchError`."""
+        """As :meth:`VLM.run_with_cache` (the bridge's own ``vision_encoder`` /
+        ``vision_projector`` hooks are cached with ``vision=True``); an HF image-token/feature
+        mismatch raises :class:`ImageTokenMismatchError`."""
         with _hf_mismatch_as_error(self.family.name):
-            return super().run_with_cache(inputs, hooks, full)
+            return super().run_with_cache(inputs, hooks, full, fwd_hooks=fwd_hooks, vision=vision)
 
     def forward(self, inputs: VLMInputs, **kwargs: Any) -> Tensor:
         """As :meth:`VLM.forward`; an HF image-token/feature mismatch raises

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["PAGE_CSS", "INIT_JS"]
+__all__ = ["PAGE_CSS", "INIT_JS", "EXPLORE_CSS", "EXPLORE_JS"]
 
 PAGE_CSS = """
 .ll-root{--ll-ink:#1f2933;--ll-mute:#616e7c;--ll-line:#d9e2ec;--ll-soft:#f5f7fa;
@@ -113,5 +113,244 @@ INIT_JS = """
     });
   }, { rootMargin: "1200px 0px" });
   slots.forEach(function (el) { seen.observe(el); });
+})();
+"""
+
+EXPLORE_CSS = """
+.ll-root h3{font-size:15px;margin:4px 0 8px}
+.ll-root h3 small{color:var(--ll-mute);font-weight:400}
+.ll-root .ll-x-main{display:flex;gap:20px;align-items:flex-start;flex-wrap:wrap}
+.ll-root .ll-x-left{flex:0 1 440px;min-width:0;max-width:100%}
+.ll-root .ll-x-figs{display:flex;flex-wrap:wrap;gap:10px}
+.ll-root .ll-x-fig{margin:0;flex:1 1 200px;max-width:440px;min-width:0}
+.ll-root .ll-x-fig figcaption{color:var(--ll-mute);font-size:12px}
+.ll-root .ll-x .ll-thumb{width:100%;background:#334e68}
+.ll-root .ll-x-cell{display:flex;align-items:center;justify-content:center;min-width:0;overflow:hidden;
+ border:1px solid rgba(255,255,255,.4);cursor:pointer;user-select:none}
+.ll-root .ll-x-cell span{font-size:11px;line-height:1.15;color:#fff;background:rgba(15,23,42,var(--ll-a,.6));
+ border-radius:2px;padding:0 2px;white-space:pre;max-width:100%;overflow:hidden;text-overflow:ellipsis}
+.ll-root .ll-x-dense .ll-x-cell span{font-size:8px;padding:0}
+.ll-root .ll-x-vdense .ll-x-cell span{display:none}
+.ll-root .ll-x-cell:hover{outline:2px solid #fff;outline-offset:-2px}
+.ll-root .ll-x-cell.ll-x-sel{outline:3px solid #f59e0b;outline-offset:-3px}
+.ll-root .ll-x-cell.ll-x-lock{outline-color:#dc2626}
+.ll-root .ll-x-cell.ll-x-in{box-shadow:inset 0 0 0 3px #22d3ee}
+.ll-root .ll-x-slide{display:flex;align-items:center;gap:10px;margin:10px 0 0;font-weight:600;flex-wrap:wrap}
+.ll-root .ll-x-slider{flex:1 1 160px;min-width:0}
+.ll-root .ll-x-out{font-weight:400}
+.ll-root .ll-x-ticks{display:flex;justify-content:space-between;font-size:11px;color:var(--ll-mute);
+ padding:0 2px 0 56px}
+.ll-root .ll-x-panel{flex:1 1 460px;min-width:0;border:1px solid var(--ll-line);border-radius:6px;
+ padding:8px 12px;min-height:180px}
+.ll-root .ll-x-phead{display:flex;gap:12px;align-items:baseline;flex-wrap:wrap;margin-bottom:6px}
+.ll-root .ll-x-phead b{font-size:15px}
+.ll-root .ll-x-state{color:var(--ll-mute);font-size:12px}
+.ll-root .ll-x-cols{display:grid;grid-template-columns:minmax(0,2.2fr) minmax(0,1fr) minmax(0,1fr);gap:14px}
+.ll-root .ll-x-cols h4{margin:0 0 4px;font-size:13px;color:var(--ll-mute)}
+.ll-root .ll-x-list{margin:0;padding-left:1.6em}
+.ll-root .ll-x-list li{margin:2px 0 6px}
+.ll-root .ll-x-list .ll-num{color:var(--ll-mute);font-size:12px;font-variant-numeric:tabular-nums}
+.ll-root .ll-x-sent{color:var(--ll-mute);font-size:12px;white-space:pre-wrap;overflow-wrap:anywhere}
+.ll-root .ll-x-below{display:flex;flex-wrap:wrap;gap:18px 28px;margin-top:18px;align-items:flex-start}
+.ll-root .ll-x-layers{flex:1 1 640px;min-width:0}
+.ll-root .ll-x-leap{flex:0 1 420px;min-width:0;max-width:100%}
+.ll-root .ll-x-scroll{overflow-x:auto;max-width:100%}
+.ll-root .ll-x-table{font-size:12.5px}
+.ll-root .ll-x-table th,.ll-root .ll-x-table td{padding:3px 8px;border-bottom:1px solid #eef2f7;text-align:left;
+ vertical-align:baseline}
+.ll-root .ll-x-table thead th{color:var(--ll-mute);border-bottom:1px solid var(--ll-line)}
+.ll-root .ll-x-table tbody tr{cursor:pointer}
+.ll-root .ll-x-table tbody tr:hover{background:var(--ll-soft)}
+.ll-root .ll-x-table tr.ll-x-cur{background:#fff4dc}
+.ll-root .ll-x-table .ll-tok{margin-right:4px}
+.ll-root .ll-x-table .ll-num{color:var(--ll-mute);font-size:11.5px}
+.ll-root .ll-x-leap table{font-size:12px}
+.ll-root .ll-x-leap th{font-weight:400;color:var(--ll-mute);padding:2px 5px;font-size:11px}
+.ll-root .ll-x-leap tr.ll-x-cur th{color:var(--ll-ink);font-weight:700}
+.ll-root .ll-x-leap td{padding:0;border:1px solid #fff;min-width:2.4em;background:rgba(30,99,196,var(--ll-s,0))}
+.ll-root .ll-x-leap button{all:unset;display:block;box-sizing:border-box;width:100%;padding:4px;
+ text-align:center;cursor:pointer;font-variant-numeric:tabular-nums}
+.ll-root .ll-x-leap button.ll-x-light{color:#fff}
+.ll-root .ll-x-leap button:hover,.ll-root .ll-x-leap button:focus-visible{outline:2px solid #f59e0b}
+"""
+
+# The explorer (:mod:`tl_latentlens.render._explore`): hover shows a patch, click locks it
+# (again or Escape unlocks), arrows move the lock, the slider / a table row picks the layer,
+# a leap cell picks layer and patch. Strings from the data are set with textContent only.
+EXPLORE_JS = """
+(function () {
+  "use strict";
+  var root = document.getElementById("__ROOT__");
+  var sec = root && root.querySelector(".ll-x");
+  if (!sec) { return; }
+  try { explore(); } catch (err) { console.error("tl_latentlens: explorer failed", err); }
+  function explore() {
+    var X = JSON.parse(root.querySelector("script.ll-data").textContent).x;
+    var cur = 0, locked = -1, shown = 0, mark = null;
+    var cells = [].slice.call(sec.querySelectorAll(".ll-x-cell"));
+    var where = {};
+    X.patches.forEach(function (p, k) { where[p[1] + ":" + p[2] + ":" + p[3]] = k; });
+    var slider = sec.querySelector(".ll-x-slider"), out = sec.querySelector(".ll-x-out");
+    var panel = sec.querySelector(".ll-x-panel"), table = sec.querySelector(".ll-x-table");
+    var leapRows = [].slice.call(sec.querySelectorAll(".ll-x-leap tr[data-l]"));
+    function el(tag, cls, text) {
+      var e = document.createElement(tag);
+      if (cls) { e.className = cls; }
+      if (text !== undefined && text !== null) { e.textContent = text; }
+      return e;
+    }
+    function chip(t) { return el("code", "ll-tok", t.replace(/\\r?\\n/g, "\\u21b5")); }
+    function num(x, d) { return x === null || x === undefined ? "-" : x.toFixed(d); }
+    function has(rows, k) { return rows.some(function (r) { return r[k] && r[k].length; }); }
+    function paintGrid() {
+      var row = X.lat[cur], sims = [];
+      row.forEach(function (it) { if (it && it.length && it[0][1] !== null) { sims.push(it[0][1]); } });
+      var lo = sims.length ? Math.min.apply(null, sims) : 0;
+      var hi = sims.length ? Math.max.apply(null, sims) : 0;
+      cells.forEach(function (c) {
+        var it = row[+c.dataset.p], w = it && it.length ? it[0] : null;
+        c.firstChild.textContent = w ? w[0].trim() : "";
+        var a = w && w[1] !== null ? 0.35 + 0.5 * (hi > lo ? (w[1] - lo) / (hi - lo) : 1) : 0.35;
+        c.style.setProperty("--ll-a", a.toFixed(2));
+        c.classList.toggle("ll-x-in", !!(mark !== null && w && w[2] === mark));
+      });
+    }
+    function lensBox(title, items, line) {
+      var box = el("div", "ll-x-lens"), ol = el("ol", "ll-x-list");
+      box.setAttribute("data-lens", title);
+      box.appendChild(el("h4", null, title));
+      items.forEach(function (it) { ol.appendChild(line(it)); });
+      if (!items.length) { box.appendChild(el("p", "ll-note", "no words")); } else { box.appendChild(ol); }
+      return box;
+    }
+    function renderPanel() {
+      var k = shown, p = X.patches[k], L = X.layers[cur];
+      panel.textContent = "";
+      var head = el("div", "ll-x-phead");
+      head.appendChild(el("b", null, "visual token #" + p[0]));
+      head.appendChild(el("span", "ll-where", (X.several ? "image " + p[1] + " · " : "") +
+        "row " + p[2] + " · col " + p[3] + " · layer " + L.layer));
+      head.appendChild(el("span", "ll-x-state", locked >= 0 ?
+        "locked: click it again or press Esc to unlock, arrow keys move" : "hover; click to lock"));
+      if (L.cards[k]) {
+        var a = el("a", null, "all sentences ↓");
+        a.href = "#" + root.id + "-h" + L.h + "-p" + p[0];
+        head.appendChild(a);
+      }
+      panel.appendChild(head);
+      var cols = el("div", "ll-x-cols");
+      cols.appendChild(lensBox("LatentLens", X.lat[cur][k] || [], function (n) {
+        var li = el("li"), top = el("div"), s = X.sents[n[3]], q = el("div", "ll-x-sent");
+        top.appendChild(chip(n[0]));
+        top.appendChild(el("span", "ll-num", " " + num(n[1], 3) + " · text layer " + n[2]));
+        li.appendChild(top);
+        if (n[4] >= 0 && n[4] < s.length) {
+          q.appendChild(document.createTextNode(s.slice(0, n[4]).join("")));
+          q.appendChild(el("mark", null, s[n[4]]));
+          q.appendChild(document.createTextNode(s.slice(n[4] + 1).join("")));
+        } else { q.textContent = s.join(""); }
+        li.appendChild(q);
+        return li;
+      }));
+      [["LogitLens", X.logit, 2], ["EmbeddingLens", X.emb, 3]].forEach(function (d) {
+        if (!has(d[1], k)) { return; }
+        cols.appendChild(lensBox(d[0], d[1][cur][k] || [], function (c) {
+          var li = el("li");
+          li.appendChild(chip(c[0]));
+          li.appendChild(el("span", "ll-num", " " + num(c[1], d[2])));
+          return li;
+        }));
+      });
+      panel.appendChild(cols);
+    }
+    function renderTable() {
+      var k = shown, lenses = [["LatentLens", X.lat]];
+      if (has(X.logit, k)) { lenses.push(["LogitLens", X.logit]); }
+      if (has(X.emb, k)) { lenses.push(["EmbeddingLens", X.emb]); }
+      table.textContent = "";
+      var thead = el("thead"), hr = el("tr"), tbody = el("tbody");
+      hr.appendChild(el("th", null, "layer"));
+      lenses.forEach(function (d) { hr.appendChild(el("th", null, d[0] + " top 3")); });
+      thead.appendChild(hr);
+      X.layers.forEach(function (L, li) {
+        var tr = el("tr", li === cur ? "ll-x-cur" : null);
+        tr.setAttribute("data-l", String(li));
+        tr.appendChild(el("th", null, L.layer));
+        lenses.forEach(function (d, j) {
+          var td = el("td"), items = (d[1][li] && d[1][li][k]) || [];
+          items.slice(0, 3).forEach(function (it) { td.appendChild(chip(it[0])); });
+          if (j === 0 && items.length) {
+            td.appendChild(el("span", "ll-num", num(items[0][1], 3) + " · L" + items[0][2]));
+          }
+          tr.appendChild(td);
+        });
+        tbody.appendChild(tr);
+      });
+      table.appendChild(thead);
+      table.appendChild(tbody);
+    }
+    function state() {
+      root.setAttribute("data-ll-layer", X.layers[cur].layer);
+      root.setAttribute("data-ll-patch", String(X.patches[shown][0]));
+      root.setAttribute("data-ll-locked", locked >= 0 ? "1" : "0");
+    }
+    function show(k) {
+      shown = k;
+      cells.forEach(function (c) {
+        var on = +c.dataset.p === k;
+        c.classList.toggle("ll-x-sel", on);
+        c.classList.toggle("ll-x-lock", on && locked >= 0);
+      });
+      renderPanel();
+      renderTable();
+      state();
+    }
+    function setLayer(li) {
+      cur = li;
+      slider.value = String(li);
+      out.textContent = "";
+      out.appendChild(document.createTextNode(X.layers[li].layer + " · "));
+      out.appendChild(el("code", null, X.layers[li].hook));
+      leapRows.forEach(function (r) { r.classList.toggle("ll-x-cur", +r.dataset.l === li); });
+      paintGrid();
+      show(shown);
+    }
+    function lock(k) { locked = k; window.__llActive = root.id; show(k); }
+    function unlock() { locked = -1; mark = null; paintGrid(); show(shown); }
+    sec.addEventListener("mouseover", function (e) {
+      var c = e.target.closest(".ll-x-cell");
+      if (c && locked < 0 && +c.dataset.p !== shown) { show(+c.dataset.p); }
+    });
+    sec.addEventListener("click", function (e) {
+      var c = e.target.closest(".ll-x-cell, .ll-x-leap button, .ll-x-table tr[data-l]");
+      if (!c) { return; }
+      if (c.classList.contains("ll-x-cell")) {
+        var k = +c.dataset.p;
+        if (locked === k) { unlock(); } else { mark = null; paintGrid(); lock(k); }
+      } else if (c.tagName === "BUTTON") {
+        mark = c.dataset.t;
+        locked = +c.dataset.p;
+        window.__llActive = root.id;
+        shown = locked;
+        setLayer(+c.dataset.l);
+      } else {
+        setLayer(+c.dataset.l);
+      }
+    });
+    slider.addEventListener("input", function () { setLayer(+slider.value); });
+    document.addEventListener("keydown", function (e) {
+      if (window.__llActive !== root.id || locked < 0) { return; }
+      var t = e.target && e.target.tagName;
+      if (t === "INPUT" || t === "TEXTAREA" || t === "SELECT") { return; }
+      if (e.key === "Escape") { unlock(); return; }
+      var step = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] }[e.key];
+      if (!step) { return; }
+      e.preventDefault();
+      var p = X.patches[locked], k = where[p[1] + ":" + (p[2] + step[0]) + ":" + (p[3] + step[1])];
+      if (k !== undefined) { lock(k); }
+    });
+    setLayer(0);
+    root.setAttribute("data-ll-explore", "ready");
+  }
 })();
 """

@@ -10,12 +10,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from tl_latentlens.render._circuitsvis import display_tokens
-from tl_latentlens.render._figures import image_grid, image_indices, result_images, rgb_image
+from tl_latentlens.render._figures import image_grid, image_indices, rgb_image
 from tl_latentlens.render._protocols import ExplanationLike, PatchLike
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["esc", "fmt_layer", "header_html", "overview_html", "card_html", "card_id"]
+__all__ = [
+    "esc",
+    "fmt_layer",
+    "header_html",
+    "overview_html",
+    "card_html",
+    "card_id",
+    "thumbnail_uri",
+]
 
 
 def esc(value: Any) -> str:
@@ -33,6 +41,16 @@ def tok(token: str) -> str:
     return f'<code class="ll-tok">{esc(token)}</code>'
 
 
+def neighbour_tok(n: Any) -> str:
+    """A LatentLens neighbour's token as a chip: a sub-word token as its whole word with the
+    matched piece marked (``k<mark>ang</mark>aroo``; :meth:`Neighbour.marked_word_html`), the
+    token itself otherwise (and for neighbours without that method)."""
+    if getattr(n, "is_subword", False) and hasattr(n, "marked_word_html"):
+        title = esc(repr(n.token))
+        return f'<code class="ll-tok ll-word" title="{title}">{n.marked_word_html()}</code>'
+    return tok(n.token)
+
+
 def fmt_layer(layer: float) -> str:
     """``4.0 -> "4"``, ``4.5 -> "4.5"`` (``"?"`` when unknown/NaN)."""
     if layer is None or layer != layer:
@@ -45,7 +63,7 @@ def card_id(root_id: str, h: int, index: int) -> str:
     return f"{root_id}-h{h}-p{index}"
 
 
-def _thumbnail(image: Any, max_side: int = 600) -> str | None:
+def thumbnail_uri(image: Any, max_side: int = 600) -> str | None:
     """``data:`` URI of a PNG thumbnail of a PIL image / array (``None`` if not an image)."""
     try:
         img = rgb_image(image)
@@ -64,14 +82,23 @@ def search_methods_html(exp: ExplanationLike) -> str:
     if not methods:
         return "<i>not recorded</i>"
     kinds = sorted(set(methods.values()))
-    if kinds == ["exact"]:
+    if kinds == ["exact"] and not getattr(exp, "search_audit", None):
         return "exact (every hook)"
     parts = []
     fallback = getattr(exp, "exact_fallback", {}) or {}
+    audit = getattr(exp, "search_audit", {}) or {}
     for hook, how in methods.items():
         extra = f", {fallback[hook]} exact fallbacks" if fallback.get(hook) else ""
+        if hook in audit:
+            recall, n = audit[hook]
+            checked = f"audited recall {recall:.3f} on {n} queries"
+            # a routed hook whose audit failed was answered exactly
+            extra += f", {checked}" if how == "routes" else f" (routes failed the audit: {checked})"
         parts.append(f"<code>{esc(hook)}</code>: {esc(how)}{extra}")
-    return "; ".join(parts) + " (routes: approximate, recall@10 ≥ 0.98 proven by calibration)"
+    return "; ".join(parts) + (
+        " (routes: approximate, recall@10 ≥ 0.98 proven by calibration and audited on a share "
+        "of this search's queries)"
+    )
 
 
 def header_html(
@@ -82,8 +109,7 @@ def header_html(
     shown: dict[str, set[int]],
     root_id: str,
 ) -> str:
-    """Title, run facts and (if the result carries them) the image(s), each with its
-    clickable patch grid."""
+    """Title and run facts (the image(s) are in the explorer, :mod:`._explore`)."""
     rows, cols = exp.grid
     indices = image_indices(exp)
     hook_list = ", ".join(f"<code>{esc(h)}</code> (layer {fmt_layer(layers[h])})" for h in hooks)
@@ -108,38 +134,16 @@ def header_html(
         ("Search", search_methods_html(exp)),
         ("Timings", timing or "<i>not recorded</i>"),
     ]
-    meta = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
-    try:
-        pictures = result_images(exp)
-    except ValueError as e:  # fewer pictures than images: the page goes without them
-        logger.warning("%s", e)
-        pictures = []
-    thumbs = []
-    for i in indices if pictures else ():
-        uri = _thumbnail(pictures[i])
-        if not uri:
-            continue
-        g_rows, g_cols = image_grid(exp, i)
-        at = {(p.row, p.col): p for p in exp.patches if p.hook == hooks[0] and p.image_index == i}
-        cells = []
-        for r in range(g_rows):
-            for c in range(g_cols):
-                p = at.get((r, c))
-                if p is None or p.index not in shown[hooks[0]]:
-                    cells.append("<span></span>")
-                    continue
-                tip = esc(f"#{p.index}{_image_of(p, indices)} row {r}, col {c}: {p.top_word}")
-                cells.append(f'<a href="#{card_id(root_id, 0, p.index)}" title="{tip}"></a>')
-        style = f"grid-template:repeat({g_rows},1fr)/repeat({g_cols},1fr)"
-        alt = f"input image {i}" if len(indices) > 1 else "input image"
-        thumbs.append(
-            f'<div class="ll-thumb"><img alt="{alt}" src="{uri}">'
-            f'<div class="ll-thumb-grid" style="{style}">{"".join(cells)}</div></div>'
+    if getattr(exp, "interventions", None):  # a run under fwd_hooks says so
+        done = ", ".join(
+            f"<code>{esc(x.get('fn', '?'))}</code> at <code>{esc(x.get('hook', '?'))}</code>"
+            for x in exp.interventions
         )
-    thumb = "".join(thumbs)
+        facts.append(("Interventions", done))
+    meta = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
     return (
         f'<header class="ll-head"><h1>{esc(title)}</h1>'
-        f'<div class="ll-head-body">{thumb}<dl class="ll-meta">{meta}</dl></div></header>'
+        f'<div class="ll-head-body"><dl class="ll-meta">{meta}</dl></div></header>'
     )
 
 
@@ -249,7 +253,10 @@ def _lens_table(patch: PatchLike) -> str:
     cols: list[tuple[str, list[tuple[str, str]]]] = [
         (
             "LatentLens",
-            [(tok(n.token), f"{n.similarity:.3f} · L{fmt_layer(n.layer)}") for n in patch.latent],
+            [
+                (neighbour_tok(n), f"{n.similarity:.3f} · L{fmt_layer(n.layer)}")
+                for n in patch.latent
+            ],
         )
     ]
     if patch.logit:
@@ -280,7 +287,7 @@ def card_html(
     top = ""
     if patch.latent:
         n = patch.latent[0]
-        top = f"top {tok(n.token)} {n.similarity:.3f} · text layer {fmt_layer(n.layer)}"
+        top = f"top {neighbour_tok(n)} {n.similarity:.3f} · text layer {fmt_layer(n.layer)}"
     where = f"row {patch.row} · col {patch.col} · position {patch.position}"
     if several_images:
         where = f"image {patch.image_index} · {where}"

@@ -25,7 +25,8 @@ from typing import Any
 from tl_latentlens._io import atomic_write_text
 from tl_latentlens.hooks import layer_of
 from tl_latentlens.render import _circuitsvis as cv
-from tl_latentlens.render._assets import INIT_JS, PAGE_CSS
+from tl_latentlens.render._assets import EXPLORE_CSS, EXPLORE_JS, INIT_JS, PAGE_CSS
+from tl_latentlens.render._explore import explore_data, explore_html
 from tl_latentlens.render._figures import image_indices
 from tl_latentlens.render._markup import card_html, esc, fmt_layer, header_html, overview_html
 from tl_latentlens.render._protocols import ExplanationLike
@@ -110,7 +111,8 @@ def explanation_fragment(
         )
     n_cards = sum(len(s) for s in shown.values())
     eager = n_cards if lazy is False else (0 if lazy else EAGER_CARDS)
-    data = {"component": cv.COMPONENT, "eager": eager, "cards": cards}
+    explore = explore_data(exp, hooks, layers, shown)
+    data = {"component": cv.COMPONENT, "eager": eager, "cards": cards, "x": explore}
     logger.info(
         "explanation page: %d hooks, %d cards (%s mounting)",
         len(hooks),
@@ -120,11 +122,12 @@ def explanation_fragment(
     return (
         f'<div class="ll-root" id="{root_id}">'
         f"{header_html(exp, title, hooks, layers, shown, root_id)}"
+        f"{explore_html(exp, explore, root_id)}"
         f"{overview_html(exp, hooks, layers, shown, root_id)}"
         f"{''.join(sections)}"
         f'<script type="application/json" class="ll-data">{cv.script_json(data)}</script>'
         f"<script>{cv.bundle_js()}</script>"
-        f"<script>{INIT_JS.replace('__ROOT__', root_id)}</script>"
+        f"<script>{(EXPLORE_JS + INIT_JS).replace('__ROOT__', root_id)}</script>"
         "</div>"
     )
 
@@ -167,7 +170,7 @@ def explanation_html(
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<meta name="generator" content="tl_latentlens">'
-        f"<title>{page_title}</title><style>{PAGE_CSS}</style></head>"
+        f"<title>{page_title}</title><style>{PAGE_CSS}{EXPLORE_CSS}</style></head>"
         f'<body style="margin:0;background:#fff">{body}</body></html>\n'
     )
     if path is not None:
@@ -200,4 +203,4 @@ def show_explanation(exp: ExplanationLike, **kwargs: Any) -> Any:
             "to get a file instead use explanation_html(exp, path)"
         ) from e
     fragment = explanation_fragment(exp, **kwargs)
-    return HTML(f"<style>{PAGE_CSS}</style>{fragment}")
+    return HTML(f"<style>{PAGE_CSS}{EXPLORE_CSS}</style>{fragment}")

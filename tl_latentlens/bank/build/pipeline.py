@@ -39,17 +39,18 @@ import numpy as np
 
 from tl_latentlens import hooks as hk
 from tl_latentlens._io import FileLock, LockedError, recover_replace
-from tl_latentlens.bank.format import codec
-from tl_latentlens.bank.build import distributed
-from tl_latentlens.bank.format import manifest as mf
 from tl_latentlens.bank.bank import Bank
-from tl_latentlens.bank.format.config import FORMAT_VERSION, BankConfig
+from tl_latentlens.bank.build import distributed
 from tl_latentlens.bank.build.encode import allocate_vectors, auto_batch_size, encode_batches
-from tl_latentlens.bank.errors import BankExistsError, BankLockedError, CorruptBankError
 from tl_latentlens.bank.build.finalize import finalize_hook, remove_raw
 from tl_latentlens.bank.build.plan import make_plan
 from tl_latentlens.bank.build.select import Selection, select_entries
 from tl_latentlens.bank.build.sources import CorpusStats, iter_corpus
+from tl_latentlens.bank.build.tables import write_tables
+from tl_latentlens.bank.errors import BankExistsError, BankLockedError, CorruptBankError
+from tl_latentlens.bank.format import codec
+from tl_latentlens.bank.format import manifest as mf
+from tl_latentlens.bank.format.config import FORMAT_VERSION, BankConfig, check_build_dtype
 from tl_latentlens.bank.format.store import (
     atomic_save_npy,
     atomic_write_json,
@@ -57,7 +58,6 @@ from tl_latentlens.bank.format.store import (
     publish_dir,
     read_json,
 )
-from tl_latentlens.bank.build.tables import write_tables
 from tl_latentlens.models.base import VLM
 
 __all__ = ["build_bank"]
@@ -113,6 +113,7 @@ def build_bank(
         >>> bank = build_bank(vlm, "captions.txt", "banks/captions", max_per_token=20)
         >>> bank.search(query, k=5)
     """
+    check_build_dtype(dtype, "dtype")  # before any work: int8/int8_rotated point to int8_pca
     hooks = _unique_layers(
         vlm.validate_hooks(
             list(hooks) if hooks is not None else hk.default_bank_hooks(vlm.n_layers)

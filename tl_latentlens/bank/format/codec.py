@@ -1,5 +1,7 @@
-"""Vector storage codecs: ``float32``, ``float16``, ``int8_pca``, ``int8_rotated`` and the
-legacy ``int8``.
+"""Vector storage codecs: ``float32``, ``float16`` and ``int8_pca`` (what new banks are built
+with, :data:`~tl_latentlens.bank.format.config.STORAGE_DTYPES`), and ``int8_rotated`` and the
+legacy ``int8``, which banks built before keep: they are read and searched as always, but a
+build asking for them is refused (:class:`~tl_latentlens.bank.format.config.RetiredCodecError`).
 
 Every codec decodes to float32. A build always encodes the model's residuals as *raw* rows
 (float32 or float16, :func:`encode`); the 1-byte codecs are applied afterwards per hook, because
@@ -17,12 +19,10 @@ quantised with one scale per row::
 
 Search never rotates stored rows back: for a query ``y``, ``y . x' = |x| * ((y @ R) . (q * s)
 + y . mu)``, so a stored row is searched as ``[q * s, 1]`` and a query as ``[y @ R, y . mu]``
-(:func:`rotated_search_rows`, :func:`rotated_search_queries`; width ``d + 1``). Measured on 200k
-real SmolLM2-135M residuals (185k distinct; benchmarks/bench_int8_codecs.py): tie-aware
-recall@10 against exact float32 search 0.984-0.990 for visual and held-out text queries, at 608
-bytes per stored vector with its occurrence table and parameter files (float16: 1,168); on 500k
-(458k distinct) 0.980-0.991, composite images at the bar (0.979 on 500 of them,
-benchmarks/bench_bank_search.py --only-exact).
+(:func:`rotated_search_rows`, :func:`rotated_search_queries`; width ``d + 1``). On real
+SmolLM2-135M residuals its tie-aware recall@10 against exact float32 search sits at the 0.98
+bar for composite images (benchmarks/bench_int8_codecs.py, benchmarks/bench_bank_search.py
+--only-exact; see benchmarks/README.md).
 
 ``int8_pca`` (the compact codec to use: ``int8_rotated`` plus ``P`` float16 principal
 coefficients per row, default ``P = 64``): the centred unit row's coefficients on the hook's
@@ -36,15 +36,13 @@ rotated and quantised::
 The residual absorbs the coefficients' float16 rounding, and the int8 step is set by the
 residual alone, which is several times smaller than the whole centred row. A stored row is
 searched as ``[q * s, a, 1]`` and a query as ``[y @ R, y @ V.T, y . mu]`` (width
-``d + P + 1``). Measured on 500k real SmolLM2 residuals (458k distinct, blocks.4, 1,000 queries
-per set; benchmarks/bench_int8_codecs.py): tie-aware recall@10 against exact float32 search
-0.984 (composites) to 0.997 (held-out text) with ``P = 64``, where ``int8_rotated`` gets
-0.979-0.992; 732 bytes per stored vector in all (``int8_rotated`` 603, float16 1,168).
-``P = 96``: 0.987-0.997 at 796 bytes; ``P = 128``: 0.989-0.998 at 860 bytes.
+``d + P + 1``). On real SmolLM2 residuals ``P = 64`` clears the 0.98 recall@10 bar for every
+query set, where ``int8_rotated`` does not always, in fewer bytes per stored vector than
+float16; larger ``P`` buys little (benchmarks/bench_int8_codecs.py; see benchmarks/README.md).
 
 ``int8`` (legacy, per-dimension midrange offset/scale of the raw rows, ``codec.npy`` ``[2, d]``):
-banks written with it open and search as before, but its recall@10 on the same data is only
-0.93-0.96, below the 0.98 bar; build new compact banks with ``int8_pca``.
+banks written with it open and search as before, but its recall@10 on the same data is below
+the 0.98 bar (see benchmarks/README.md); build new compact banks with ``int8_pca``.
 """
 
 from __future__ import annotations
@@ -86,7 +84,8 @@ __all__ = [
     "rotation_matrix",
 ]
 
-#: Storage codecs: name -> bytes per component.
+#: Storage codecs a bank may hold (read and searched): name -> bytes per component. New builds
+#: offer only :data:`~tl_latentlens.bank.format.config.STORAGE_DTYPES`.
 CODECS = {"float32": 4, "float16": 2, "int8": 1, "int8_rotated": 1, "int8_pca": 1}
 
 #: Per-hook parameter files of each codec (beside ``vectors.npy`` and ``norms.npy``).
@@ -312,8 +311,8 @@ def fit_components(
     u, _ = _unit(x)
     c = u - np.asarray(centre, dtype=np.float32)
     # eigh of the d x d scatter matrix: cheaper than an SVD of the [n, d] sample for n >> d.
-    # The product in float32 (8x faster than float64 on 131k real residual rows; the same
-    # directions to 1e-8), the eigen-solver in float64.
+    # The product in float32 (much faster than float64 on real residual rows, the same
+    # directions to 1e-8; figures in benchmarks/README.md), the eigen-solver in float64.
     _, vecs = np.linalg.eigh((c.T @ c).astype(np.float64))
     top = vecs[:, ::-1][:, :n_components].T
     top *= np.sign(top[np.arange(n_components), np.abs(top).argmax(axis=1)])[:, None]
@@ -482,7 +481,7 @@ def decode(
         array([[1., 1., 1., 1.]], dtype=float32)
     """
     if codec == "float16":
-        # torch widens float16 with SIMD (numpy's conversion is ~4x slower on our CPUs).
+        # torch widens float16 with SIMD (numpy's conversion is slower; benchmarks/README.md).
         res = torch.from_numpy(np.array(stored, dtype=np.float16)).to(torch.float32).numpy()
     elif codec == "float32":
         res = np.array(stored, dtype=np.float32)  # a copy: callers scale it in place

@@ -6,19 +6,61 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-__all__ = ["BankConfig", "STORAGE_DTYPES", "FORMAT_VERSION", "Verify"]
+from tl_latentlens.bank.errors import BankError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "RETIRED_DTYPES",
+    "STORAGE_DTYPES",
+    "BankConfig",
+    "RetiredCodecError",
+    "Verify",
+    "check_build_dtype",
+]
 
 #: On-disk format version written to and required in ``manifest.json``.
 FORMAT_VERSION = 2
 
-#: Vector storage dtypes offered by :class:`BankConfig`: name -> bytes per component.
-#: ``int8_pca`` is the compact codec (unit rows centred, 64 principal coefficients in float16,
-#: the rest randomly rotated with one int8 scale per row; recall@10 >= 0.98 with margin against
-#: float32 on real residuals); ``int8_rotated`` (no principal part) is at the bar on some
-#: visual queries; ``int8`` (per-dimension scale) is the legacy 1-byte codec, below that bar
-#: (see :mod:`tl_latentlens.bank.format.codec`). Bytes per component exclude ``int8_pca``'s
-#: coefficients (2 P bytes per vector).
-STORAGE_DTYPES = {"float32": 4, "float16": 2, "int8_pca": 1, "int8_rotated": 1, "int8": 1}
+#: Vector storage dtypes a new bank may be built with: name -> bytes per component.
+#: ``int8_pca`` is the one compact codec (unit rows centred, 64 principal coefficients in
+#: float16, the rest randomly rotated with one int8 scale per row; recall@10 above the 0.98
+#: bar against float32 on real residuals, see :mod:`tl_latentlens.bank.format.codec`).
+#: Bytes per component exclude ``int8_pca``'s coefficients (2 P bytes per vector).
+STORAGE_DTYPES = {"float32": 4, "float16": 2, "int8_pca": 1}
+
+#: Codecs that existing banks may hold (they open and search as before) but new builds do not
+#: offer, with why: name -> reason.
+RETIRED_DTYPES = {
+    "int8_rotated": "its recall@10 sits at the 0.98 bar on some visual queries",
+    "int8": "its recall@10 is below the 0.98 bar",
+}
+
+
+class RetiredCodecError(BankError):
+    """A build asked for a codec that only old banks hold (``int8``, ``int8_rotated``); the
+    message points to ``int8_pca``."""
+
+
+def check_build_dtype(dtype: str, where: str = "BankConfig.dtype") -> None:
+    """Raise unless ``dtype`` is one a new bank may be built with (:data:`STORAGE_DTYPES`).
+
+    Raises:
+        RetiredCodecError: A codec only old banks hold.
+        ValueError: An unknown dtype.
+
+    Example:
+        >>> check_build_dtype("int8_pca")
+    """
+    if dtype in RETIRED_DTYPES:
+        raise RetiredCodecError(
+            f"{where}={dtype!r} is no longer offered for new banks ({RETIRED_DTYPES[dtype]}); "
+            "build with dtype='int8_pca', the compact codec (1 byte per component plus 64 "
+            "float16 principal coefficients per vector). Banks already stored as "
+            f"{dtype!r} still open and search as before."
+        )
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"{where} must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
+
 
 #: How :meth:`~tl_latentlens.bank.Bank.open` checks a bank. ``"full"``: hash every file at
 #: open; ``"lazy"``: check sizes at open, hash the shared tables at open and a hook's files on
@@ -46,17 +88,16 @@ class BankConfig:
         max_per_token: At most this many stored occurrences (distinct prefixes) per token id,
             chosen by seeded reservoir sampling; ``None`` stores every distinct prefix.
         seed: Seed of the reservoir sampling and of the HNSW graph.
-        dtype: Vector storage: ``"float16"`` (default), ``"float32"``, ``"int8_pca"`` (the
+        dtype: Vector storage: ``"float16"`` (default), ``"float32"`` or ``"int8_pca"`` (the
             compact codec: 1 byte per component plus 64 float16 principal coefficients per
-            vector, about 730 bytes per vector; tie-aware recall@10 0.984-0.998 against float32
-            on real residuals, see benchmarks/bench_int8_codecs.py) or ``"int8_rotated"``
-            (unit rows centred, randomly rotated, one scale per row; recall@10 0.98-0.99, at the
-            bar on some visual queries). ``"int8"`` (per-dimension scale, recall@10 0.93-0.96)
-            is the legacy 1-byte codec, kept so that existing banks still open.
+            vector; tie-aware recall@10 against float32 above the 0.98 bar on real residuals,
+            see benchmarks/bench_int8_codecs.py and benchmarks/README.md). ``"int8_rotated"``
+            and ``"int8"`` are refused (:class:`RetiredCodecError`): banks stored with them
+            still open and search as before.
         pca_components: ``int8_pca``'s principal directions per hook (``None``: 64, or a
             quarter of ``d_model`` when that is smaller). More keep more of each vector exactly
-            (measured on 500k real residuals, worst query set: 64: 0.984, 96: 0.987, 128:
-            0.989) for 2 bytes per vector each. Only valid with ``dtype="int8_pca"``.
+            (a little more recall on real residuals, see benchmarks/README.md) for 2 bytes per
+            vector each. Only valid with ``dtype="int8_pca"``.
         hnsw_M: hnswlib graph degree of the routes' sample index (:func:`calibrate_bank`).
         ef_construction: Its build-time candidate list size.
         ef_search: Its query-time candidate list size.
@@ -101,10 +142,7 @@ class BankConfig:
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"BankConfig.{name} must be a positive int, got {value!r}")
-        if self.dtype not in STORAGE_DTYPES:
-            raise ValueError(
-                f"BankConfig.dtype must be one of {sorted(STORAGE_DTYPES)}, got {self.dtype!r}"
-            )
+        check_build_dtype(self.dtype)
         if self.pca_components is not None and self.dtype != "int8_pca":
             raise ValueError(
                 f"BankConfig.pca_components applies to dtype='int8_pca' only (got dtype="

@@ -52,9 +52,9 @@ __all__ = [
 #: Rows decoded at once when streaming.
 CHUNK_ROWS = 32768
 
-#: Rows multiplied at once from the resident copy (a view, no copy). Measured on real residuals
-#: (457,730 x 576, 49 queries, 1 thread, CPU time): one [n, d] product 443 ms, 262,144-row
-#: blocks 461 ms, 131,072 516 ms; [d, c] column blocks of 131,072 564 ms.
+#: Rows multiplied at once from the resident copy (a view, no copy): the largest block size
+#: measured on real residuals, nearly as fast as one whole-hook product and cheaper in memory
+#: than smaller row blocks or column blocks (figures in benchmarks/README.md).
 RESIDENT_BLOCK = 262144
 
 #: Default RAM for decoded hooks kept resident (:attr:`Bank.resident_bytes
@@ -270,8 +270,8 @@ class HookVectors:
         with self._lock:
             if self._rows is None:
                 # torch's allocator, not np.empty: numpy asks the kernel for transparent huge
-                # pages on large arrays, and faulting those in (with compaction) took 0.27 s
-                # per 107 MB hook here, 2.6 s for the demo bank against 0.8 s with 4 KiB pages.
+                # pages on large arrays, and faulting those in (with compaction) is several
+                # times slower than 4 KiB pages (benchmarks/bench_cold_start.py).
                 out = torch.empty((self.n, self.width), dtype=torch.float32).numpy()
                 if self._rotated is None and self.codec in _WIDENED:
                     self._fill_widened(out)
@@ -285,10 +285,9 @@ class HookVectors:
         """Float rows times their inverse norms, written straight into ``out``.
 
         One numpy pass per chunk widens, scales and stores (decoding first needs a decoded copy,
-        a scaling pass and a copy into ``out``): the same float32 products in 0.54 s instead of
-        0.98 s for the demo bank's 10 hooks (measured one after the other on the loaded 2-core
-        machine). Not torch: its two threads were faster on an idle machine (0.45 s) but slower
-        than this under load (0.82 s).
+        a scaling pass and a copy into ``out``): the same float32 products in about half the
+        time. Not torch: its two threads were faster on an idle machine but slower than this
+        under load (figures in benchmarks/README.md).
         """
         inv = self.inv_norms
         for start in range(0, self.n, CHUNK_ROWS):

@@ -1,7 +1,8 @@
 """Import an index saved by the official ``latentlens`` package (PyPI ``latentlens``) as a bank.
 
 The official format (``latentlens.ContextualIndex.save``; the prebuilt indices on the hub for
-Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Molmo2 … use it)::
+Llama-3.1, Gemma-2, Qwen2.5, Qwen2.5-VL, Qwen3-VL, Molmo2 … use it: :func:`tl_latentlens.pretrained`
+lists them by name, :mod:`.registry`)::
 
     metadata.json                   {"layers": [1, 2, 4, …], "hidden_dim": 3584}
     layer_<N>/embeddings_cache.pt   torch.save({"embeddings": float16 [n, hidden_dim] (unit rows),
@@ -66,6 +67,7 @@ from tl_latentlens.bank.format.store import (
     file_record,
     publish_dir,
 )
+from tl_latentlens.bank.hub.registry import UnknownPretrainedError, resolve_source
 from tl_latentlens.bank.hub.remote import cache_root
 from tl_latentlens.models.base import VLM
 
@@ -140,15 +142,13 @@ def load_layer_file(path: str | os.PathLike) -> tuple[dict[str, Any], str]:
 
 
 def _locate(
-    source: str | os.PathLike, layers: Sequence[int] | None, hub_options: dict[str, Any]
+    source: str | Path, layers: Sequence[int] | None, hub_options: dict[str, Any]
 ) -> tuple[Path, str]:
     """The local folder of the index (downloading the needed files of a hub repository) and a
-    description of where it came from."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path, str(path.resolve())
-    if not isinstance(source, str) or source.startswith((".", "/", "~")) or source.count("/") != 1:
-        raise BankError(f"{str(source)!r} is neither a folder nor a hub repository id (org/name)")
+    description of where it came from. ``source`` is a folder or a repository id
+    (:func:`~tl_latentlens.bank.hub.registry.resolve_source` has resolved names)."""
+    if isinstance(source, Path):
+        return source, str(source.resolve())
     meta = Path(hf_hub_download(source, METADATA, **hub_options))
     want = layers if layers is not None else json.loads(meta.read_text())["layers"]
     patterns = [METADATA] + [f"layer_{int(n)}/{CACHE_FILE}" for n in want]
@@ -158,24 +158,31 @@ def _locate(
 
 
 def import_latentlens(
-    path_or_repo: str | os.PathLike,
+    name_or_path_or_repo: str | os.PathLike,
     vlm: VLM,
-    trust_pickle: bool = False,
     *,
+    trust_pickle: bool = False,
     layers: Sequence[int] | None = None,
     out_dir: str | os.PathLike | None = None,
     dtype: str = "float16",
     overwrite: bool = False,
     check_vectors: int = 8,
-    **hub_options: Any,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | bool | None = None,
+    endpoint: str | None = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
 ) -> ImportedIndex:
     """Convert an official ``latentlens`` index into a bank directory (no bank is opened here:
     :meth:`Bank.from_latentlens <tl_latentlens.bank.Bank.from_latentlens>` calls this, then
     opens the directory).
 
     Args:
-        path_or_repo: A folder with ``metadata.json`` and ``layer_N/embeddings_cache.pt``, or a
-            hub repository id (only the requested layers are downloaded).
+        name_or_path_or_repo: A folder with ``metadata.json`` and
+            ``layer_N/embeddings_cache.pt``, a name of the registry of prebuilt indices
+            (:func:`tl_latentlens.pretrained`, e.g. ``"qwen2.5-vl-7b"``) or a hub repository
+            id (only the requested layers are downloaded).
         vlm: The model the index was built with (its language model): gives the tokenizer, the
             hook names and ``d_model``, and re-encodes a few entries as a check.
         trust_pickle: Allow loading the pickled ``.pt`` files (required; see the module doc).
@@ -185,13 +192,18 @@ def import_latentlens(
         dtype: Storage dtype of the bank (``float16`` is what the official files hold).
         overwrite: Replace a different bank at ``out_dir``.
         check_vectors: Sentences re-encoded with ``vlm`` to check the vectors (0: no check).
-        **hub_options: ``revision``, ``cache_dir``, ``token``, ``endpoint`` … for a hub repository.
+        revision: Branch, tag or commit of a hub repository (default: the registry entry's
+            pinned revision, else ``main``).
+        cache_dir, token, endpoint, local_files_only, force_download: For a hub repository,
+            as in :func:`huggingface_hub.snapshot_download`.
 
     Returns:
         The bank directory (one hook per imported layer) and whether it was written just now.
 
     Raises:
         UntrustedPickleError: ``trust_pickle`` is False.
+        UnknownPretrainedError: ``name_or_path_or_repo`` is no folder, registry name or
+            repository id (the message lists the registry's names).
         BankModelMismatchError: ``hidden_dim`` is not the model's ``d_model``, or the vectors
             are not this model's residuals at those layers.
         BankFormatError: The files are not an official index.
@@ -200,10 +212,29 @@ def import_latentlens(
         >>> path, _ = import_latentlens("indices/qwen2vl", vlm, trust_pickle=True)
         >>> Bank.open(path, vlm).search(visual_vectors, k=5)
     """
+    where, entry = resolve_source(name_or_path_or_repo)  # no network: names and paths only
+    if entry is not None and entry.format != "latentlens":
+        raise UnknownPretrainedError(
+            f"{entry.name!r} is a tl_latentlens bank ({entry.repo_id}), not an official "
+            f"latentlens index: open it with Bank.from_pretrained({entry.name!r}, vlm)"
+        )
     if not trust_pickle:
-        raise UntrustedPickleError(_refusal(str(path_or_repo)))
+        raise UntrustedPickleError(_refusal(str(name_or_path_or_repo)))
     BankConfig(dtype=dtype)  # validate early
-    folder, source = _locate(path_or_repo, layers, hub_options)
+    if entry is not None:
+        revision = revision if revision is not None else entry.revision
+        size = f"{entry.size_gb:g} GB for its {len(entry.layers)} layers" if entry.size_gb else (
+            "size not stated")  # fmt: skip
+        logger.info(
+            "pretrained index %r: %s (%s), layers %s, %s%s",
+            entry.name, entry.repo_id, entry.model, list(entry.layers), size,
+            "" if layers is not None else "; pass layers=[...] to download fewer",
+        )  # fmt: skip
+    hub_options: dict[str, Any] = dict(
+        revision=revision, cache_dir=cache_dir, token=token, endpoint=endpoint,
+        local_files_only=local_files_only, force_download=force_download,
+    )  # fmt: skip
+    folder, source = _locate(where, layers, hub_options)
     meta_path = folder / METADATA
     if not meta_path.is_file():
         raise BankFormatError(f"{folder} has no {METADATA}: not an official latentlens index")
@@ -215,6 +246,7 @@ def import_latentlens(
             f"the index {source!r} has hidden_dim {meta.get('hidden_dim')}, the model "
             f"{vlm.fingerprint().get('name')!r} has d_model {vlm.d_model}: it was built with "
             "another model"
+            + (f" ({entry.name!r} is an index of {entry.model})" if entry is not None else "")
         )
     missing = [n for n in wanted if not (folder / f"layer_{n}" / CACHE_FILE).is_file()]
     if missing:
@@ -243,7 +275,7 @@ def import_latentlens(
     digest.update(json.dumps([vlm.fingerprint().get("weights"), dtype]).encode())
     key = digest.hexdigest()
     out = Path(out_dir) if out_dir is not None else (
-        cache_root() / "latentlens-imports" / f"{Path(str(path_or_repo)).name}-{key[:16]}"
+        cache_root() / "latentlens-imports" / f"{Path(str(where)).name}-{key[:16]}"
     )  # fmt: skip
     out = out.absolute()
     if (out / mf.MANIFEST).is_file():

@@ -17,7 +17,7 @@ opens the directory it returns with ``verify="full"`` by default: every download
 hashed and compared with the manifest before use. This module never imports the bank itself.
 
 Example:
-    >>> bank = Bank.from_pretrained("org/smollm2-bank", hooks=[0, 16], revision="v1")
+    >>> bank = Bank.from_pretrained("org/smollm2-bank", vlm, hooks=[0, 16], revision="v1")
     >>> bank.push_to_hub("me/my-bank")
 """
 
@@ -265,7 +265,7 @@ def model_card(manifest: mf.BankManifest, repo_id: str) -> str:
         f"- corpus: {corpus.get('kind', 'unknown')} (fingerprint "
         f"`{str(corpus.get('fingerprint', ''))[:16]}`)\n\n## Hooks\n\n{hooks}\n\n## Use\n\n"
         "```python\nfrom tl_latentlens.bank import Bank\n\n"
-        f'bank = Bank.from_pretrained("{repo_id}", hooks=[0])  # only the hooks you need\n'
+        f'bank = Bank.from_pretrained("{repo_id}", vlm, hooks=[0])  # only the hooks you need\n'
         "```\n"
     )
 

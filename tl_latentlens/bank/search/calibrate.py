@@ -35,8 +35,8 @@ from tl_latentlens.capture import capture_image, capture_text
 
 __all__ = [
     "HookCalibration",
+    "ProvingSet",
     "calibrate_bank",
-    "calibrate_bank_with_images",
     "calibrate_hook",
     "unit_rows",
     "visual_tokens",
@@ -47,6 +47,11 @@ if TYPE_CHECKING:
     from tl_latentlens.models.base import VLM
 
 logger = logging.getLogger(__name__)
+
+#: A set of queries routes must prove their recall on: images (a sequence of PIL images or
+#: arrays; their visual tokens at every bank layer, searched against every hook), one array of
+#: query vectors (every hook) or bank hook -> array of query vectors.
+ProvingSet = Sequence[object] | np.ndarray | Mapping[str, np.ndarray]
 
 #: Queries per exact-search call while computing sample lists.
 _BATCH = 512
@@ -70,6 +75,7 @@ class HookCalibration:
         params: The chosen :class:`RouteParams`.
         recall: Held-out set name -> recall@10 of routed search with ``params``.
         fallback: Held-out set name -> share of queries sent to exact search.
+        n_queries: Held-out set name -> queries recall was measured on.
         frontier: Per probe tried, ``{set: recall}``.
         fallback_frontier: Per probe tried, ``{set: share sent to exact search}``.
         cost: Per probe tried, the expected search cost of one image-like query in stored
@@ -89,6 +95,7 @@ class HookCalibration:
     seconds: float = 0.0
     fallback_frontier: dict[int, dict[str, float]] = field(default_factory=dict)
     cost: dict[int, float] = field(default_factory=dict)
+    n_queries: dict[str, int] = field(default_factory=dict)
 
     @property
     def proven(self) -> bool:
@@ -101,6 +108,10 @@ class HookCalibration:
             "params": self.params.to_dict(),
             "recall_at_10": {k: round(v, 5) for k, v in self.recall.items()},
             "exact_fallback": {k: round(v, 5) for k, v in self.fallback.items()},
+            "proving_sets": {
+                k: {"queries": self.n_queries.get(k, 0), "recall_at_10": round(v, 5)}
+                for k, v in self.recall.items()
+            },
             "frontier": {
                 str(p): {k: round(v, 5) for k, v in r.items()} for p, r in self.frontier.items()
             },
@@ -127,8 +138,8 @@ CALIBRATION_POLICY = 3
 
 #: A probe that lowers the best expected cost so far to no less than this share of it ends the
 #: search for a bigger one. Measured on the demo bank (10 hooks, probes 2-32, policy 2): the
-#: probes after such a step lowered the cost by at most 19 % (blocks.29), mostly not at all,
-#: while the bigger probes cost most of the calibration time.
+#: probes after such a step lowered the cost little, mostly not at all, while the bigger probes
+#: cost most of the calibration time (benchmarks/bench_calibration.py).
 GAIN = 0.95
 
 #: Held-out queries per set calibration measures recall on (drawn at random from a bigger set):
@@ -216,7 +227,7 @@ def calibrate_hook(
     hv = HookVectors.from_folder(folder, codec)
     if hv.nbytes_decoded() <= resident_bytes:
         # every exact pass below (sample lists, ground truth) and every re-rank gathers from
-        # this copy instead of decoding the hook again: 477 -> ~150 s for the demo bank
+        # this copy instead of decoding the hook again (benchmarks/bench_calibration.py)
         hv.resident()
     rng = np.random.default_rng(seed)
     n_text = min(text_samples, hv.n)
@@ -264,7 +275,9 @@ def calibrate_hook(
         params = RouteParams(probe=probe, list_len=lists.shape[1], min_sample_similarity=-1.0)
         per_query = {}
         for name, q in sets.items():
-            hits = searcher.search(q, 10, "routes", route_params=params, lookups=lookups[name])
+            hits = searcher.search(
+                q, 10, "routes", route_params=params, lookups=lookups[name], audit=False
+            )
             per_query[name] = tie_aware_recall_per_query(hits.sims, truth[name])
         tau = _fallback_threshold(per_query, nearest, sample_quantile)
         taus[probe] = tau
@@ -293,6 +306,7 @@ def calibrate_hook(
         seconds=time.perf_counter() - t0,
         fallback_frontier=fallback,
         cost=cost,
+        n_queries={n: int(q.shape[0]) for n, q in sets.items()},
     )
 
 
@@ -324,37 +338,16 @@ def _fallback_threshold(
     return 1.0
 
 
-def calibrate_bank(
-    path: str | os.PathLike,
+def _calibrate_vectors(
+    root: Path,
     samples: Mapping[str, np.ndarray],
     held_out: Mapping[str, Mapping[str, np.ndarray]],
-    *,
-    queries_from: str | None = None,
+    kinds: Mapping[str, str],
+    queries_from: str | None,
     **options: object,
 ) -> dict[str, HookCalibration]:
-    """Give a bank's hooks routes calibrated on sample queries (in place, atomically).
-
-    Args:
-        path: The bank directory.
-        samples: Bank hook -> ``[s, d]`` sample queries to route by (for cross-layer search:
-            the visual tokens of every layer that will be searched against this hook).
-        held_out: Set name -> bank hook -> ``[q, d]`` held-out queries (other images; images
-            unlike the samples) whose recall decides whether ``auto`` may use the routes.
-        queries_from: What produced the queries (:meth:`VLM.visual_fingerprint` for visual
-            tokens), recorded with the routes: the proof holds for that model's queries, so
-            ``LatentLens`` searches exactly when another model's visual tokens come.
-        **options: :func:`calibrate_hook` options (``list_len``, ``probes``, ``text_samples``,
-            ``seed``, ``progress``).
-
-    Returns:
-        Bank hook -> its :class:`HookCalibration` (also recorded in the manifest, with the
-        route files' checksums).
-
-    Example:
-        >>> cal = calibrate_bank("banks/wordnet", samples, {"heldout": held, "photos": photos})
-        >>> cal["blocks.8.hook_resid_pre"].recall
-    """
-    root = Path(path)
+    """Calibrate the hooks of ``samples`` from query vectors (in place, atomically, under the
+    bank's lock); each proving set's kind (``kinds``) is recorded beside its recall."""
     out: dict[str, HookCalibration] = {}
     with locked(root.with_name(f".{root.name}.lock")):
         manifest = mf.read_manifest(root)
@@ -371,6 +364,8 @@ def calibrate_bank(
             sets = {s: q[name] for s, q in held_out.items() if name in q}
             cal = calibrate_hook(folder, manifest.dtype, samples[name], sets, **options)  # type: ignore[arg-type]
             record = cal.to_dict()
+            for set_name, info in record["proving_sets"].items():  # type: ignore[union-attr]
+                info["kind"] = kinds.get(set_name, "stored vectors + noise")
             if queries_from is not None:
                 record["queries_from"] = queries_from
             hooks[i] = replace(entry, routes=record)
@@ -383,52 +378,98 @@ def calibrate_bank(
     return out
 
 
-def calibrate_bank_with_images(
-    bank: Bank,
-    vlm: VLM,
-    images: Sequence[object],
+def _is_vectors(x: object) -> bool:
+    return isinstance(x, np.ndarray) or type(x).__name__ == "Tensor"
+
+
+def calibrate_bank(
+    bank: Bank | str | os.PathLike,
+    vlm: VLM | None = None,
+    images: Sequence[object] | None = None,
     *,
+    samples: Mapping[str, np.ndarray] | np.ndarray | None = None,
+    prove_on: Mapping[str, ProvingSet] | None = None,
+    held_out_text: Sequence[str] = (),
     prompt: str | None = None,
     held_out_share: float = 0.2,
-    unlike: Mapping[str, Sequence[object]] | None = None,
-    held_out_text: Sequence[str] = (),
     max_text_tokens: int = 2000,
     max_samples: int = 20_000,
     seed: int = 0,
-    calibrate: Sequence[str] | None = None,
+    hooks: Sequence[str | int] | None = None,
+    queries_from: str | None = None,
     **options: object,
 ) -> dict[str, HookCalibration]:
-    """Calibrate routes for visual-token queries of ``vlm`` from calibration images.
+    """Give a bank's hooks routes, proven on held-out queries (in place, atomically).
 
-    Every image's visual tokens are captured at every bank layer; for cross-layer search any
-    visual layer may be searched against any bank hook, so each bank hook's samples are the
-    visual tokens of *all* layers (at most ``max_samples``, drawn at random). A share of the
-    images is held out (whole images, so held-out tokens are not neighbours of their own
-    image's samples); ``unlike`` adds further held-out sets (e.g. ``{"photos": [...]}``: images
-    unlike the calibration images) that routes must also pass. The routes record
-    ``vlm.visual_fingerprint()`` as ``queries_from``. ``held_out_text`` (sentences
-    that are not in the bank) adds a text set: the residuals of their tokens (at most
-    ``max_text_tokens``) at each hook, searched against that hook, as a text-only user would.
-    ``calibrate`` (bank hook names) gives routes to those hooks only (default: every hook);
-    their samples are still the visual tokens of every bank layer.
+    Routes are built from sample queries and proven on every proving set: the hook's
+    ``auto`` search uses them only where recall@10 against exact search is >= the bar on
+    each set (and every routed search audits itself, see
+    :mod:`~tl_latentlens.bank.search.dispatch`). The manifest records every proving set with
+    its kind, size and recall.
+
+    Sample queries come from ``images`` and/or ``samples``:
+
+    * ``images`` (needs ``vlm``): their visual tokens at every bank layer are the samples of
+      every calibrated hook (cross-layer search may search any visual layer against any
+      hook; at most ``max_samples``, drawn at random). A share (``held_out_share``, whole
+      images) is held out as the proving set ``"held-out images"``. The routes record
+      ``vlm.visual_fingerprint()`` as ``queries_from``: another model's visual tokens are
+      searched exactly.
+    * ``samples``: query vectors, bank hook -> ``[s, d]`` (those hooks are calibrated) or one
+      ``[s, d]`` array for every calibrated hook.
+
+    Args:
+        bank: An open :class:`~tl_latentlens.bank.Bank` or a bank directory.
+        vlm: The bank's model (needed for images and ``held_out_text``).
+        images: Calibration images (PIL images or arrays).
+        samples: Sample query vectors (see above).
+        prove_on: Further proving sets by name (:data:`ProvingSet`): images unlike the
+            calibration images, and the user's own images (``{"mine": my_images}``), or query
+            vectors (one array, or bank hook -> array).
+        held_out_text: Sentences not in the bank: the residuals of their tokens (at most
+            ``max_text_tokens``) at each hook form the proving set ``"held-out text"``, as a
+            text-only user would search.
+        prompt: Prompt with the image placeholder (default: the model's).
+        held_out_share: Share of ``images`` held out.
+        max_text_tokens: Tokens of ``held_out_text`` used.
+        max_samples: Sample queries per hook drawn from the images' visual tokens.
+        seed: Seed of the held-out split, the sample draw and the routes' graph.
+        hooks: Bank hooks (names or layer numbers) to give routes; default: the hooks of a
+            ``samples`` mapping, else every hook. Their samples still come from every layer.
+        queries_from: What produced the queries (default with images:
+            ``vlm.visual_fingerprint()``).
+        **options: :func:`calibrate_hook` options (``list_len``, ``probes``, ``text_samples``,
+            ``progress``, ``max_queries``).
+
+    Returns:
+        Bank hook -> its :class:`HookCalibration` (also recorded in the manifest, with the
+        route files' checksums).
+
+    Raises:
+        ValueError: No samples, images without ``vlm``, fewer than 2 images, unknown hooks,
+            a bad share or text argument.
 
     Example:
-        >>> calibrate_bank_with_images(bank, vlm, stamps, unlike={"photos": photos},
-        ...                            held_out_text=["a dog runs on the beach"])
+        >>> cal = calibrate_bank(bank, vlm, stamps, prove_on={"photos": photos, "mine": mine},
+        ...                      held_out_text=["a dog runs on the beach"])
+        >>> cal["blocks.8.hook_resid_pre"].recall
+        >>> calibrate_bank("banks/wordnet", samples={"blocks.0.hook_resid_pre": q},
+        ...                prove_on={"held": held})
     """
-    hooks = [hk.hook_for_layer(hk.layer_of(h), vlm.n_layers) for h in bank.hooks]
-    targets = list(bank.hooks) if calibrate is None else list(calibrate)
-    unknown = sorted(set(targets) - set(bank.hooks))
-    if unknown:
+    is_open = not isinstance(bank, (str, os.PathLike))  # an open Bank
+    root = Path(bank.root) if is_open else Path(bank)  # type: ignore[union-attr,arg-type]
+    stored = list(mf.read_manifest(root).hook_names)
+    prove_on = dict(prove_on or {})
+    image_sets = [n for n, v in prove_on.items() if not (_is_vectors(v) or isinstance(v, Mapping))]
+    if (images is not None or image_sets or held_out_text) and vlm is None:
         raise ValueError(
-            f"calibrate names hooks the bank does not store: {unknown}; it stores "
-            f"{list(bank.hooks)}"
+            "images and held_out_text are turned into queries by the model: pass vlm= (the "
+            "bank's model)"
         )
-    progress = bool(options.get("progress", True))
-
-    def tokens(imgs: Sequence[object]) -> np.ndarray:
-        return visual_tokens(vlm, imgs, hooks, prompt, progress)
-
+    if images is None and samples is None:
+        raise ValueError(
+            "calibration needs sample queries: pass images= (with vlm=) or samples= (vectors)"
+        )
     if not 0.0 < held_out_share < 1.0:
         raise ValueError(f"held_out_share must be in (0, 1), got {held_out_share}")
     if isinstance(held_out_text, str):
@@ -437,25 +478,93 @@ def calibrate_bank_with_images(
         )
     if held_out_text and max_text_tokens <= 0:
         raise ValueError(f"max_text_tokens must be positive, got {max_text_tokens}")
-    if len(images) < 2:
+    if images is not None and len(images) < 2:
         raise ValueError("calibration needs at least 2 images (some are held out)")
+
+    def resolve(h: str | int) -> str:
+        if is_open:
+            return bank.resolve_hook(h)  # type: ignore[union-attr]
+        if h not in stored:
+            raise ValueError(f"the bank stores no hook {h!r}; it stores {stored}")
+        return str(h)
+
+    if hooks is not None:
+        unknown = [h for h in hooks if isinstance(h, str) and h not in stored]
+        if unknown and not is_open:
+            raise ValueError(f"hooks names hooks the bank does not store: {unknown}; it "
+                             f"stores {stored}")  # fmt: skip
+        try:
+            targets = list(dict.fromkeys(resolve(h) for h in hooks))
+        except LookupError as err:
+            raise ValueError(f"hooks names hooks the bank does not store: {err}") from None
+    elif isinstance(samples, Mapping) and images is None:
+        targets = list(samples)
+    else:
+        targets = list(stored)
+    unknown = sorted(set(targets) - set(stored))
+    if unknown:
+        raise ValueError(f"the bank stores no hooks {unknown}; it stores {stored}")
+
+    progress = bool(options.get("progress", True))
+    model_hooks = (
+        [hk.hook_for_layer(hk.layer_of(h), vlm.n_layers) for h in stored] if vlm is not None else []
+    )
+
+    def tokens(imgs: Sequence[object]) -> np.ndarray:
+        assert vlm is not None
+        return visual_tokens(vlm, imgs, model_hooks, prompt, progress)
+
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(images))
-    n_held = max(1, round(held_out_share * len(images)))
-    train = tokens([images[i] for i in order[n_held:]])
-    if train.shape[0] > max_samples:
-        train = train[rng.choice(train.shape[0], max_samples, replace=False)]
-    sets = {"held-out images": tokens([images[i] for i in order[:n_held]])}
-    for name, imgs in (unlike or {}).items():
-        sets[name] = tokens(imgs)
-    held = {name: {h: q for h in bank.hooks} for name, q in sets.items()}
+    per_hook: dict[str, list[np.ndarray]] = {h: [] for h in targets}
+    held: dict[str, dict[str, np.ndarray]] = {}
+    kinds: dict[str, str] = {}
+    if images is not None:
+        order = rng.permutation(len(images))
+        n_held = max(1, round(held_out_share * len(images)))
+        train = tokens([images[i] for i in order[n_held:]])
+        if train.shape[0] > max_samples:
+            train = train[rng.choice(train.shape[0], max_samples, replace=False)]
+        for h in targets:
+            per_hook[h].append(train)
+        held["held-out images"] = dict.fromkeys(stored, tokens([images[i] for i in order[:n_held]]))
+        kinds["held-out images"] = "images"
+    if samples is not None:
+        if isinstance(samples, Mapping):
+            for h, q in samples.items():
+                name = resolve(h)
+                if name in per_hook:
+                    per_hook[name].append(np.asarray(q, dtype=np.float32))
+        else:
+            for h in targets:
+                per_hook[h].append(np.asarray(samples, dtype=np.float32))
+    for name, given in prove_on.items():
+        if isinstance(given, Mapping):
+            held[name] = {resolve(h): np.asarray(q, dtype=np.float32) for h, q in given.items()}
+            kinds[name] = "vectors"
+        elif _is_vectors(given):
+            q = np.asarray(given, dtype=np.float32)
+            held[name] = dict.fromkeys(stored, q)
+            kinds[name] = "vectors"
+        else:
+            held[name] = dict.fromkeys(stored, tokens(list(given)))  # type: ignore[arg-type]
+            kinds[name] = "images"
     if held_out_text:
-        held["held-out text"] = _text_tokens(vlm, held_out_text, bank.hooks, hooks, max_text_tokens)
-    return calibrate_bank(
-        bank.root,
-        {h: train for h in targets},
+        assert vlm is not None
+        held["held-out text"] = _text_tokens(
+            vlm, held_out_text, stored, model_hooks, max_text_tokens
+        )
+        kinds["held-out text"] = "text"
+    empty = [h for h, parts in per_hook.items() if not parts]
+    if empty:
+        raise ValueError(f"no sample queries for hooks {empty}: add them to samples=")
+    if queries_from is None and vlm is not None and images is not None:
+        queries_from = vlm.visual_fingerprint()
+    return _calibrate_vectors(
+        root,
+        {h: np.concatenate(parts) for h, parts in per_hook.items()},
         held,
-        queries_from=vlm.visual_fingerprint(),
+        kinds,
+        queries_from,
         seed=seed,
         **options,
     )

@@ -6,12 +6,21 @@ it is always exact. Routed queries are re-ranked in groups, and a group whose ca
 too many for routes to pay (:func:`routes_pay`) is searched exactly instead, as is a query
 unlike every sample. Every call reports the method per hook and how many queries went exact
 (:class:`HookHits`), so results can say how they were found.
+
+Routes are proven on the calibration's query sets, not on the user's: every routed call audits
+itself. A random share of the queries it routed (:data:`AUDIT_SHARE`, at least
+:data:`AUDIT_MIN`) is also searched exactly, their tie-aware recall@10 estimates the call's
+recall (queries answered exactly count as found), and ``auto`` answers the hook of a call whose
+estimate falls below :data:`RECALL_BAR` exactly, with a warning. The share is drawn with a seed
+taken from the queries' bytes (or the caller's ``seed``): the same call audits the same queries.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,11 +31,15 @@ from jaxtyping import Float, Int
 from tl_latentlens.bank.errors import BankQueryError
 from tl_latentlens.bank.format.vectors import HookVectors
 from tl_latentlens.bank.search.exact import candidate_union, exact_rows, exact_top_k
+from tl_latentlens.bank.search.recall import tie_aware_recall_per_query
 from tl_latentlens.bank.search.routes import RouteParams, Routes
 from tl_latentlens.devices import device_key
 
 __all__ = [
+    "AUDIT_MIN",
+    "AUDIT_SHARE",
     "RECALL_BAR",
+    "audit_size",
     "HookHits",
     "HookSearcher",
     "Method",
@@ -40,16 +53,25 @@ Method = Literal["auto", "exact", "routes"]
 #: Calibrated recall@10 (against exact search) routes must reach to be used by ``auto``.
 RECALL_BAR = 0.98
 
+#: Share of a routed call's queries the audit also searches exactly (see the module docstring).
+AUDIT_SHARE = 0.03
+
+#: Fewest queries an audit searches exactly (all routed queries when the call routed fewer).
+AUDIT_MIN = 8
+
+#: Neighbours the audit compares (recall@10, the calibration's measure).
+AUDIT_K = 10
+
 #: Queries re-ranked together by routes (one decoded union of candidates per group). Each
 #: query of a group multiplies the group's whole union, so smaller groups multiply less but
-#: gather more rows; measured on the demo bank (cross-layer visual queries x 10 hooks, 1 thread,
-#: CPU time; benchmarks/bench_routes_batching.py): 490 queries, k=5: groups of 8: 748 ms,
-#: 16: 597, 32: 543, 64: 607, 128: 663; 980 queries, k=10: 1835, 1456, 1326, 1319, 1307.
+#: gather more rows; 32 was the cheapest size for one image's queries on the demo bank and
+#: close to the cheapest for two (benchmarks/bench_routes_batching.py; figures in
+#: benchmarks/README.md).
 RERANK_GROUP = 32
 
 #: Cost of gathering one candidate row for re-ranking, in query-row products: gathering a
-#: 576-wide float32 row (~0.23 us) costs about as much as 16 query products with it
-#: (~14 ns each at ~40 GMAC/s), measured on this project's 2-core CPU.
+#: 576-wide float32 row costs about as much as 16 query products with it, measured on this
+#: project's 2-core CPU (figures in benchmarks/README.md).
 GATHER_COST = 16
 
 
@@ -64,6 +86,25 @@ def routes_pay(n_candidates: int, n_queries: int, n_vectors: int) -> bool:
     return n_candidates * (n_queries + GATHER_COST) < n_vectors * n_queries
 
 
+def audit_size(n_queries: int, n_routed: int) -> int:
+    """Queries a call of ``n_queries`` queries, ``n_routed`` of them routed, audits:
+    :data:`AUDIT_SHARE` of the call, at least :data:`AUDIT_MIN`, at most the routed ones.
+
+    Example:
+        >>> audit_size(1960, 1500), audit_size(49, 40), audit_size(49, 3)
+        (59, 8, 3)
+    """
+    want = max(AUDIT_MIN, math.ceil(AUDIT_SHARE * n_queries))
+    return min(n_routed, want)
+
+
+def audit_seed(queries: np.ndarray, name: str = "", seed: int | None = None) -> list[int]:
+    """Seed of a call's audit draw: the caller's ``seed`` or a checksum of the queries' bytes,
+    mixed with the hook's name (each hook of a call audits its own share)."""
+    base = int(seed) if seed is not None else zlib.crc32(np.ascontiguousarray(queries).data)
+    return [base & 0xFFFFFFFF, zlib.crc32(name.encode("utf-8"))]
+
+
 @dataclass(frozen=True)
 class HookHits:
     """Top-k of one hook for a batch of queries.
@@ -71,10 +112,17 @@ class HookHits:
     Attributes:
         sims: ``[m, k]`` cosine similarities, most similar first (``-inf`` pads).
         rows: ``[m, k]`` stored-vector rows (``-1`` pads).
-        method: ``"exact"`` or ``"routes"``.
+        method: ``"exact"`` or ``"routes"`` (``"exact"`` also when the audit of a routed
+            ``auto`` call failed and the hook was answered exactly).
         n_exact_fallback: Queries that routes sent to exact search (unlike every sample, or in
             a group whose candidates were too many for routes to pay).
-        seconds: Wall time of the search.
+        seconds: Wall time of the search (the audit included).
+        audit_recall: Tie-aware recall@10 of the routed answer estimated by the audit (queries
+            answered exactly count as found); ``None`` when nothing was routed.
+        n_audited: Routed queries the audit also searched exactly.
+        audit_failed: The audit's estimate fell below :data:`RECALL_BAR` (``auto`` then
+            answered the hook exactly).
+        audit_seconds: Wall time of the audit.
     """
 
     sims: Float[np.ndarray, "m k"]
@@ -82,6 +130,10 @@ class HookHits:
     method: str
     n_exact_fallback: int = 0
     seconds: float = 0.0
+    audit_recall: float | None = None
+    n_audited: int = 0
+    audit_failed: bool = False
+    audit_seconds: float = 0.0
 
 
 class HookSearcher:
@@ -92,6 +144,7 @@ class HookSearcher:
         routes: Its routes, if the bank was calibrated.
         route_params: How routes run (from the manifest).
         calibrated_recall: Recall@10 of routes per calibration query set (from the manifest).
+        name: The hook's name (for the audit's seed and warnings).
     """
 
     def __init__(
@@ -100,8 +153,11 @@ class HookSearcher:
         routes: Routes | None = None,
         route_params: RouteParams | None = None,
         calibrated_recall: dict[str, float] | None = None,
+        name: str = "",
     ) -> None:
         self.vectors = vectors
+        self.name = name
+        self._audit_warned = False
         self.routes = routes
         self.route_params = route_params or RouteParams()
         self.calibrated_recall = dict(calibrated_recall or {})
@@ -159,6 +215,8 @@ class HookSearcher:
         lookups: dict[tuple, tuple[np.ndarray, np.ndarray]] | None = None,
         *,
         device_resident: bool = False,
+        audit: bool = True,
+        seed: int | None = None,
     ) -> HookHits:
         """Top-``k`` stored vectors of unit float32 ``queries``.
 
@@ -176,6 +234,9 @@ class HookSearcher:
             device_resident: Keep the hook on ``device`` (not the CPU) for later calls, with
                 no decoded copy in RAM for it; else it is streamed there on every call (a hook
                 already kept there is used either way).
+            audit: Audit a routed answer (see the module docstring); calibration, which
+                measures routes against exact search itself, turns it off.
+            seed: Seed of the audit's draw (default: from the queries' bytes).
         """
         t0 = time.perf_counter()
         chosen = self.choose(method, device)
@@ -218,9 +279,75 @@ class HookSearcher:
             s, r = self._exact(queries[exact_q], k, device, resident, device_resident)
             sims[exact_q], rows[exact_q] = s, r
         # auto that routed nothing was exact search, plainly
-        method = "exact" if method == "auto" and exact_q.size == m else "routes"
-        fallback = 0 if method == "exact" else int(exact_q.size)
-        return HookHits(sims, rows, method, fallback, time.perf_counter() - t0)
+        if method == "auto" and exact_q.size == m:
+            return HookHits(sims, rows, "exact", 0, time.perf_counter() - t0)
+        fallback = int(exact_q.size)
+        if not audit:
+            return HookHits(sims, rows, "routes", fallback, time.perf_counter() - t0)
+        routed = np.setdiff1d(np.arange(m), exact_q, assume_unique=True)
+        t_audit = time.perf_counter()
+        recall, n_audited = self._audit(
+            queries, picked, routed, device, resident, device_resident, seed
+        )
+        failed = recall < RECALL_BAR
+        if failed:
+            self._warn_audit(recall, n_audited, m, method)
+        if failed and method == "auto":
+            # the routes failed on these queries: the hook's answer for the call is exact
+            s, r = self._exact(queries[routed], k, device, resident, device_resident)
+            sims[routed], rows[routed] = s, r
+            method, fallback = "exact", 0
+        else:
+            method = "routes"
+        now = time.perf_counter()
+        return HookHits(
+            sims, rows, method, fallback, now - t0, recall, n_audited, failed, now - t_audit
+        )
+
+    def _audit(
+        self,
+        queries: np.ndarray,
+        picked: np.ndarray,
+        routed: np.ndarray,
+        device: str | torch.device | None,
+        resident: bool,
+        device_resident: bool,
+        seed: int | None,
+    ) -> tuple[float, int]:
+        """Estimated recall@10 of a call whose ``routed`` queries were re-ranked among their
+        ``picked`` candidates (the others were answered exactly), from an exact search of a
+        random share of the routed ones; and how many were audited."""
+        m = queries.shape[0]
+        n = audit_size(m, routed.size)
+        if n == 0:
+            return 1.0, 0
+        rng = np.random.default_rng(audit_seed(queries, self.name, seed))
+        chosen = np.sort(rng.choice(routed, size=n, replace=False))
+        k10 = min(AUDIT_K, self.vectors.n)
+        # a query's routed answer depends only on its own candidates: re-ranking the chosen
+        # ones alone at k=10 gives the call's answer for them, extended to ten places
+        approx, _ = exact_rows(self.vectors, queries[chosen], picked[chosen], k10)
+        truth, _ = self._exact(queries[chosen], k10, device, resident, device_resident)
+        per_query = tie_aware_recall_per_query(approx, truth)
+        return float(1.0 - routed.size / m * (1.0 - per_query.mean())), int(n)
+
+    def _warn_audit(self, recall: float, n_audited: int, m: int, method: str) -> None:
+        """Warn (once per hook, then at INFO) that the audit failed."""
+        what = "answered exactly" if method == "auto" else "kept routed (method='routes')"
+        log = logger.info if self._audit_warned else logger.warning
+        self._audit_warned = True
+        log(
+            "%s: routes' audited recall@10 %.3f on %d of %d queries is below %.2f: %s. These "
+            "queries are unlike the ones the routes were calibrated on; recalibrate with "
+            "images like yours (calibrate_bank(bank, vlm, images, prove_on={'mine': "
+            "your_images}))",
+            self.name or "hook",
+            recall,
+            n_audited,
+            m,
+            RECALL_BAR,
+            what,
+        )
 
     def _exact(
         self,

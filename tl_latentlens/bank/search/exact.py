@@ -105,8 +105,8 @@ def exact_top_k(
     q_np = hv.to_search(queries)
     k = min(k, hv.n)
     if dev.type == "cpu" and device_cache is None:
-        # numpy's BLAS for the product: 1.4x less CPU time than torch's on the CPUs we
-        # measured (49 x 576 @ 576 x 262,144, one thread: 190 vs 270 ms).
+        # numpy's BLAS for the product: less CPU time than torch's on the CPUs we measured
+        # (figures in benchmarks/README.md).
         m = q_np.shape[0]
         src = (
             _views(hv.resident(), m, RESIDENT_BLOCK)
@@ -288,9 +288,9 @@ def stream_rows(
             stage(c + 2)
 
 
-#: Columns per group whose maximum :func:`block_top_k` looks at first. Measured on a
-#: [490, 46392] block of real similarities (visual queries, 2 threads): k=5 in 13.6 ms against
-#: 35 ms for ``torch.topk`` (groups of 16: 40 ms, 64: 10 ms, but 83 against 80 ms for k=200).
+#: Columns per group whose maximum :func:`block_top_k` looks at first: faster than
+#: ``torch.topk`` for small k on one image's real similarity block, without 64's loss at large
+#: k (benchmarks/bench_exact_scan.py; figures in benchmarks/README.md).
 TOPK_GROUP = 32
 
 
@@ -349,8 +349,8 @@ def _views(rows: ArrayOrTensor, m: int, block: int) -> Iterator[tuple[int, Array
 
 def candidate_union(candidates: Int[np.ndarray, "m c"], n: int) -> Int[np.ndarray, " u"]:
     """Sorted distinct valid rows (``-1`` pads left out) of ``candidates`` over a hook of ``n``
-    stored vectors: a mask over the hook instead of a hash-based :func:`numpy.unique` (3x
-    cheaper for the ~100k candidates of a query group)."""
+    stored vectors: a mask over the hook instead of a hash-based :func:`numpy.unique`
+    (cheaper for a query group's candidates; benchmarks/README.md)."""
     mask = np.zeros(n + 1, dtype=bool)
     mask[np.asarray(candidates).ravel()] = True  # a -1 pad marks the extra last slot
     mask[n] = False
@@ -374,7 +374,7 @@ def exact_rows(
     rows of ``candidates``), when the caller has it, is not computed again.
 
     Written in numpy: these are small arrays, and small torch operations with several threads
-    on a busy CPU cost 10-20x more (measured: 31 ms vs 7 ms for 49 queries).
+    on a busy CPU cost many times more (figures in benchmarks/README.md).
     """
     m = queries.shape[0]
     rows = np.sort(np.asarray(candidates, dtype=np.int64).reshape(m, -1), axis=1)
@@ -385,7 +385,7 @@ def exact_rows(
     np.matmul(hv.to_search(queries), hv.search_rows(union).T, out=sims[:, :-1])
     sims[:, -1] = -np.inf  # the column every pad reads
     # stored row -> its column in ``sims``: a lookup table over the hook (a pad, -1, reads its
-    # last slot: the -inf column); 3x cheaper than a binary search of the union per candidate
+    # last slot: the -inf column); cheaper than a binary search of the union per candidate
     col_of = np.full(hv.n + 1, union.size, dtype=np.int32)
     col_of[union] = np.arange(union.size, dtype=np.int32)
     cand = np.take_along_axis(sims, col_of[rows], axis=1)

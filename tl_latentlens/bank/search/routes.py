@@ -2,8 +2,8 @@
 
 Visual tokens are out-of-distribution queries for a graph built from text tokens (their best
 cosine to any text token can be ~0.2), the known weak spot of graph indexes in cross-modal
-search: hnswlib over the text vectors alone finds only ~20 % of the true top-10 of a layer-0
-visual token. Visual tokens are, however, close to *each other*. Routes use that, in the spirit
+search: hnswlib over the text vectors alone finds only a small share of the true top-10 of a
+layer-0 visual token (benchmarks/bench_bank_search.py). Visual tokens are, however, close to *each other*. Routes use that, in the spirit
 of query-aware indexes for out-of-distribution queries (RoarGraph, OOD-DiskANN), while keeping
 hnswlib as the index library:
 
