@@ -310,3 +310,16 @@ def test_demo_shows_the_controls_and_caches_them(lens, tmp_path, monkeypatch):
     html = front_page_html(FrontPage(controls=tuple(rows), control_notes=(first[0].description,)))
     assert "Positive controls" in html and "text 0" in html and "visual 0" in html
     assert html.index("Positive controls") < len(html)
+
+
+def test_evaluate_cli_controls(lens, tmp_path, caplog):
+    """``evaluate --controls``: none runs nothing; a file of held-out sentences gives the text
+    control, and the default control words a tokenizer splits are left out, not fatal."""
+    from tl_latentlens.apps.evaluate import run_controls
+
+    assert run_controls(lens, "none", k=3) == []
+    held = tmp_path / "held.txt"
+    held.write_text("\n".join(" ".join(WORDS4[i:] + WORDS4[:i]) for i in range(4)) + "\n")
+    text, visual = run_controls(lens, str(held), k=3)
+    assert text.kind == "text" and text.n_groups > 0
+    assert visual.kind == "visual" and visual.row("latent", 0).n > 0

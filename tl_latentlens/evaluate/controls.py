@@ -632,14 +632,22 @@ def word_token_id(tokenizer: Any, word: str) -> int:
     Raises:
         ValueError: The word is more than one token either way.
     """
-    for text in (" " + word.strip(), word.strip()):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) == 1 and ids[0] != getattr(tokenizer, "unk_token_id", None):
-            return int(ids[0])
+    found = _one_token_id(tokenizer, word)
+    if found is not None:
+        return found
     raise ValueError(
         f"the visual control needs one-token words; {word!r} is several tokens for this "
         "tokenizer: choose another word"
     )
+
+
+def _one_token_id(tokenizer: Any, word: str) -> int | None:
+    """:func:`word_token_id`, or ``None`` where the word is several tokens."""
+    for text in (" " + word.strip(), word.strip()):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1 and ids[0] != getattr(tokenizer, "unk_token_id", None):
+            return int(ids[0])
+    return None
 
 
 def visual_control(
@@ -670,7 +678,8 @@ def visual_control(
         image: The image whose visual tokens are replaced.
         prompt: The prompt (``None``: the model's default).
         method: Bank search.
-        skip_missing: Leave out (and log) words the bank never stores instead of refusing.
+        skip_missing: Leave out (and log) words the bank never stores or this tokenizer
+            splits, instead of refusing (while at least one word is left).
 
     Returns:
         A :class:`ControlResult` of kind ``"visual"``.
@@ -689,6 +698,11 @@ def visual_control(
         raise ValueError("the visual control needs at least one word")
     t0 = time.perf_counter()
     vlm, bank = lens.vlm, lens.bank
+    if skip_missing:  # words this tokenizer splits are left out, as words the bank lacks are
+        split = [w for w in words if _one_token_id(vlm.tokenizer, w) is None]
+        if split and len(split) < len(words):
+            logger.info("visual control: %s are several tokens here; left out", split)
+            words = [w for w in words if w not in split]
     ids = [word_token_id(vlm.tokenizer, w) for w in words]
     entries = getattr(bank, "entries", None)
     if entries is not None:
