@@ -12,6 +12,8 @@ system) and the demo's phases:
 * ``bank``: building (first run) or opening the default bank, with the forward-pass dtype
   :func:`tl_latentlens.devices.fast_dtype` chose and why;
 * ``explain``: the HTML reports, patch pictures and the mid-layer leap;
+* ``controls``: the positive controls on held-out text and injected word embeddings (read
+  back from the output folder on the cached run);
 * ``study``: the per-layer table over the annotated images (exact search).
 
 ``--before`` also runs the first run as it was before the residuals-only capture path (every
@@ -81,7 +83,7 @@ def fresh_cache(tmp: Path) -> Path:
 
 
 def show(name: str, wall: float, cpu: float, timings: dict) -> None:
-    keys = ("setup_s", "model_load_s", "bank_s", "explain_s", "study_s")
+    keys = ("setup_s", "model_load_s", "bank_s", "explain_s", "controls_s", "study_s")
     parts = ", ".join(f"{k.split('_')[0]} {timings[k]:.0f} s" for k in keys if k in timings)
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"{name:>12}: {wall / 60:5.1f} min wall, {cpu / 60:5.1f} min CPU ({parts}; load {load})")
