@@ -61,9 +61,9 @@ class LatentLens:
         check_model: Refuse a bank built from a different model / weight processing.
 
     Example:
-        >>> lens = LatentLens(vlm, Bank.open("banks/smollm2"))
+        >>> lens = LatentLens.default()                  # or LatentLens(vlm, Bank.open(path, vlm))
         >>> result = lens.explain(image, k=5)
-        >>> [n.token for n in result.neighbours("blocks.0.hook_resid_pre", 0)]
+        >>> [n.token for n in result.neighbours(8, 12)]  # layer 8, visual token 12
         >>> result.to_html("report.html")
     """
 
