@@ -49,7 +49,9 @@ STATE = """(() => { const r = document.querySelector('.ll-root'); return {
   selected: [...document.querySelectorAll('.ll-x-cell.ll-x-sel')].map(c => +c.dataset.p),
   lenses: Object.fromEntries([...document.querySelectorAll('.ll-x-panel [data-lens]')].map(b =>
     [b.dataset.lens, [...b.querySelectorAll('li')].map(li => ({
-      token: li.querySelector('.ll-tok').textContent,
+      token: (c => c.classList.contains('ll-word') ? JSON.parse(c.title) : c.textContent)(
+        li.querySelector('.ll-tok')),
+      shown: li.querySelector('.ll-tok').textContent,
       sentence: (li.querySelector('.ll-x-sent') || {}).textContent,
       mark: ((li.querySelector('.ll-x-sent mark') || {}).textContent)}))])),
   current: [...document.querySelectorAll('.ll-x-table tr.ll-x-cur th')].map(t => t.textContent),
@@ -68,6 +70,8 @@ def check_panel(state, exp, hook, index):
     assert state["patch"] == index
     latent = state["lenses"]["LatentLens"]
     assert [x["token"] for x in latent] == [n.token for n in p.latent]
+    # a sub-word neighbour is shown inside its whole word, the matched piece marked
+    assert [x["shown"] for x in latent] == [n.word if n.is_subword else n.token for n in p.latent]
     assert [x["sentence"] for x in latent] == ["".join(display_tokens(n)) for n in p.latent]
     assert [x["mark"] for x in latent] == [display_tokens(n)[n.position] for n in p.latent]
     assert [x["token"] for x in state["lenses"]["LogitLens"]] == [c.token for c in p.logit]

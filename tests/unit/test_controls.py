@@ -323,3 +323,13 @@ def test_evaluate_cli_controls(lens, tmp_path, caplog):
     text, visual = run_controls(lens, str(held), k=3)
     assert text.kind == "text" and text.n_groups > 0
     assert visual.kind == "visual" and visual.row("latent", 0).n > 0
+
+
+def test_the_explorer_shows_a_subword_inside_its_whole_word():
+    """The report's explorer data carries ``[before, piece, after]`` for a sub-word neighbour
+    (drawn as ``narcoterror<mark>ism</mark>``) and nothing for a whole-word one."""
+    from tl_latentlens.render._explore import _subword
+
+    assert _subword(_n(SMOL, 8)) == ["narcoterror", "ism", ""]
+    assert _subword(_n(AXOLOTL, 4, "An axolotl swims.")) == ["axol", "ot", "l"]
+    assert _subword(_n(SMOL, 2)) is None

@@ -200,6 +200,14 @@ EXPLORE_JS = """
       return e;
     }
     function chip(t) { return el("code", "ll-tok", t.replace(/\\r?\\n/g, "\\u21b5")); }
+    function wordChip(w, t) {  // a sub-word token shown inside its whole word
+      var c = el("code", "ll-tok ll-word");
+      c.title = JSON.stringify(t);
+      c.appendChild(document.createTextNode(w[0]));
+      c.appendChild(el("mark", null, w[1]));
+      c.appendChild(document.createTextNode(w[2]));
+      return c;
+    }
     function num(x, d) { return x === null || x === undefined ? "-" : x.toFixed(d); }
     function has(rows, k) { return rows.some(function (r) { return r[k] && r[k].length; }); }
     function paintGrid() {
@@ -241,7 +249,7 @@ EXPLORE_JS = """
       var cols = el("div", "ll-x-cols");
       cols.appendChild(lensBox("LatentLens", X.lat[cur][k] || [], function (n) {
         var li = el("li"), top = el("div"), s = X.sents[n[3]], q = el("div", "ll-x-sent");
-        top.appendChild(chip(n[0]));
+        top.appendChild(n[5] ? wordChip(n[5], n[0]) : chip(n[0]));
         top.appendChild(el("span", "ll-num", " " + num(n[1], 3) + " · text layer " + n[2]));
         li.appendChild(top);
         if (n[4] >= 0 && n[4] < s.length) {

@@ -11,7 +11,8 @@ Data layout (positions, not visual-token indices, index the per-layer lists)::
     layers:  [{"hook", "layer", "h", "cards": [0|1 per patch]}]   in layer order
     patches: [[index, image, row, col], ...]                        ascending index
     sents:   [[display token, ...], ...]                            deduplicated sentences
-    lat:     per layer, per patch: [[token, sim, text layer, sentence, position], ...] | None
+    lat:     per layer, per patch: [[token, sim, text layer, sentence, position,
+             [before, piece, after] of its whole word for a sub-word token, else null], ...] | None
     logit, emb: per layer, per patch: [[token, score], ...] | None
 """
 
@@ -77,7 +78,10 @@ def explore_data(
             for n in p.latent:
                 toks = tuple(display_tokens(n))
                 sid = sents.setdefault(toks, len(sents))
-                items.append([n.token, _num(n.similarity, 4), fmt_layer(n.layer), sid, n.position])
+                whole = _subword(n)
+                items.append(
+                    [n.token, _num(n.similarity, 4), fmt_layer(n.layer), sid, n.position, whole]
+                )
             row_l.append(items)
             row_g.append([[c.token, _num(c.score, 3)] for c in p.logit])
             row_e.append([[c.token, _num(c.score, 4)] for c in p.embedding])
@@ -234,3 +238,12 @@ def explore_html(exp: ExplanationLike, data: dict[str, Any], root_id: str) -> st
         '<table class="ll-x-table"></table></div></div>'
         f"{_leap_html(exp, data)}</div></section>"
     )
+
+
+def _subword(n: Any) -> list[str] | None:
+    """``[before, piece, after]`` of the whole word around a sub-word neighbour (shown as
+    ``k<mark>ang</mark>aroo``), ``None`` for a whole-word token or a neighbour without one."""
+    span = getattr(n, "word_span", None)
+    if span is None or not getattr(span, "is_subword", False):
+        return None
+    return [span.before, span.piece, span.after]

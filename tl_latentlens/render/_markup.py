@@ -123,7 +123,7 @@ def header_html(
         timing += f" · total {sum(exp.timings.values()):.2f} s"
     facts = [
         ("Model", esc(exp.model)),
-        ("Bank", esc(exp.bank) if exp.bank else "<i>unknown</i>"),
+        ("Bank", _bank_name(exp.bank) if exp.bank else "<i>unknown</i>"),
         (
             "Prompt",
             f'<span class="ll-prompt">{esc(exp.prompt)}</span>' if exp.prompt else "<i>none</i>",
@@ -301,3 +301,9 @@ def card_html(
         f"{compact}>"
         f"{_fallback(patch)}</div>{_lens_table(patch)}</div></article>"
     )
+
+
+def _bank_name(bank: str) -> str:
+    """The bank's folder name (the full path, a machine detail, in its tooltip)."""
+    name = bank.rstrip("/").rsplit("/", 1)[-1] or bank
+    return f'<span title="{esc(bank)}">{esc(name)}</span>'
