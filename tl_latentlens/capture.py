@@ -152,7 +152,7 @@ def _read_at(hook: str, n_layers: int) -> str:
     names has changed): ``blocks.{l}.hook_resid_pre`` for a layer ``l < n_layers``."""
     layer = hk.layer_of(hook)
     if float(layer).is_integer() and 0 < layer < n_layers:
-        return f"blocks.{int(layer)}.hook_resid_pre"
+        return hk.last_hook_for_layer(layer, n_layers)
     return hook
 
 

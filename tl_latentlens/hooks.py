@@ -33,10 +33,13 @@ __all__ = [
     "HookKey",
     "HookPoint",
     "UnknownHookError",
+    "attention_pattern_hook",
     "available_resid_hooks",
+    "block_of",
     "default_bank_hooks",
     "default_capture_hooks",
     "hook_for_layer",
+    "last_hook_for_layer",
     "layer_of",
     "paper_layers",
     "parse_hook",
@@ -52,6 +55,7 @@ LAYER_CONVENTION = (
 )
 
 _BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post)$")
+_ANY_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
 
 
 #: How a user addresses a hook: its name, any equivalent name of the same layer
@@ -299,3 +303,40 @@ def resolve_model_hook(key: HookKey, n_layers: int) -> str:
         return hook_for_layer(layer, n_layers)
     except ValueError as err:
         raise UnknownHookError(str(err)) from None
+
+
+def block_of(name: str) -> int | None:
+    """The block a ``blocks.<i>.…`` hook of any kind sits in (``None`` for hooks outside the
+    blocks: embedding, vision side, final norm).
+
+    Example:
+        >>> block_of("blocks.8.attn.hook_pattern"), block_of("embed.hook_out")
+        (8, None)
+    """
+    m = _ANY_BLOCK_HOOK.match(name)
+    return None if m is None else int(m.group(1))
+
+
+def attention_pattern_hook(block: int) -> str:
+    """The attention pattern hook of ``block`` (``[batch, heads, query pos, key pos]``).
+
+    Example:
+        >>> attention_pattern_hook(8)
+        'blocks.8.attn.hook_pattern'
+    """
+    return f"blocks.{int(block)}.attn.hook_pattern"
+
+
+def last_hook_for_layer(layer: int | float, n_layers: int) -> str:
+    """The name under which the residual of ``layer`` fires *last* in a forward pass: for
+    ``0 < layer < n_layers`` block ``layer``'s ``hook_resid_pre`` (after the previous block's
+    ``hook_resid_post``), else :func:`hook_for_layer`. Reading there shows an intervention made
+    at either name of the layer.
+
+    Example:
+        >>> last_hook_for_layer(4, 30), last_hook_for_layer(30, 30)
+        ('blocks.4.hook_resid_pre', 'blocks.29.hook_resid_post')
+    """
+    if float(layer).is_integer() and 0 < layer < n_layers:
+        return f"blocks.{int(layer)}.hook_resid_pre"
+    return hook_for_layer(layer, n_layers)

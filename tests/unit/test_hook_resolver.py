@@ -166,3 +166,16 @@ def test_from_pretrained_routes_official_names_and_hub_ids(tiny_vlm, bank, monke
     LatentLens.from_pretrained(tiny_vlm, name, trust_pickle=True)
     LatentLens.from_pretrained(tiny_vlm, "someone/some-bank")
     assert seen == [("off", name, {"trust_pickle": True}), ("hub", "someone/some-bank")]
+
+
+def test_hook_names_of_other_kinds_come_from_hooks_py():
+    assert hk.block_of("blocks.8.attn.hook_pattern") == 8
+    assert hk.block_of("blocks.0.hook_resid_pre") == 0
+    assert (
+        hk.block_of("embed.hook_out") is None and hk.block_of("vision_projector.hook_out") is None
+    )
+    assert hk.attention_pattern_hook(3) == "blocks.3.attn.hook_pattern"
+    assert hk.last_hook_for_layer(4, 30) == "blocks.4.hook_resid_pre"
+    assert hk.last_hook_for_layer(0, 30) == "blocks.0.hook_resid_pre"
+    assert hk.last_hook_for_layer(30, 30) == "blocks.29.hook_resid_post"
+    assert hk.layer_of(hk.last_hook_for_layer(7, 30)) == 7

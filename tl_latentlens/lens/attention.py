@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from jaxtyping import Float
 
+from tl_latentlens import hooks as hk
 from tl_latentlens.capture import ImageActivations
 
 __all__ = ["PatchAttention", "attention_hooks", "patch_attention"]
@@ -38,7 +39,7 @@ def attention_hooks(layers: Sequence[int], n_layers: int) -> list[str]:
         raise ValueError(
             f"attention layers must be blocks 0..{n_layers - 1} of this model, got {bad}"
         )
-    return [f"blocks.{int(layer)}.attn.hook_pattern" for layer in layers]
+    return [hk.attention_pattern_hook(layer) for layer in layers]
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ def patch_attention(
         ValueError: A pattern missing from ``acts.extra``.
     """
     layers = sorted({int(x) for x in layers})
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in layers]
+    names = [hk.attention_pattern_hook(layer) for layer in layers]
     missing = [n for n in names if n not in acts.extra]
     if missing:
         raise ValueError(f"the capture holds no attention pattern for {missing}")

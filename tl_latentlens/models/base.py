@@ -17,7 +17,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -72,7 +71,6 @@ HookFn: TypeAlias = Callable[..., Any]
 #: the function TransformerLens runs there.
 FwdHook: TypeAlias = tuple["str | int | float", HookFn]
 
-_BLOCK_PREFIX = re.compile(r"^blocks\.(\d+)\.")
 #: Hook names that fire before the first block (so a run that caches only them stops there).
 _BEFORE_BLOCKS = ("embed.", "hook_embed", "hook_pos_embed", "pos_embed.", "rotary_emb.", "vision_")
 
@@ -604,9 +602,9 @@ def _stop_layer_for_names(names: Sequence[str], n_layers: int) -> int | None:
             continue
         except hk.UnknownHookError:
             pass
-        m = _BLOCK_PREFIX.match(name)
-        if m is not None:
-            needed = max(needed, int(m.group(1)) + 1)
+        block = hk.block_of(name)
+        if block is not None:
+            needed = max(needed, block + 1)
         elif not name.startswith(_BEFORE_BLOCKS):
             return None
     return None if needed >= n_layers else needed
