@@ -243,8 +243,10 @@ class Chromium:
 
     def key(self, session: str, key: str) -> None:
         """Press and release a named key (``"ArrowRight"``, ``"Escape"``...)."""
-        codes = {"ArrowLeft": 37, "ArrowUp": 38, "ArrowRight": 39, "ArrowDown": 40, "Escape": 27}
-        params = {"key": key, "code": key, "windowsVirtualKeyCode": codes.get(key, 0)}
+        codes = {"ArrowLeft": 37, "ArrowUp": 38, "ArrowRight": 39, "ArrowDown": 40, "Escape": 27,
+                 "Enter": 13, "Tab": 9, " ": 32}  # fmt: skip
+        code = {" ": "Space"}.get(key, key)
+        params = {"key": key, "code": code, "windowsVirtualKeyCode": codes.get(key, 0)}
         for kind in ("rawKeyDown", "keyUp"):
             self.send("Input.dispatchKeyEvent", {"type": kind, **params}, session)
 

@@ -168,6 +168,27 @@ def test_explore_hover_lock_arrows_slider_heatmap(browser, artifacts, tmp_path, 
     )
     assert share == f"{100 * len(members) / len(top):.0f}"
 
+    # keyboard only: a focused patch is shown, Enter locks it, arrows move lock and focus,
+    # Space unlocks; every patch is in the Tab order
+    browser.evaluate(session, "document.activeElement && document.activeElement.blur()")
+    browser.key(session, "Escape")  # unlock what the heatmap locked
+    assert browser.evaluate(
+        session, "[...document.querySelectorAll('.ll-x-cell')].every(c => c.tabIndex === 0)"
+    )
+    browser.evaluate(
+        session, f"document.querySelector('.ll-x-cell[data-p=\"{cell(exp, 7)}\"]').focus()"
+    )
+    s = browser.evaluate(session, STATE)
+    assert not s["locked"] and s["patch"] == 7
+    browser.key(session, "Enter")
+    s = browser.evaluate(session, STATE)
+    assert s["locked"] and s["patch"] == 7
+    browser.key(session, "ArrowLeft")
+    assert browser.evaluate(session, STATE)["patch"] == 6
+    assert browser.evaluate(session, "document.activeElement.dataset.p") == str(cell(exp, 6))
+    browser.key(session, " ")
+    assert not browser.evaluate(session, STATE)["locked"]
+
     shot = browser.screenshot(session, artifacts / "report_explore.png")
     nonblank(shot.read_bytes())
     browser.set_width(session, 1280)

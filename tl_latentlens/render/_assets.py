@@ -345,6 +345,18 @@ EXPLORE_JS = """
         setLayer(+c.dataset.l);
       }
     });
+    // keyboard: Tab reaches the patches (shown on focus), Enter or Space locks and unlocks
+    sec.addEventListener("focusin", function (e) {
+      var c = e.target.closest && e.target.closest(".ll-x-cell");
+      if (c && locked < 0 && +c.dataset.p !== shown) { show(+c.dataset.p); }
+    });
+    sec.addEventListener("keydown", function (e) {
+      var c = e.target.closest && e.target.closest(".ll-x-cell");
+      if (!c || (e.key !== "Enter" && e.key !== " ")) { return; }
+      e.preventDefault();
+      var k = +c.dataset.p;
+      if (locked === k) { unlock(); } else { mark = null; paintGrid(); lock(k); }
+    });
     slider.addEventListener("input", function () { setLayer(+slider.value); });
     document.addEventListener("keydown", function (e) {
       if (window.__llActive !== root.id || locked < 0) { return; }
@@ -355,7 +367,12 @@ EXPLORE_JS = """
       if (!step) { return; }
       e.preventDefault();
       var p = X.patches[locked], k = where[p[1] + ":" + (p[2] + step[0]) + ":" + (p[3] + step[1])];
-      if (k !== undefined) { lock(k); }
+      if (k !== undefined) {
+        lock(k);
+        var next = sec.querySelector('.ll-x-cell[data-p="' + k + '"]');
+        if (next && document.activeElement && document.activeElement.closest &&
+            document.activeElement.closest(".ll-x-cell")) { next.focus(); }
+      }
     });
     setLayer(0);
     root.setAttribute("data-ll-explore", "ready");

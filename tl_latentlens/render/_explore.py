@@ -130,7 +130,8 @@ def _figure(
             word = esc(items[0][0].strip()) if items else ""
             tip = esc(f"#{data['patches'][k][0]} row {r}, col {c}")
             cells.append(
-                f'<div class="ll-x-cell" data-p="{k}" title="{tip}"><span>{word}</span></div>'
+                f'<div class="ll-x-cell" data-p="{k}" title="{tip}" tabindex="0" role="button" '
+                f'aria-label="{tip}"><span>{word}</span></div>'
             )
     uri = thumbnail_uri(picture, max_side=900) if picture is not None else None
     img = f'<img alt="input image{f" {image}" if several else ""}" src="{uri}">' if uri else ""
