@@ -9,22 +9,12 @@ import os
 from pathlib import Path
 
 import pytest
-from chromium_driver import Chromium, ensure_chromium
 
 from tl_latentlens.render.front_page import FrontPage, ShowcaseEntry, front_page_html
 
 pytestmark = pytest.mark.browser
 
 LENSES = ("latent", "logit", "embedding")
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    exe = ensure_chromium()
-    work = tmp_path_factory.mktemp("chromium")
-    chrome = Chromium(exe, work / "profile", work / "chromium.log")
-    yield chrome
-    chrome.close()
 
 
 def picture(path: Path, size: tuple[int, int], seed: int) -> str:

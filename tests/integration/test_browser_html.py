@@ -10,36 +10,15 @@ Set ``TL_LATENTLENS_ARTIFACTS=<dir>`` to keep the screenshots somewhere stable; 
 where they are.
 """
 
-import os
 import re
-from pathlib import Path
 
 import pytest
-from chromium_driver import Chromium, ensure_chromium
 
 from fixtures.explanations import sample_explanation
 from tl_latentlens.render._circuitsvis import display_tokens
 from tl_latentlens.render.html import explanation_html
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    exe = ensure_chromium()
-    work = tmp_path_factory.mktemp("chromium")
-    chrome = Chromium(exe, work / "profile", work / "chromium.log")
-    yield chrome
-    chrome.close()
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    where = os.environ.get("TL_LATENTLENS_ARTIFACTS")
-    if where:
-        Path(where).mkdir(parents=True, exist_ok=True)
-        return Path(where)
-    return tmp_path_factory.mktemp("browser_artifacts")
 
 
 READ_CARDS = """(() => [...document.querySelectorAll('.ll-cv[data-key]')].map(el => ({

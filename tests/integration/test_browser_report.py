@@ -6,11 +6,8 @@ Set ``TL_LATENTLENS_ARTIFACTS=<dir>`` to keep the screenshots; the test prints w
 
 import io
 import json
-import os
-from pathlib import Path
 
 import pytest
-from chromium_driver import Chromium, ensure_chromium
 
 from fixtures.explanations import sample_explanation
 from tl_latentlens.render._circuitsvis import display_tokens
@@ -21,24 +18,6 @@ pytestmark = pytest.mark.browser
 
 #: Given out of layer order on purpose: the slider must run 0, 2, 4.
 HOOKS = ("blocks.3.hook_resid_post", "blocks.0.hook_resid_pre", "blocks.2.hook_resid_pre")
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    exe = ensure_chromium()
-    work = tmp_path_factory.mktemp("chromium")
-    chrome = Chromium(exe, work / "profile", work / "chromium.log")
-    yield chrome
-    chrome.close()
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    where = os.environ.get("TL_LATENTLENS_ARTIFACTS")
-    if where:
-        Path(where).mkdir(parents=True, exist_ok=True)
-        return Path(where)
-    return tmp_path_factory.mktemp("browser_artifacts")
 
 
 STATE = """(() => { const r = document.querySelector('.ll-root'); return {

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from chromium_driver import Chromium, ensure_chromium
 
 from tiny_models import WORDS, random_image
 from tl_latentlens.bank import build_bank
@@ -32,15 +31,6 @@ MOUNTED = {
     ),
     "sae.html": "document.querySelector('[data-ll-ctm=\"1\"]') !== null",
 }
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    exe = ensure_chromium()
-    work = tmp_path_factory.mktemp("chromium")
-    chrome = Chromium(exe, work / "profile", work / "chromium.log")
-    yield chrome
-    chrome.close()
 
 
 @pytest.fixture(scope="module")
