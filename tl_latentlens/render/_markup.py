@@ -11,7 +11,7 @@ from typing import Any
 
 from tl_latentlens.render._circuitsvis import display_tokens
 from tl_latentlens.render._figures import image_grid, image_indices, rgb_image
-from tl_latentlens.render._protocols import ExplanationLike, PatchLike
+from tl_latentlens.render._protocols import ExplanationLike, NeighbourLike, PatchLike
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,8 @@ def card_id(root_id: str, h: int, index: int) -> str:
 
 def thumbnail_uri(image: Any, max_side: int = 600) -> str | None:
     """``data:`` URI of a PNG thumbnail of a PIL image / array (``None`` if not an image)."""
+    if image is None:
+        return None
     try:
         img = rgb_image(image)
         img.thumbnail((max_side, max_side))
@@ -235,8 +237,14 @@ def _image_of(patch: PatchLike, indices: Sequence[int]) -> str:
 
 def _fallback(patch: PatchLike) -> str:
     """Plain sentences (matched token marked); circuitsvis replaces this when it mounts."""
+    return fallback_sentences(patch.latent)
+
+
+def fallback_sentences(neighbours: Sequence[NeighbourLike]) -> str:
+    """The neighbours' sentences as a plain list, the matched token marked: what a page shows
+    before (or without) circuitsvis."""
     items = []
-    for n in patch.latent:
+    for n in neighbours:
         toks = display_tokens(n)
         if 0 <= n.position < len(toks):
             pre, mid, post = toks[: n.position], toks[n.position], toks[n.position + 1 :]

@@ -18,8 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
 import math
 import os
@@ -32,7 +30,7 @@ import numpy as np
 from tl_latentlens._io import atomic_write_text
 from tl_latentlens.render import _circuitsvis as cv
 from tl_latentlens.render._assets import INIT_JS, PAGE_CSS
-from tl_latentlens.render._figures import rgb_image
+from tl_latentlens.render._markup import esc, fallback_sentences, fmt_layer, thumbnail_uri, tok
 from tl_latentlens.render._protocols import NeighbourLike, PatchLike
 
 logger = logging.getLogger(__name__)
@@ -175,58 +173,10 @@ class ImageFeaturesLike(Protocol):
 
 
 # ---- small pieces ---------------------------------------------------------------------------
-def _esc(value: Any) -> str:
-    import html
-
-    return html.escape(str(value), quote=True)
-
-
-def _layer(layer: float) -> str:
-    if layer is None or layer != layer:
-        return "?"
-    return str(int(layer)) if float(layer).is_integer() else f"{layer:g}"
-
-
-def _tok(token: str) -> str:
-    return f'<code class="ll-tok">{_esc(token)}</code>'
-
-
-def _png_uri(image: Any, max_side: int = 440) -> str | None:
-    """``data:`` URI of a PNG thumbnail (``None`` when ``image`` is not a picture)."""
-    if image is None:
-        return None
-    try:
-        img = rgb_image(image)
-        img.thumbnail((max_side, max_side))
-        buf = io.BytesIO()
-        img.save(buf, format="PNG", optimize=True)
-    except Exception as e:  # noqa: BLE001 - the picture is optional decoration
-        logger.warning("cannot embed the image in the page (%s: %s)", type(e).__name__, e)
-        return None
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _sentences(neighbours: Sequence[NeighbourLike]) -> str:
-    """The neighbours' sentences with the matched token marked (shown before/without JS)."""
-    items = []
-    for n in neighbours:
-        toks = cv.display_tokens(n)
-        if 0 <= n.position < len(toks):
-            pre, mid, post = toks[: n.position], toks[n.position], toks[n.position + 1 :]
-            items.append(
-                f"<li>{_esc(''.join(pre))}<mark>{_esc(mid)}</mark>{_esc(''.join(post))}</li>"
-            )
-        else:
-            items.append(f"<li>{_esc(''.join(toks))}</li>")
-    if not items:
-        return '<p class="ll-note">No LatentLens neighbours.</p>'
-    return f'<ol class="ll-fallback">{"".join(items)}</ol>'
-
-
 def _token_table(patch: PatchLike) -> str:
     rows = "".join(
-        f'<tr><td class="ll-num">{i + 1}</td><td>{_tok(n.token)}</td>'
-        f'<td class="ll-num">{n.similarity:.3f} · L{_layer(n.layer)}</td></tr>'
+        f'<tr><td class="ll-num">{i + 1}</td><td>{tok(n.token)}</td>'
+        f'<td class="ll-num">{n.similarity:.3f} · L{fmt_layer(n.layer)}</td></tr>'
         for i, n in enumerate(patch.latent)
     )
     return (
@@ -239,7 +189,7 @@ def _feature_cards(
 ) -> tuple[str, dict[str, Any]]:
     """One card per feature of ``order`` and the TopkSamples props of each."""
     by_feature = dict(zip(feats.features, feats.explanation.patches))
-    hook_label = f"{feats.hook} (layer {_layer(feats.layer)})"
+    hook_label = f"{feats.hook} (layer {fmt_layer(feats.layer)})"
     cards, props = [], {}
     for f in order:
         patch = by_feature[f]
@@ -250,14 +200,14 @@ def _feature_cards(
         top = ""
         if patch.latent:
             n = patch.latent[0]
-            top = f"top {_tok(n.token)} {n.similarity:.3f} · text layer {_layer(n.layer)}"
+            top = f"top {tok(n.token)} {n.similarity:.3f} · text layer {fmt_layer(n.layer)}"
         compact = " data-compact" if len(patch.latent) <= 5 else ""
         cards.append(
             f'<article class="ll-card" id="{root_id}-f{f}">'
             f'<div class="ll-card-head"><b>feature {f}</b>'
-            f'<span class="ll-where">{_esc(feats.label(f).label)}</span><span>{top}</span></div>'
+            f'<span class="ll-where">{esc(feats.label(f).label)}</span><span>{top}</span></div>'
             f'<div class="ll-card-body"><div class="ll-cv" id="{root_id}-cv-{key}" '
-            f'data-key="{key}"{compact}>{_sentences(patch.latent)}</div>'
+            f'data-key="{key}"{compact}>{fallback_sentences(patch.latent)}</div>'
             f"{_token_table(patch)}</div></article>"
         )
     return "".join(cards), props
@@ -277,7 +227,7 @@ def _page(body: str, title: str) -> str:
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<meta name="generator" content="tl_latentlens">'
-        f"<title>{_esc(title)}</title><style>{PAGE_CSS}{SAE_CSS}</style></head>"
+        f"<title>{esc(title)}</title><style>{PAGE_CSS}{SAE_CSS}</style></head>"
         f'<body style="margin:0;background:#fff">{body}</body></html>\n'
     )
 
@@ -311,8 +261,8 @@ def sae_features_fragment(feats: FeatureExplanationLike, title: str | None = Non
     title = title or f"SAE features · {feats.hook}"
     cards, props = _feature_cards(feats, list(feats.features), root_id)
     head = (
-        f'<h1>{_esc(title)}</h1><dl class="ll-meta"><dt>SAE</dt><dd>{_esc(feats.sae)}</dd>'
-        f"<dt>Hook</dt><dd><code>{_esc(feats.hook)}</code> (layer {_layer(feats.layer)})</dd>"
+        f'<h1>{esc(title)}</h1><dl class="ll-meta"><dt>SAE</dt><dd>{esc(feats.sae)}</dd>'
+        f"<dt>Hook</dt><dd><code>{esc(feats.hook)}</code> (layer {fmt_layer(feats.layer)})</dd>"
         f"<dt>Features</dt><dd>{len(feats.features)}</dd></dl>"
         '<p class="ll-note">Each feature\'s decoder direction, explained by its nearest '
         "contextual text tokens in the bank: the sentences they occur in, best first, with "
@@ -392,7 +342,7 @@ def _heat_figure(
         f'<figure class="ll-heat"><div class="ll-heat-box">{img}'
         f'<div class="ll-heat-grid" style="grid-template-columns:repeat({cols},1fr);'
         f'grid-template-rows:repeat({rows},1fr)">{"".join(cells)}</div></div>'
-        f"<figcaption>{which}<b>feature {feature}</b> · {_esc(res.label(feature))} "
+        f"<figcaption>{which}<b>feature {feature}</b> · {esc(res.label(feature))} "
         f"<small>(peak {peak:.3f})</small></figcaption></figure>"
     )
 
@@ -427,7 +377,7 @@ def _patch_table(res: ImageFeaturesLike, root_id: str, max_patches: int | None) 
         cells = []
         for f, a in zip(p.features, p.activations):
             name = f'<a href="#{root_id}-f{f}">f{f}</a>' if f in known else f"f{f}"
-            cells.append(f"<td>{name} <small>{a:.3f}</small> {_esc(res.label(f))}</td>")
+            cells.append(f"<td>{name} <small>{a:.3f}</small> {esc(res.label(f))}</td>")
         cells += ["<td></td>"] * (res.top - len(p.features))
         where = f"{p.image_index} · " if several else ""
         rows.append(
@@ -454,7 +404,7 @@ def sae_image_fragment(
     shown = _pick_features(res, feature, features)
     root_id = "ll-" + uuid.uuid4().hex[:10]
     title = title or f"SAE features on an image · {res.model}"
-    uris = [_png_uri(im) for im in _images(res)]
+    uris = [thumbnail_uri(im, max_side=440) for im in _images(res)]
     heats = (
         "".join(_heat_figure(res, f, i, uri) for f in shown for i, uri in enumerate(uris))
         or '<p class="ll-note">No feature fires on this image.</p>'
@@ -466,10 +416,10 @@ def sae_image_fragment(
         _feature_cards(res.explained, order, root_id) if res.explained is not None else ("", {})
     )
     head = (
-        f'<h1>{_esc(title)}</h1><dl class="ll-meta">'
-        f"<dt>Model</dt><dd>{_esc(res.model)}</dd><dt>SAE</dt><dd>{_esc(res.sae)}</dd>"
-        f"<dt>Hook</dt><dd><code>{_esc(res.hook)}</code> (layer {_layer(res.layer)})</dd>"
-        f'<dt>Prompt</dt><dd><span class="ll-prompt">{_esc(res.prompt or "")}</span></dd>'
+        f'<h1>{esc(title)}</h1><dl class="ll-meta">'
+        f"<dt>Model</dt><dd>{esc(res.model)}</dd><dt>SAE</dt><dd>{esc(res.sae)}</dd>"
+        f"<dt>Hook</dt><dd><code>{esc(res.hook)}</code> (layer {fmt_layer(res.layer)})</dd>"
+        f'<dt>Prompt</dt><dd><span class="ll-prompt">{esc(res.prompt or "")}</span></dd>'
         f"<dt>Patch grid</dt><dd>{res.grid[0]} x {res.grid[1]}</dd>"
         f"<dt>Features</dt><dd>top {res.top} per visual token; {len(order)} distinct</dd></dl>"
     )
