@@ -284,20 +284,21 @@ def test_demo_shows_the_controls_and_caches_them(lens, tmp_path, monkeypatch):
     """The demo's controls: on the front page above the study (labelled by kind, with their
     description) and read back on a rerun with the same lens and options instead of run again."""
     from tl_latentlens.apps import demo
+    from tl_latentlens.evaluate import controls as control_runs
     from tl_latentlens.render.front_page import FrontPage, front_page_html
 
     calls = []
-    real_text = demo.text_control
-    monkeypatch.setattr(demo, "default_corpus", lambda n: [" ".join(WORDS4 * 2)] * n)
+    real_text = control_runs.text_control
+    monkeypatch.setattr(control_runs, "default_corpus", lambda n: [" ".join(WORDS4 * 2)] * n)
 
     def text(lens, sentences, **kw):
         calls.append("text")
         return real_text(lens, sentences, **kw)
 
-    monkeypatch.setattr(demo, "text_control", text)
-    real_visual = demo.visual_control
+    monkeypatch.setattr(control_runs, "text_control", text)
+    real_visual = control_runs.visual_control
     monkeypatch.setattr(  # the tiny tokenizer's one-token words
-        demo, "visual_control", lambda lens, **kw: real_visual(lens, words=WORDS4, **kw)
+        control_runs, "visual_control", lambda lens, **kw: real_visual(lens, words=WORDS4, **kw)
     )
     cfg = demo.DemoConfig(quick=True, k=3)
     first = demo.positive_controls(lens, cfg, tmp_path / "cache")

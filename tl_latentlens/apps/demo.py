@@ -41,12 +41,8 @@ from tl_latentlens.default.bank_corpus import default_corpus
 from tl_latentlens.default.data import load_stamps, single_stamp_image, split_stamps
 from tl_latentlens.devices import PrecisionChoice
 from tl_latentlens.evaluate import EvalConfig, MaskJudge, format_chance, format_table, run_study
-from tl_latentlens.evaluate.controls import (
-    ControlResult,
-    format_controls,
-    text_control,
-    visual_control,
-)
+from tl_latentlens.evaluate import controls as control_runs
+from tl_latentlens.evaluate.controls import ControlResult, format_controls
 from tl_latentlens.evaluate.default_set import heldout_composites, load_images, voc_image
 from tl_latentlens.evaluate.images import EvalImage
 from tl_latentlens.lens import LatentLens, mid_layer_leap
@@ -294,14 +290,8 @@ def positive_controls(
             return [ControlResult.from_dict(d) for d in read_json(path)]
         except (ValueError, KeyError, TypeError) as err:  # a torn or older file: run again
             logger.warning("ignoring the cached controls %s (%s)", path.name, err)
-    held_out = default_corpus(cfg.effective_sentences + 150)[cfg.effective_sentences :]
-    out = [
-        text_control(lens, held_out, k=cfg.k),
-        visual_control(lens, k=cfg.k, skip_missing=True),
-    ]
-    for c in out:
-        for failure in c.failures():
-            logger.warning("%s", failure)
+    held_out = control_runs.default_held_out(cfg.effective_sentences)
+    out = control_runs.positive_controls(lens, held_out, k=cfg.k)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, [c.to_dict() for c in out])

@@ -29,11 +29,10 @@ from tl_latentlens.apps._args import (
     check_writable_dir,
 )
 from tl_latentlens.bank import Bank
-from tl_latentlens.default.bank_corpus import default_corpus
 from tl_latentlens.default.loader import load_default_vlm
 from tl_latentlens.evaluate.chat_client import require_openai
 from tl_latentlens.evaluate.config import EvalConfig
-from tl_latentlens.evaluate.controls import ControlResult, text_control, visual_control
+from tl_latentlens.evaluate.controls import ControlResult, default_held_out, positive_controls
 from tl_latentlens.evaluate.default_set import load_images
 from tl_latentlens.evaluate.judges import Judge, MaskJudge
 from tl_latentlens.evaluate.llm_judge import LLMJudge, LLMJudgeConfig
@@ -193,14 +192,10 @@ def run_controls(lens: LatentLens, spec: str, k: int) -> list[ControlResult]:
     if spec == "none":
         return []
     if spec == "default":
-        held_out = default_corpus(DEFAULT_SENTENCES + 150)[DEFAULT_SENTENCES:]
+        held_out = default_held_out(DEFAULT_SENTENCES)
     else:
         held_out = [s for s in Path(spec).read_text(encoding="utf-8").splitlines() if s.strip()]
-    out = [text_control(lens, held_out, k=k), visual_control(lens, k=k, skip_missing=True)]
-    for control in out:
-        for failure in control.failures():
-            logger.warning("%s", failure)
-    return out
+    return positive_controls(lens, held_out, k=k)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

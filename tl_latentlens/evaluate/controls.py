@@ -41,6 +41,7 @@ from PIL import Image
 from tl_latentlens import hooks as hk
 from tl_latentlens.bank.results import Neighbour, word_span
 from tl_latentlens.capture import capture_inputs, capture_text
+from tl_latentlens.default.bank_corpus import default_corpus
 from tl_latentlens.evaluate.matching import normalise_word
 from tl_latentlens.evaluate.records import LENSES, image_interval, wilson_interval
 from tl_latentlens.lens.baselines import decode_tokens
@@ -53,9 +54,11 @@ __all__ = [
     "ControlCase",
     "ControlResult",
     "ControlRow",
+    "default_held_out",
     "drop_own_sentence",
     "format_controls",
     "is_content_word",
+    "positive_controls",
     "text_control",
     "visual_control",
 ]
@@ -824,3 +827,26 @@ def control_cell(r: ControlRow) -> str:
     if not r.n:
         return "  -  "
     return f"{r.topk:5.1f} / {r.pass1:5.1f} [{r.group_lo:.0f}-{r.group_hi:.0f}]"
+
+
+def default_held_out(bank_sentences: int, count: int = 150) -> list[str]:
+    """The ``count`` default-corpus sentences that follow a default bank of ``bank_sentences``:
+    text its bank never read."""
+    return default_corpus(bank_sentences + count)[bank_sentences:]
+
+
+def positive_controls(
+    lens: _LensLike, held_out: Sequence[str], *, k: int = 5
+) -> list[ControlResult]:
+    """Both controls: :func:`text_control` on ``held_out`` and :func:`visual_control` on the
+    default words this tokenizer keeps whole and the bank holds; each failure is logged as a
+    warning.
+
+    Example:
+        >>> text, visual = positive_controls(lens, default_held_out(12_000))
+    """
+    out = [text_control(lens, held_out, k=k), visual_control(lens, k=k, skip_missing=True)]
+    for control in out:
+        for failure in control.failures():
+            logger.warning("%s", failure)
+    return out
