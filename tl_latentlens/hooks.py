@@ -31,6 +31,7 @@ from typing import TypeAlias
 __all__ = [
     "LAYER_CONVENTION",
     "HookKey",
+    "HookKeyError",
     "HookPoint",
     "UnknownHookError",
     "attention_pattern_hook",
@@ -65,6 +66,10 @@ HookKey: TypeAlias = str | int | float
 
 class UnknownHookError(ValueError):
     """A hook name the model does not have (the message lists the valid ones)."""
+
+
+class HookKeyError(UnknownHookError):
+    """Not a hook key at all: neither a name nor a finite layer number."""
 
 
 @dataclass(frozen=True)
@@ -231,9 +236,9 @@ def _key_layer(key: HookKey) -> float:
     if isinstance(key, numbers.Real) and not isinstance(key, bool):
         layer = float(key)
         if not math.isfinite(layer):
-            raise UnknownHookError(f"a layer must be a finite number, got {key!r}")
+            raise HookKeyError(f"a layer must be a finite number, got {key!r}")
         return int(layer) if layer.is_integer() else layer
-    raise UnknownHookError(
+    raise HookKeyError(
         f"a hook is a hook name or a layer number, got {type(key).__name__} {key!r:.40}"
     )
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import mmap
-import numbers
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -378,20 +376,14 @@ class Bank:
         Raises:
             MissingHookError: The bank stores no such hook/layer (the message lists what it
                 stores).
+            BankQueryError: ``hook`` is neither a name nor a finite layer number.
         """
-        if isinstance(hook, bool) or not isinstance(hook, (str, numbers.Real)):
-            raise BankQueryError(
-                f"hook must be a hook name or a layer number, got {type(hook).__name__} {hook!r:.40}"
-            )
-        if not isinstance(hook, str) and not math.isfinite(float(hook)):
-            raise BankQueryError(f"layer must be a finite number, got {hook!r}")
         try:
             return hk.resolve_hook(hook, self._layers, where="the bank stores")
+        except hk.HookKeyError as err:
+            raise BankQueryError(str(err)) from None
         except hk.UnknownHookError as err:
             raise MissingHookError(str(err)) from None
-
-    def _stored(self) -> str:
-        return ", ".join(f"{h} (layer {lay})" for h, lay in self._layers.items())
 
     # ---- tables -----------------------------------------------------------------------------
     @cached_property
