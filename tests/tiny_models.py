@@ -87,6 +87,16 @@ class TinyEncoder(nn.Module):
         return self.conv(pixels).flatten(2).transpose(1, 2)
 
 
+def random_sentences(n: int, seed: int = 0) -> list[str]:
+    """``n`` sentences of 3-8 random :data:`WORDS` (seeded): a tiny bank's corpus."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        length = int(torch.randint(3, 9, (1,), generator=g))
+        out.append(" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (length,), generator=g)))
+    return out
+
+
 def random_image(seed: int = 0, size: int = 32) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tiny_models import WORDS
+from tiny_models import random_sentences
 from tl_latentlens.bank import build_bank
 from tl_latentlens.bank.results import Neighbour, word_span
 from tl_latentlens.capture import capture_text
@@ -31,17 +31,8 @@ HOOKS = ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.2.hook_r
 WORDS4 = ["cat", "dog", "car", "tree"]
 
 
-def _corpus(n: int, seed: int) -> list[str]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        length = int(torch.randint(3, 9, (1,), generator=g))
-        out.append(" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (length,), generator=g)))
-    return out
-
-
-BANK_TEXT = _corpus(120, 0)
-HELD_OUT = [s for s in _corpus(80, 1) if s not in set(BANK_TEXT)]
+BANK_TEXT = random_sentences(120, 0)
+HELD_OUT = [s for s in random_sentences(80, 1) if s not in set(BANK_TEXT)]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tiny_models import WORDS, random_image
+from tiny_models import random_image, random_sentences
 from tl_latentlens.bank import build_bank
 from tl_latentlens.capture import capture_image
 from tl_latentlens.hooks import UnknownHookError
@@ -18,19 +18,12 @@ HOOKS = ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.2.hook_r
 PROMPT = "the <image> the cat sits"
 
 
-def _corpus(n=120, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        length = int(torch.randint(3, 9, (1,), generator=g))
-        out.append(" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (length,), generator=g)))
-    return out
-
-
 @pytest.fixture(scope="module")
 def lens(tiny_vlm, tmp_path_factory):
     out = tmp_path_factory.mktemp("interventions") / "bank"
-    bank = build_bank(tiny_vlm, _corpus(), out, hooks=HOOKS, max_per_token=None, progress=False)
+    bank = build_bank(
+        tiny_vlm, random_sentences(120), out, hooks=HOOKS, max_per_token=None, progress=False
+    )
     return LatentLens(tiny_vlm, bank)
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tiny_models import WORDS, random_image, tiny_llama_dir
+from tiny_models import random_image, random_sentences, tiny_llama_dir
 from tl_latentlens.bank import BankModelMismatchError, build_bank
 from tl_latentlens.capture import capture_image
 from tl_latentlens.lens import EmbeddingLens, Explanation, LatentLens, LogitLens, mid_layer_leap
@@ -12,23 +12,12 @@ from tl_latentlens.models.base import ImageTokenMismatchError
 HOOKS = ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.2.hook_resid_post"]
 
 
-def _corpus(n=120, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [
-        " ".join(
-            WORDS[i]
-            for i in torch.randint(
-                0, len(WORDS), (int(torch.randint(3, 9, (1,), generator=g)),), generator=g
-            )
-        )
-        for _ in range(n)
-    ]
-
-
 @pytest.fixture(scope="module")
 def bank(tiny_vlm, tmp_path_factory):
     out = tmp_path_factory.mktemp("lens") / "bank"
-    return build_bank(tiny_vlm, _corpus(), out, hooks=HOOKS, max_per_token=None, progress=False)
+    return build_bank(
+        tiny_vlm, random_sentences(120), out, hooks=HOOKS, max_per_token=None, progress=False
+    )
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tiny_models import WORDS, random_image
+from tiny_models import random_image, random_sentences
 from tl_latentlens.bank import build_bank
 from tl_latentlens.capture import capture_image, capture_text
 from tl_latentlens.lens import LatentLens, SAEAdapter, SAEError, load_sae
@@ -24,24 +24,11 @@ SAE_HOOK = "blocks.1.hook_resid_pre"
 D_SAE = 48
 
 
-def _corpus(n=100, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [
-        " ".join(
-            WORDS[i]
-            for i in torch.randint(
-                0, len(WORDS), (int(torch.randint(3, 9, (1,), generator=g)),), generator=g
-            )
-        )
-        for _ in range(n)
-    ]
-
-
 @pytest.fixture(scope="module")
 def bank(tiny_vlm, tmp_path_factory):
     out = tmp_path_factory.mktemp("sae") / "bank"
     return build_bank(
-        tiny_vlm, _corpus(), out, hooks=BANK_HOOKS, max_per_token=None, progress=False
+        tiny_vlm, random_sentences(100), out, hooks=BANK_HOOKS, max_per_token=None, progress=False
     )
 
 
@@ -53,7 +40,7 @@ def lens(tiny_vlm, bank):
 @pytest.fixture(scope="module")
 def residuals(tiny_vlm):
     """The tiny model's text residuals at the SAE's hook."""
-    acts = list(capture_text(tiny_vlm, _corpus(60, seed=1), [SAE_HOOK], batch_size=30))
+    acts = list(capture_text(tiny_vlm, random_sentences(60, seed=1), [SAE_HOOK], batch_size=30))
     return torch.cat([a.residuals[SAE_HOOK] for a in acts])
 
 
