@@ -146,6 +146,14 @@ def test_evaluate_missing_images(tmp_path, bank_dir, no_model, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_evaluate_missing_controls_file(tmp_path, bank_dir, no_model, capsys):
+    """A --controls file that is not there is named before the model loads."""
+    argv = ["evaluate", "--model", "default", "--bank", str(bank_dir), "--out", str(tmp_path)]
+    assert cli.main([*argv, "--controls", str(tmp_path / "held.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "--controls" in err and "held.txt" in err and "does not exist" in err
+
+
 def test_train_connector_export_needs_a_directory(capsys):
     """A bare --export used to overwrite the weights inside the installed package."""
     with pytest.raises(SystemExit) as info:

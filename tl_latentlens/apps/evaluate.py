@@ -254,6 +254,8 @@ def validate(args: argparse.Namespace) -> None:
     check_model(args.model)
     check_bank(args.bank)
     check_files(args.images, "images", allow=("default",))
+    check_files([args.controls], "--controls (a .txt of held-out sentences, default or none)",
+                allow=("default", "none"))  # fmt: skip
     check_positive(args.k, "-k")
     check_positive(args.patches_per_layer, "--patches-per-layer")
     check_positive(args.judge_workers, "--judge-workers")
